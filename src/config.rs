@@ -1,0 +1,617 @@
+//! The configuration file: strict TOML in, a resolved [`Config`] out.
+//!
+//! Strict because a typo in an unattended daemon's config must stop it at
+//! start with the file, line and key named, not be silently ignored. Paths
+//! are resolved against the config file's folder (systemd starts services in
+//! `/`), and model parameters come from the model's manifest unless the
+//! config overrides them.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::manifest::{Manifest, ManifestError};
+use crate::preprocess::{PreprocessParams, ResizeFilter};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read the config file: {reason}")]
+    Read { path: PathBuf, reason: String },
+    #[error("{path}:{line}: {message}")]
+    Parse { path: PathBuf, line: usize, message: String },
+    #[error("{path}: `{key}` {message}")]
+    Invalid { path: PathBuf, key: &'static str, message: String },
+    #[error("{0}")]
+    Manifest(#[from] ManifestError),
+}
+
+// ---- the file as written -------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    device: DeviceSection,
+    source: SourceSection,
+    model: ModelSection,
+    #[serde(default)]
+    mqtt: MqttSection,
+    #[serde(default)]
+    schedule: ScheduleSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeviceSection {
+    id: Option<String>,
+    name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+enum SourceSection {
+    Files {
+        path: PathBuf,
+        #[serde(default, rename = "loop")]
+        looping: bool,
+        #[serde(default)]
+        fps: f64,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelSection {
+    path: PathBuf,
+    manifest: Option<PathBuf>,
+    labels: Option<PathBuf>,
+    input_size: Option<u32>,
+    resize: Option<ResizeFilter>,
+    crop_fraction: Option<f32>,
+    mean: Option<[f32; 3]>,
+    std: Option<[f32; 3]>,
+    #[serde(default = "default_top_k")]
+    top_k: usize,
+    #[serde(default)]
+    threads: usize,
+    #[serde(default = "default_true")]
+    verify_sha256: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct MqttSection {
+    enabled: bool,
+    host: String,
+    port: u16,
+    client_id: Option<String>,
+    topic_prefix: String,
+    qos: u8,
+    keep_alive: f64,
+    reconnect_min: f64,
+    reconnect_max: f64,
+}
+
+impl Default for MqttSection {
+    fn default() -> Self {
+        MqttSection {
+            enabled: true,
+            host: "localhost".into(),
+            port: 1883,
+            client_id: None,
+            topic_prefix: "lookout".into(),
+            qos: 1,
+            keep_alive: 30.0,
+            reconnect_min: 1.0,
+            reconnect_max: 60.0,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ScheduleSection {
+    interval: f64,
+}
+
+impl Default for ScheduleSection {
+    fn default() -> Self {
+        ScheduleSection { interval: 1.0 }
+    }
+}
+
+fn default_top_k() -> usize {
+    5
+}
+
+fn default_true() -> bool {
+    true
+}
+
+// ---- the resolved configuration ----------------------------------------
+
+/// A validated configuration with absolute paths and model defaults filled in.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    #[serde(skip)]
+    pub file: PathBuf,
+    pub device: Device,
+    pub source: SourceConfig,
+    pub model: ModelConfig,
+    pub mqtt: MqttConfig,
+    pub schedule: Schedule,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Device {
+    /// Goes into MQTT topics and client ids, so restricted to `[A-Za-z0-9_-]`.
+    pub id: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum SourceConfig {
+    Files {
+        path: PathBuf,
+        #[serde(rename = "loop")]
+        looping: bool,
+        /// Frames per second; 0 replays as fast as the classifier takes them,
+        /// without dropping any.
+        fps: f64,
+    },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelConfig {
+    pub path: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manifest_path: Option<PathBuf>,
+    /// The manifest as read, kept for the model name and sha256 it carries.
+    #[serde(skip)]
+    pub manifest: Option<Manifest>,
+    pub labels: PathBuf,
+    /// Square input side; `None` means "whatever the ONNX file declares".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input_size: Option<u32>,
+    pub preprocess: PreprocessParams,
+    pub top_k: usize,
+    /// Inference threads; 0 = one per core.
+    pub threads: usize,
+    pub verify_sha256: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MqttConfig {
+    pub enabled: bool,
+    pub host: String,
+    pub port: u16,
+    pub client_id: String,
+    pub topic_prefix: String,
+    pub qos: u8,
+    #[serde(with = "secs")]
+    pub keep_alive: Duration,
+    #[serde(with = "secs")]
+    pub reconnect_min: Duration,
+    #[serde(with = "secs")]
+    pub reconnect_max: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Schedule {
+    #[serde(with = "secs")]
+    pub interval: Duration,
+}
+
+mod secs {
+    pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+}
+
+impl Config {
+    /// Reads, parses, validates and resolves a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::Read { path: path.to_owned(), reason: io_reason(&e) })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses `text` as if read from `path` (relative paths resolve against
+    /// `path`'s folder).
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: FileConfig = toml::from_str(text).map_err(|e| parse_error(path, text, &e))?;
+        let base = path.parent().map(Path::to_owned).unwrap_or_default();
+        resolve(raw, path, &base)
+    }
+
+    /// The resolved configuration as TOML, for `lookout check-config`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+
+    /// Replaces the model (for `classify --model`): the manifest beside the
+    /// new file supplies its defaults; the config's explicit overrides stay.
+    pub fn with_model(mut self, model: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(&self.file).unwrap_or_default();
+        let raw: Option<FileConfig> = toml::from_str(&text).ok();
+        let mut section = match raw {
+            Some(raw) => raw.model,
+            None => ModelSection {
+                path: PathBuf::new(),
+                manifest: None,
+                labels: None,
+                input_size: None,
+                resize: None,
+                crop_fraction: None,
+                mean: None,
+                std: None,
+                top_k: default_top_k(),
+                threads: 0,
+                verify_sha256: true,
+            },
+        };
+        section.path = std::path::absolute(model).unwrap_or_else(|_| model.to_owned());
+        section.manifest = None;
+        // The new model's own manifest names its labels; without one, the
+        // config's labels are the best guess (and are checked against the
+        // model's output width at load).
+        if Manifest::path_beside(&section.path).is_file() {
+            section.labels = None;
+        }
+        let base = self.file.parent().map(Path::to_owned).unwrap_or_default();
+        self.model = resolve_model(section, &self.file, &base)?;
+        Ok(self)
+    }
+}
+
+fn io_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file (check the path)".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied (check the file's owner and mode)".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// One line: the line number from the span, toml's message without its
+/// multi-line excerpt.
+fn parse_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
+    let message = e.message().trim().replace('\n', "; ");
+    let mut line = e.span().map(|s| line_of(text, s.start)).unwrap_or(0);
+    // Errors inside the tagged `[source]` table carry the table's span, not
+    // the key's: find the offending key's own line.
+    if let Some(key) = message.strip_prefix("unknown field `").and_then(|m| m.split('`').next()) {
+        let start = e.span().map(|s| s.start).unwrap_or(0);
+        if let Some(off) = find_key(&text[start.min(text.len())..], key) {
+            line = line_of(text, start + off);
+        }
+    }
+    if message.starts_with("unknown field") {
+        let hint = "remove the key or fix its spelling; config/lookout.toml lists every key";
+        return ConfigError::Parse { path: path.to_owned(), line, message: format!("{message} ({hint})") };
+    }
+    // Wrong types and values: name the key written on the offending line.
+    let key = text.lines().nth(line.saturating_sub(1)).and_then(|l| l.split_once('=')).map(|(k, _)| k.trim());
+    let message = match key {
+        Some(k) if !k.is_empty() && !k.starts_with('[') => format!("`{k}`: {message}"),
+        _ => message,
+    };
+    ConfigError::Parse { path: path.to_owned(), line, message }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+}
+
+fn find_key(text: &str, key: &str) -> Option<usize> {
+    let mut off = 0;
+    for l in text.split_inclusive('\n') {
+        let t = l.trim_start();
+        if t.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with('=')) {
+            return Some(off);
+        }
+        off += l.len();
+    }
+    None
+}
+
+/// `base/../x` -> `x`, without touching the file system (symlinks such as
+/// `/dev/v4l/by-id` links must stay as written).
+fn join(base: &Path, p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in base.join(p).components() {
+        match c {
+            Component::ParentDir if matches!(out.components().next_back(), Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn invalid(path: &Path, key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { path: path.to_owned(), key, message: message.into() }
+}
+
+fn resolve(raw: FileConfig, file: &Path, base: &Path) -> Result<Config, ConfigError> {
+    let id = match raw.device.id {
+        Some(id) => id,
+        None => default_device_id(),
+    };
+    if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Err(invalid(
+            file,
+            "device.id",
+            format!("{id:?} must be non-empty and use only letters, digits, '-' and '_' (it is part of MQTT topics)"),
+        ));
+    }
+    let name = raw.device.name.unwrap_or_else(|| format!("lookout {id}"));
+
+    let source = match raw.source {
+        SourceSection::Files { path, looping, fps } => {
+            let path = join(base, &path);
+            if !path.exists() {
+                return Err(invalid(file, "source.path", format!("{} does not exist", path.display())));
+            }
+            if !(fps.is_finite() && fps >= 0.0) {
+                return Err(invalid(
+                    file,
+                    "source.fps",
+                    format!("is {fps}; use 0 (as fast as classified) or a positive rate"),
+                ));
+            }
+            SourceConfig::Files { path, looping, fps }
+        }
+    };
+
+    let model = resolve_model(raw.model, file, base)?;
+
+    let m = raw.mqtt;
+    if m.host.is_empty() {
+        return Err(invalid(file, "mqtt.host", "is empty; name the broker's host"));
+    }
+    if m.port == 0 {
+        return Err(invalid(file, "mqtt.port", "is 0; use the broker's port (1883 is the default)"));
+    }
+    if m.qos > 2 {
+        return Err(invalid(file, "mqtt.qos", format!("is {}; MQTT knows QoS 0, 1 and 2", m.qos)));
+    }
+    if m.topic_prefix.is_empty() || m.topic_prefix.contains(['+', '#']) || m.topic_prefix.ends_with('/') {
+        return Err(invalid(
+            file,
+            "mqtt.topic_prefix",
+            format!("{:?} must be non-empty, without '+', '#' or a trailing '/'", m.topic_prefix),
+        ));
+    }
+    let keep_alive = seconds(file, "mqtt.keep_alive", m.keep_alive, 5.0)?;
+    let reconnect_min = seconds(file, "mqtt.reconnect_min", m.reconnect_min, 0.01)?;
+    let reconnect_max = seconds(file, "mqtt.reconnect_max", m.reconnect_max, 0.01)?;
+    if reconnect_max < reconnect_min {
+        return Err(invalid(file, "mqtt.reconnect_max", "is below mqtt.reconnect_min"));
+    }
+    let mqtt = MqttConfig {
+        enabled: m.enabled,
+        client_id: m.client_id.unwrap_or_else(|| format!("lookout-{id}")),
+        host: m.host,
+        port: m.port,
+        topic_prefix: m.topic_prefix,
+        qos: m.qos,
+        keep_alive,
+        reconnect_min,
+        reconnect_max,
+    };
+
+    let interval = seconds(file, "schedule.interval", raw.schedule.interval, 0.0)?;
+    if interval.is_zero() {
+        return Err(invalid(file, "schedule.interval", "is 0; give the seconds between classifications, e.g. 1.0"));
+    }
+
+    Ok(Config {
+        file: file.to_owned(),
+        device: Device { id, name },
+        source,
+        model,
+        mqtt,
+        schedule: Schedule { interval },
+    })
+}
+
+fn seconds(file: &Path, key: &'static str, v: f64, min: f64) -> Result<Duration, ConfigError> {
+    if !v.is_finite() || v < min || v > 1e7 {
+        return Err(invalid(file, key, format!("is {v}; give seconds between {min} and 10000000")));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+fn resolve_model(m: ModelSection, file: &Path, base: &Path) -> Result<ModelConfig, ConfigError> {
+    let path = join(base, &m.path);
+    if !path.is_file() {
+        return Err(invalid(
+            file,
+            "model.path",
+            format!("{} does not exist; export a model (tools/README.md) or fix the path", path.display()),
+        ));
+    }
+    let manifest_path = match m.manifest {
+        Some(p) => {
+            let p = join(base, &p);
+            if !p.is_file() {
+                return Err(invalid(file, "model.manifest", format!("{} does not exist", p.display())));
+            }
+            Some(p)
+        }
+        None => Some(Manifest::path_beside(&path)).filter(|p| p.is_file()),
+    };
+    let manifest = manifest_path.as_deref().map(Manifest::load).transpose()?;
+    let manifest_dir = manifest_path.as_deref().and_then(Path::parent).unwrap_or(Path::new(""));
+
+    let labels = match (m.labels, &manifest) {
+        (Some(l), _) => join(base, &l),
+        (None, Some(man)) => join(manifest_dir, &man.labels),
+        (None, None) => {
+            return Err(invalid(
+                file,
+                "model.labels",
+                "is not set and the model has no manifest beside it; give the labels file (one label per line)",
+            ));
+        }
+    };
+    if !labels.is_file() {
+        return Err(invalid(file, "model.labels", format!("{} does not exist", labels.display())));
+    }
+
+    let from_manifest = manifest.as_ref().map(|m| m.preprocess.clone());
+    let defaults = from_manifest.unwrap_or_default();
+    let preprocess = PreprocessParams {
+        resize: m.resize.unwrap_or(defaults.resize),
+        crop_fraction: m.crop_fraction.unwrap_or(defaults.crop_fraction),
+        mean: m.mean.unwrap_or(defaults.mean),
+        std: m.std.unwrap_or(defaults.std),
+    };
+    if !(preprocess.crop_fraction > 0.0 && preprocess.crop_fraction <= 1.0) {
+        return Err(invalid(
+            file,
+            "model.crop_fraction",
+            format!("is {}; use a fraction of the short side in (0, 1]", preprocess.crop_fraction),
+        ));
+    }
+    if preprocess.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) || preprocess.mean.iter().any(|v| !v.is_finite()) {
+        return Err(invalid(file, "model.std", "every std must be a positive number and every mean finite"));
+    }
+    let input_size = m.input_size.or(manifest.as_ref().map(|m| m.input_size()));
+    if let Some(s) = input_size {
+        if !(8..=4096).contains(&s) {
+            return Err(invalid(
+                file,
+                "model.input_size",
+                format!("is {s}; use the model's input side, between 8 and 4096"),
+            ));
+        }
+    }
+    if m.top_k == 0 {
+        return Err(invalid(file, "model.top_k", "is 0; give how many ranked labels to report (at least 1)"));
+    }
+    if m.threads > 256 {
+        return Err(invalid(
+            file,
+            "model.threads",
+            format!("is {}; use 0 for one per core, or the thread count", m.threads),
+        ));
+    }
+    Ok(ModelConfig {
+        path,
+        manifest_path,
+        manifest,
+        labels,
+        input_size,
+        preprocess,
+        top_k: m.top_k,
+        threads: m.threads,
+        verify_sha256: m.verify_sha256,
+    })
+}
+
+fn default_device_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let id: String = host.trim().chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+    if id.is_empty() {
+        "lookout".into()
+    } else {
+        id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn fixture() -> (tempfile::TempDir, PathBuf) {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "m.onnx", "not really onnx");
+        write(d.path(), "labels.txt", "a\nb\n");
+        std::fs::create_dir(d.path().join("frames")).unwrap();
+        let cfg = d.path().join("lookout.toml");
+        (d, cfg)
+    }
+
+    const BASE: &str =
+        "[source]\nkind = \"files\"\npath = \"frames\"\n\n[model]\npath = \"m.onnx\"\nlabels = \"labels.txt\"\n";
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_folder() {
+        let (d, cfg) = fixture();
+        let c = Config::parse(BASE, &cfg).unwrap();
+        assert_eq!(c.model.path, d.path().join("m.onnx"));
+        assert_eq!(c.model.labels, d.path().join("labels.txt"));
+        assert_eq!(c.schedule.interval, Duration::from_secs(1));
+        assert_eq!(c.mqtt.client_id, format!("lookout-{}", c.device.id));
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let (_d, cfg) = fixture();
+        let text = format!("{BASE}\n[schedule]\nintervall = 2.0\n");
+        let e = Config::parse(&text, &cfg).unwrap_err().to_string();
+        assert!(e.contains("lookout.toml:10:"), "{e}");
+        assert!(e.contains("unknown field `intervall`"), "{e}");
+        assert!(!e.contains('\n'), "one line: {e}");
+    }
+
+    #[test]
+    fn unknown_key_in_the_tagged_source_table_points_at_the_key() {
+        let (_d, cfg) = fixture();
+        let text = BASE.replace("path = \"frames\"\n", "path = \"frames\"\nfsp = 3\n");
+        let e = Config::parse(&text, &cfg).unwrap_err().to_string();
+        assert!(e.contains("lookout.toml:4:") && e.contains("`fsp`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_and_out_of_range_values_are_rejected() {
+        let (_d, cfg) = fixture();
+        let cases = [
+            ("[schedule]\ninterval = \"fast\"\n", "lookout.toml:10:"),
+            ("[schedule]\ninterval = 0\n", "schedule.interval"),
+            ("[mqtt]\nqos = 3\n", "mqtt.qos"),
+            ("[mqtt]\ntopic_prefix = \"a/#\"\n", "mqtt.topic_prefix"),
+            ("[device]\nid = \"a b\"\n", "device.id"),
+        ];
+        for (extra, expect) in cases {
+            let e = Config::parse(&format!("{BASE}\n{extra}"), &cfg).unwrap_err().to_string();
+            assert!(e.contains(expect), "{extra:?} gave {e}");
+        }
+        let e = Config::parse(&BASE.replace("top_k", "x").replace("labels.txt\"\n", "labels.txt\"\ntop_k = 0\n"), &cfg)
+            .unwrap_err();
+        assert!(e.to_string().contains("model.top_k"), "{e}");
+    }
+
+    #[test]
+    fn missing_model_names_the_path() {
+        let (_d, cfg) = fixture();
+        let e = Config::parse(&BASE.replace("m.onnx", "gone.onnx"), &cfg).unwrap_err().to_string();
+        assert!(e.contains("model.path") && e.contains("gone.onnx") && e.contains("does not exist"), "{e}");
+    }
+
+    #[test]
+    fn missing_config_file_says_so() {
+        let e = Config::load(Path::new("/nonexistent/lookout.toml")).unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/lookout.toml") && e.contains("no such file"), "{e}");
+    }
+
+    #[test]
+    fn the_documented_example_parses() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        for name in ["config/lookout.toml", "config/demo.toml"] {
+            let c = Config::load(&root.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(c.model.path.is_absolute() || c.model.path.starts_with(root), "{name}");
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! lookout: an edge-camera classification daemon.
+//!
+//! A frame goes from a [`capture::FrameSource`] through [`preprocess`] into a
+//! [`model::Classifier`], [`postprocess`] turns the logits into a ranked
+//! [`Classification`], and a [`publish::Publisher`] sends it over MQTT. The
+//! three traits are the seams: tests drive each stage alone with files,
+//! small models and a real broker, and [`daemon::run`] wires them together.
+//!
+//! Where things live:
+//! - [`config`]: the TOML file, its validation (unknown keys rejected with file,
+//!   line and key) and resolution (paths relative to the config file, model
+//!   manifest defaults, then config overrides).
+//! - [`frame`]: [`Frame`], the one type every source produces: pixels in a
+//!   declared [`frame::PixelFormat`], a sequence number and a capture time.
+//! - [`capture`]: the `FrameSource` trait and its implementations (file and
+//!   directory replay).
+//! - [`preprocess`]: decode, centre crop, resize with the model's filter and
+//!   normalize, written straight into the model's NCHW input buffer.
+//! - [`model`]: the `Classifier` trait, the ONNX model manifest, labels, and
+//!   the tract implementation. Every tract type stays inside `model/`.
+//! - [`postprocess`]: softmax and top-k.
+//! - [`publish`]: the `Publisher` trait and the MQTT implementation (rumqttc on
+//!   its own thread; it owns reconnection and backoff).
+//! - [`daemon`]: the loop. Capture runs on its own thread and hands over the
+//!   newest frame through a one-slot queue, so a slow model or a dead broker
+//!   never stalls the camera; inference runs on the caller's thread.
+//! - [`shutdown`]: a cloneable trigger that signals, tests and the daemon use
+//!   to stop everything.
+//!
+//! Errors are `thiserror` enums per module; only `main.rs` turns them into
+//! messages and exit codes.
+
+pub mod capture;
+pub mod config;
+pub mod daemon;
+pub mod frame;
+pub mod model;
+pub mod postprocess;
+pub mod preprocess;
+pub mod publish;
+pub mod shutdown;
+
+pub use frame::Frame;
+pub use postprocess::Classification;

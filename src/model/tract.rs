@@ -1,0 +1,193 @@
+//! The tract implementation of [`Classifier`]: load, fix the input shape,
+//! optimize once, then run one persistent plan per frame.
+
+use std::io::Read;
+use std::path::Path;
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::DimLike;
+use tract_onnx::tract_hir::infer::GenericFactoid;
+
+use super::{load_labels, Classifier, ModelError, ModelInfo};
+use crate::config::ModelConfig;
+
+/// The exact tract release in Cargo.toml (a unit test keeps them equal).
+pub const TRACT_VERSION: &str = "0.23.9";
+
+type Plan = TypedSimplePlan;
+
+pub struct TractClassifier {
+    info: ModelInfo,
+    state: TypedSimpleState,
+    /// NCHW input, written by preprocessing; copied into a tensor per run
+    /// (0.6 MB at 224x224, microseconds next to inference).
+    input: Vec<f32>,
+    _plan: std::sync::Arc<Plan>,
+}
+
+impl TractClassifier {
+    pub fn load(cfg: &ModelConfig) -> Result<TractClassifier, ModelError> {
+        let path = cfg.path.as_path();
+        let load_err = |reason: String| ModelError::Load { path: path.to_owned(), reason };
+        let sha256 = match &cfg.manifest {
+            Some(m) if cfg.verify_sha256 => {
+                let actual = sha256_file(path).map_err(|e| load_err(e.to_string()))?;
+                if !actual.eq_ignore_ascii_case(&m.sha256) {
+                    return Err(ModelError::Checksum { path: path.to_owned(), expected: m.sha256.clone(), actual });
+                }
+                Some(actual)
+            }
+            Some(m) => Some(m.sha256.clone()),
+            None => None,
+        };
+        let labels = load_labels(&cfg.labels)?;
+
+        let mut model = tract_onnx::onnx()
+            .model_for_path(path)
+            .map_err(|e| load_err(format!("{} (is it an ONNX file?)", root_cause(&e))))?;
+        let size = input_size(&model, path, cfg.input_size)?;
+        model
+            .set_input_fact(0, f32::fact([1, 3, size as usize, size as usize]).into())
+            .map_err(|e| load_err(root_cause(&e)))?;
+        let model = model.into_optimized().map_err(|e| ModelError::Shape {
+            path: path.to_owned(),
+            reason: format!("does not accept a [1, 3, {size}, {size}] f32 input: {}", root_cause(&e)),
+        })?;
+
+        let outputs = output_width(&model).ok_or_else(|| ModelError::Shape {
+            path: path.to_owned(),
+            reason: format!(
+                "output {:?} is not [1, classes]",
+                model.output_fact(0).map(|f| format!("{:?}", f.shape)).unwrap_or_default()
+            ),
+        })?;
+        if labels.len() != outputs {
+            return Err(ModelError::LabelCount { path: cfg.labels.clone(), labels: labels.len(), outputs });
+        }
+
+        let threads = match cfg.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        // A one-thread pool would silently run on rayon's global pool
+        // (tract #2894), so one thread means no pool at all.
+        let executor = (threads > 1).then(|| tract_linalg::multithread::Executor::multithread(threads));
+        let options = RunOptions { executor, ..Default::default() };
+        let plan = model.into_runnable_with_options(&options).map_err(|e| load_err(root_cause(&e)))?;
+        let state = plan.spawn().map_err(|e| load_err(root_cause(&e)))?;
+        let name = cfg
+            .manifest
+            .as_ref()
+            .map(|m| m.name.clone())
+            .unwrap_or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
+        Ok(TractClassifier {
+            info: ModelInfo { name, sha256, input_size: size, labels },
+            state,
+            input: vec![0.0; 3 * (size as usize).pow(2)],
+            _plan: plan,
+        })
+    }
+}
+
+impl Classifier for TractClassifier {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn input_mut(&mut self) -> &mut [f32] {
+        &mut self.input
+    }
+
+    fn infer(&mut self) -> Result<Vec<f32>, ModelError> {
+        let run_err = |e: TractError| ModelError::Run(root_cause(&e));
+        let size = self.info.input_size as usize;
+        let input = Tensor::from_shape(&[1, 3, size, size], &self.input).map_err(run_err)?;
+        let out = self.state.run(tvec!(input.into_tvalue())).map_err(run_err)?;
+        let logits =
+            out[0].try_as_plain_ram().and_then(|v| v.as_slice::<f32>().map(<[f32]>::to_vec)).map_err(run_err)?;
+        Ok(logits)
+    }
+}
+
+/// The square input side: the ONNX file's if it is fixed, else the config's.
+fn input_size(model: &InferenceModel, path: &Path, configured: Option<u32>) -> Result<u32, ModelError> {
+    let shape_err = |reason: String| ModelError::Shape { path: path.to_owned(), reason };
+    let inputs = model.input_outlets().map_err(|e| shape_err(e.to_string()))?.len();
+    if inputs != 1 {
+        return Err(shape_err(format!(
+            "has {inputs} inputs; lookout runs image classifiers with one [1, 3, S, S] input"
+        )));
+    }
+    let fact = model.input_fact(0).map_err(|e| shape_err(e.to_string()))?;
+    let dims: Vec<Option<usize>> = fact
+        .shape
+        .dims()
+        .map(|d| match d {
+            GenericFactoid::Only(d) => d.to_usize().ok(),
+            GenericFactoid::Any => None,
+        })
+        .collect();
+    if !fact.shape.is_open() && dims.len() != 4 {
+        return Err(shape_err(format!(
+            "input has rank {}; lookout needs an NCHW image input [1, 3, S, S]",
+            dims.len()
+        )));
+    }
+    let fixed = match dims.as_slice() {
+        [_, Some(c), _, _] if *c != 3 => {
+            return Err(shape_err(format!("input has {c} channels; lookout feeds RGB (3)")))
+        }
+        [_, _, Some(h), Some(w)] if h != w => {
+            return Err(shape_err(format!("input is {h}x{w}; lookout feeds square images")))
+        }
+        [_, _, Some(h), Some(_)] => Some(*h as u32),
+        _ => None,
+    };
+    match (fixed, configured) {
+        (Some(f), Some(c)) if f != c => {
+            Err(shape_err(format!("input is {f}x{f} but the config or manifest says input_size = {c}")))
+        }
+        (Some(f), _) => Ok(f),
+        (None, Some(c)) => Ok(c),
+        (None, None) => Err(shape_err("input size is not fixed in the file; set model.input_size".into())),
+    }
+}
+
+fn output_width(model: &TypedModel) -> Option<usize> {
+    let fact = model.output_fact(0).ok()?;
+    let dims: Vec<usize> = fact.shape.iter().map(|d| d.to_usize().ok()).collect::<Option<_>>()?;
+    match dims.as_slice() {
+        [1, n] | [n] => Some(*n),
+        _ => None,
+    }
+}
+
+/// tract errors are chains whose outer layers name internal passes; the
+/// root says what is wrong with the file.
+fn root_cause(e: &TractError) -> String {
+    e.root_cause().to_string()
+}
+
+pub(crate) fn sha256_file(path: &Path) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tract_version_matches_the_cargo_pin() {
+        let cargo = include_str!("../../Cargo.toml");
+        assert!(cargo.contains(&format!("tract-onnx = \"={}\"", super::TRACT_VERSION)));
+    }
+}

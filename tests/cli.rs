@@ -1,0 +1,166 @@
+//! Bad input through the built binary: each failure is one line that names
+//! the file and the problem, with its own exit code.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+
+fn run(args: &[&std::ffi::OsStr]) -> (i32, String, String) {
+    let mut cmd = lookout();
+    cmd.args(args);
+    let out = run_with_timeout(cmd, Duration::from_secs(120));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn check_config(path: &Path) -> (i32, String) {
+    let (code, _, err) = run(&["check-config".as_ref(), path.as_os_str()]);
+    (code, err)
+}
+
+fn error_line(stderr: &str) -> &str {
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("lookout: error:")).collect();
+    assert_eq!(lines.len(), 1, "exactly one error line in: {stderr}");
+    lines[0]
+}
+
+fn samples() -> std::path::PathBuf {
+    root().join("models/digits/samples")
+}
+
+#[test]
+fn version_names_tract() {
+    let (code, out, _) = run(&["--version".as_ref()]);
+    assert_eq!(code, 0);
+    assert!(out.contains(env!("CARGO_PKG_VERSION")) && out.contains("tract 0.23.9"), "{out}");
+}
+
+#[test]
+fn check_config_prints_the_resolved_config() {
+    let (code, out, err) = run(&["check-config".as_ref(), root().join("config/lookout.toml").as_os_str()]);
+    assert_eq!(code, 0, "{err}");
+    // Resolved: absolute model path and the manifest's preprocessing.
+    let models = root().join("models/digits");
+    assert!(out.contains(&format!("path = \"{}\"", models.join("digits-int8.onnx").display())), "{out}");
+    assert!(out.contains("resize = \"bicubic\""), "{out}");
+    assert!(out.contains(&format!("labels = \"{}\"", models.join("labels.txt").display())), "{out}");
+}
+
+#[test]
+fn config_errors_exit_78_with_file_line_and_key() {
+    let d = tempfile::tempdir().unwrap();
+    let good = digits_config(&samples(), "digits-int8.onnx", 1883, "");
+    let cases = [
+        ("not toml [", "lookout.toml:1:"),
+        (&*format!("{good}\nfoo = 1\n"), "unknown field `foo`"),
+        (&*format!("{good}\n[mqtt]\n"), "duplicate key `mqtt`"),
+        (&*good.replace("interval = 0.05", "interval = 0"), "`schedule.interval` is 0"),
+        (&*good.replace("interval = 0.05", "interval = \"soon\""), "invalid type"),
+        (&*good.replace("digits-int8.onnx", "missing.onnx"), "missing.onnx does not exist"),
+        (&*good.replace("[model]\n", "[model]\nthreads = -1\n"), "threads"),
+    ];
+    for (text, expect) in cases {
+        let cfg = write_config(d.path(), text);
+        let (code, err) = check_config(&cfg);
+        assert_eq!(code, 78, "{expect}: {err}");
+        let line = error_line(&err);
+        assert!(line.contains(&cfg.display().to_string()) && line.contains(expect), "{expect}: {line}");
+    }
+    let (code, err) = check_config(&d.path().join("nope.toml"));
+    assert_eq!(code, 78);
+    assert!(error_line(&err).contains("nope.toml: cannot read the config file: no such file"), "{err}");
+}
+
+#[test]
+fn model_errors_exit_79_and_say_what_is_wrong() {
+    let d = tempfile::tempdir().unwrap();
+    let models = root().join("models/digits");
+    let img = samples().join("3-three.jpg");
+
+    // Labels that do not match the model's 10 outputs.
+    let labels = d.path().join("labels.txt");
+    std::fs::write(&labels, (0..11).map(|i| format!("c{i}\n")).collect::<String>()).unwrap();
+    let cfg = write_config(
+        d.path(),
+        &digits_config(&samples(), "digits-int8.onnx", 1883, "")
+            .replace("[model]\n", &format!("[model]\nlabels = \"{}\"\n", labels.display())),
+    );
+    let (code, _, err) = run(&["classify".as_ref(), "--config".as_ref(), cfg.as_os_str(), img.as_os_str()]);
+    assert_eq!(code, 79, "{err}");
+    assert!(error_line(&err).contains("has 11 labels but the model outputs 10 classes"), "{err}");
+
+    // Not ONNX, with its own manifest copied beside it: the checksum catches it.
+    let fake = d.path().join("fake.onnx");
+    std::fs::write(&fake, b"this is not a model").unwrap();
+    std::fs::copy(models.join("digits-int8.manifest.json"), d.path().join("fake.manifest.json")).unwrap();
+    std::fs::copy(models.join("labels.txt"), d.path().join("labels.txt")).unwrap();
+    let cfg = write_config(d.path(), &digits_config(&samples(), "digits-int8.onnx", 1883, ""));
+    let (code, _, err) = run(&[
+        "classify".as_ref(),
+        "--config".as_ref(),
+        cfg.as_os_str(),
+        "--model".as_ref(),
+        fake.as_os_str(),
+        img.as_os_str(),
+    ]);
+    assert_eq!(code, 79, "{err}");
+    assert!(error_line(&err).contains("sha256 is"), "{err}");
+
+    // Not ONNX and no manifest: tract's own complaint, with the file named.
+    std::fs::remove_file(d.path().join("fake.manifest.json")).unwrap();
+    let cfg = write_config(
+        d.path(),
+        &digits_config(&samples(), "digits-int8.onnx", 1883, "")
+            .replace("[model]\n", &format!("[model]\nlabels = \"{}\"\n", models.join("labels.txt").display())),
+    );
+    let (code, _, err) = run(&[
+        "classify".as_ref(),
+        "--config".as_ref(),
+        cfg.as_os_str(),
+        "--model".as_ref(),
+        fake.as_os_str(),
+        img.as_os_str(),
+    ]);
+    assert_eq!(code, 79, "{err}");
+    let line = error_line(&err);
+    assert!(line.contains("fake.onnx: cannot load the model") && line.contains("ONNX"), "{line}");
+}
+
+#[test]
+fn bad_images_are_named_and_the_good_ones_still_classified() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = write_config(d.path(), &digits_config(&samples(), "digits-int8.onnx", 1883, ""));
+    let good = samples().join("7-seven.jpg");
+    let data = std::fs::read(&good).unwrap();
+    let truncated = d.path().join("truncated.jpg");
+    std::fs::write(&truncated, &data[..data.len() / 2]).unwrap();
+    let text = d.path().join("text.jpg");
+    std::fs::write(&text, "hello").unwrap();
+
+    let (code, out, err) = run(&[
+        "classify".as_ref(),
+        "--config".as_ref(),
+        cfg.as_os_str(),
+        truncated.as_os_str(),
+        good.as_os_str(),
+        text.as_os_str(),
+    ]);
+    assert_eq!(code, 65, "{err}");
+    assert!(err.contains("truncated.jpg: cannot decode image: truncated JPEG"), "{err}");
+    assert!(err.contains("text.jpg: cannot decode image"), "{err}");
+    assert!(err.contains("2 of 3 images failed"), "{err}");
+    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["label"], "seven");
+
+    let (code, _, err) =
+        run(&["classify".as_ref(), "--config".as_ref(), cfg.as_os_str(), d.path().join("absent.jpg").as_os_str()]);
+    assert_eq!(code, 66, "{err}");
+    assert!(err.contains("absent.jpg: cannot read image"), "{err}");
+}

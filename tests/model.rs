@@ -1,0 +1,104 @@
+//! The bundled digits model in tract against the references its exporter
+//! wrote: PyTorch logits for every held-out image, and the int8 model's
+//! agreement with fp32.
+
+mod common;
+
+use std::path::Path;
+
+use lookout::config::Config;
+use lookout::frame::{Frame, PixelFormat};
+use lookout::model::{Classifier, TractClassifier};
+use lookout::preprocess::{ColorRange, Preprocessor};
+
+struct Reference {
+    file: String,
+    label: usize,
+    torch: Vec<f32>,
+}
+
+fn references() -> Vec<Reference> {
+    let dir = common::root().join("tests/fixtures/digits");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    v["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| Reference {
+            file: dir.join(i["file"].as_str().unwrap()).display().to_string(),
+            label: i["label"].as_u64().unwrap() as usize,
+            torch: i["torch_logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect(),
+        })
+        .collect()
+}
+
+fn load(model: &str) -> (TractClassifier, Preprocessor) {
+    let dir = tempfile::tempdir().unwrap();
+    let frames = common::root().join("tests/fixtures/digits/test");
+    let cfg = common::write_config(dir.path(), &common::digits_config(&frames, model, 1883, ""));
+    let cfg = Config::load(&cfg).unwrap();
+    let classifier = TractClassifier::load(&cfg.model).unwrap();
+    let pre = Preprocessor::new(&cfg.model.preprocess, classifier.info().input_size, ColorRange::Full);
+    (classifier, pre)
+}
+
+fn logits(c: &mut TractClassifier, pre: &mut Preprocessor, file: &str) -> Vec<f32> {
+    let frame = Frame {
+        seq: 0,
+        captured_at: std::time::SystemTime::now(),
+        width: 0,
+        height: 0,
+        format: PixelFormat::Encoded,
+        data: std::fs::read(Path::new(file)).unwrap(),
+        origin: file.into(),
+    };
+    pre.run(&frame, c.input_mut()).unwrap();
+    c.infer().unwrap()
+}
+
+fn argmax(v: &[f32]) -> usize {
+    (0..v.len()).fold(0, |best, i| if v[i] > v[best] { i } else { best })
+}
+
+#[test]
+fn tract_fp32_reproduces_the_pytorch_logits() {
+    let refs = references();
+    assert!(refs.len() >= 300, "the reference set is the held-out split");
+    let (mut c, mut pre) = load("digits-fp32.onnx");
+    let mut worst = 0f32;
+    for r in &refs {
+        let got = logits(&mut c, &mut pre, &r.file);
+        let range = r.torch.iter().fold(f32::MIN, |a, &b| a.max(b)) - r.torch.iter().fold(f32::MAX, |a, &b| a.min(b));
+        let err = got.iter().zip(&r.torch).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        worst = worst.max(err / range);
+        assert!(err <= 1e-4 * range, "{}: max abs error {err} over logit range {range}", r.file);
+        assert_eq!(argmax(&got), argmax(&r.torch), "{}: top-1 differs from PyTorch", r.file);
+    }
+    println!("tract fp32 vs PyTorch on {} images: worst max-abs-error / logit range = {worst:.2e}", refs.len());
+}
+
+#[test]
+fn tract_int8_agrees_with_fp32_on_the_held_out_set() {
+    let refs = references();
+    let (mut fp32, mut pre32) = load("digits-fp32.onnx");
+    let (mut int8, mut pre8) = load("digits-int8.onnx");
+    let (mut agree, mut right32, mut right8) = (0, 0, 0);
+    for r in &refs {
+        let a = argmax(&logits(&mut fp32, &mut pre32, &r.file));
+        let b = argmax(&logits(&mut int8, &mut pre8, &r.file));
+        agree += (a == b) as usize;
+        right32 += (a == r.label) as usize;
+        right8 += (b == r.label) as usize;
+    }
+    let n = refs.len() as f64;
+    let (agreement, acc32, acc8) = (agree as f64 / n * 100.0, right32 as f64 / n * 100.0, right8 as f64 / n * 100.0);
+    println!(
+        "digits, {} held-out images: int8/fp32 top-1 agreement {agreement:.2} %, accuracy fp32 {acc32:.2} % int8 {acc8:.2} % (drop {:.2} pp)",
+        refs.len(),
+        acc32 - acc8
+    );
+    assert!(agreement >= 99.0, "agreement {agreement:.2} %");
+    assert!(acc32 - acc8 <= 1.0, "accuracy drop {:.2} pp", acc32 - acc8);
+    assert!(acc32 >= 90.0, "the small model is really trained: {acc32:.2} %");
+}

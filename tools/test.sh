@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The whole test suite, as README.md and .ci/run give it. Installs what the
+# tests need when it is missing (Debian/Ubuntu; sudo when not root), then
+# runs the Rust tests and, where torch is installed, the exporter's tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+command -v mosquitto_sub >/dev/null 2>&1 || need+=(mosquitto-clients)
+# nokhwa's V4L2 bindings are generated with bindgen, which needs libclang.
+ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev)
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "tools/test.sh: installing ${need[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+py=python3
+[ -x tools/.venv/bin/python ] && py=tools/.venv/bin/python
+if $py -c 'import torch, pytest' 2>/dev/null; then
+  $py -m pytest -q tools/test_export.py
+else
+  echo "tools/test.sh: skipping the exporter's Python tests (torch and pytest are not installed; see tools/README.md)"
+fi
+
+cargo test --locked --all-targets "$@"
