@@ -145,7 +145,7 @@ pub fn write_config(dir: &Path, text: &str) -> PathBuf {
 pub fn digits_config(frames: &Path, model: &str, port: u16, extra: &str) -> String {
     let models = root().join("models/digits");
     format!(
-        "[device]\nid = \"e2e\"\n\n[source]\nkind = \"files\"\npath = \"{}\"\n\n[model]\npath = \"{}\"\n\n\
+        "[device]\nid = \"e2e\"\nstate_dir = \"state\"\n\n[source]\nkind = \"files\"\npath = \"{}\"\n\n[model]\npath = \"{}\"\n\n\
          [mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nreconnect_min = 0.1\nreconnect_max = 0.5\n\n\
          [schedule]\ninterval = 0.05\n{extra}",
         frames.display(),
