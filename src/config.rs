@@ -423,9 +423,9 @@ fn resolve(raw: FileConfig, file: &Path, base: &Path) -> Result<Config, ConfigEr
     // systemd's StateDirectory= sets STATE_DIRECTORY; outside systemd the FHS place.
     let state_dir = match raw.device.state_dir {
         Some(p) => join(base, &p),
-        None => std::env::var_os("STATE_DIRECTORY")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/var/lib/lookout")),
+        None => {
+            std::env::var_os("STATE_DIRECTORY").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/lib/lookout"))
+        }
     };
 
     let source = match raw.source {
@@ -485,7 +485,11 @@ fn resolve(raw: FileConfig, file: &Path, base: &Path) -> Result<Config, ConfigEr
         }
     };
     if password.is_some() && m.username.is_none() {
-        return Err(invalid(file, "mqtt.username", "is not set but a password source is; MQTT sends a password only with a user name"));
+        return Err(invalid(
+            file,
+            "mqtt.username",
+            "is not set but a password source is; MQTT sends a password only with a user name",
+        ));
     }
     let tls = match (m.tls, m.ca_file) {
         (false, None) => None,
@@ -493,11 +497,19 @@ fn resolve(raw: FileConfig, file: &Path, base: &Path) -> Result<Config, ConfigEr
             return Err(invalid(file, "mqtt.tls", "is false but mqtt.ca_file is set; set tls = true to use it"))
         }
         (true, None) => {
-            return Err(invalid(file, "mqtt.ca_file", "is not set; TLS needs the CA certificate (PEM) that signed the broker's"))
+            return Err(invalid(
+                file,
+                "mqtt.ca_file",
+                "is not set; TLS needs the CA certificate (PEM) that signed the broker's",
+            ))
         }
         (true, Some(ca)) => {
             if m.client_cert.is_some() != m.client_key.is_some() {
-                return Err(invalid(file, "mqtt.client_key", "client_cert and client_key go together; set both or neither"));
+                return Err(invalid(
+                    file,
+                    "mqtt.client_key",
+                    "client_cert and client_key go together; set both or neither",
+                ));
             }
             Some(TlsFiles {
                 ca_file: join(base, &ca),
@@ -516,7 +528,11 @@ fn resolve(raw: FileConfig, file: &Path, base: &Path) -> Result<Config, ConfigEr
     let diagnostics_interval = seconds(file, "mqtt.diagnostics_interval", m.diagnostics_interval, 1.0)?;
     let outbox_commit_interval = seconds(file, "mqtt.outbox_commit_interval", m.outbox_commit_interval, 0.0)?;
     if m.outbox_max_rows == 0 || m.outbox_max_bytes < 4096 {
-        return Err(invalid(file, "mqtt.outbox_max_rows", "outbox_max_rows must be at least 1 and outbox_max_bytes at least 4096"));
+        return Err(invalid(
+            file,
+            "mqtt.outbox_max_rows",
+            "outbox_max_rows must be at least 1 and outbox_max_bytes at least 4096",
+        ));
     }
     let mqtt = MqttConfig {
         enabled: m.enabled,
@@ -726,6 +742,35 @@ mod tests {
         let e = Config::parse(&BASE.replace("top_k", "x").replace("labels.txt\"\n", "labels.txt\"\ntop_k = 0\n"), &cfg)
             .unwrap_err();
         assert!(e.to_string().contains("model.top_k"), "{e}");
+    }
+
+    #[test]
+    fn mqtt_security_and_outbox_keys_are_checked() {
+        let (d, cfg) = fixture();
+        let cases = [
+            ("[mqtt]\nusername = \"u\"\npassword_file = \"pw\"\npassword_env = \"PW\"\n", "exclude each other"),
+            ("[mqtt]\npassword_env = \"PW\"\n", "mqtt.username"),
+            ("[mqtt]\ntls = true\n", "mqtt.ca_file"),
+            ("[mqtt]\nca_file = \"ca.pem\"\n", "mqtt.tls"),
+            ("[mqtt]\ntls = true\nca_file = \"ca.pem\"\nclient_cert = \"c.pem\"\n", "client_key"),
+            ("[mqtt]\ndiscovery_prefix = \"ha/\"\n", "mqtt.discovery_prefix"),
+            ("[mqtt]\noutbox_max_rows = 0\n", "mqtt.outbox_max_rows"),
+            ("[mqtt]\npassword = \"in-the-config\"\n", "unknown field `password`"),
+        ];
+        for (extra, expect) in cases {
+            let e = Config::parse(&format!("{BASE}\n{extra}"), &cfg).unwrap_err().to_string();
+            assert!(e.contains(expect), "{extra:?} gave {e}");
+        }
+        let text = format!(
+            "{BASE}\n[device]\nstate_dir = \"state\"\n\n[mqtt]\nusername = \"cam\"\npassword_file = \"pw\"\n\
+             tls = true\nca_file = \"ca.pem\"\ndiscovery = false\n"
+        );
+        let c = Config::parse(&text, &cfg).unwrap();
+        assert_eq!(c.device.state_dir, d.path().join("state"));
+        assert_eq!(c.mqtt.password, Some(PasswordSource::File(d.path().join("pw"))));
+        assert_eq!(c.mqtt.tls.unwrap().ca_file, d.path().join("ca.pem"));
+        assert_eq!(c.mqtt.discovery_prefix, None);
+        assert_eq!(Config::parse(BASE, &cfg).unwrap().mqtt.discovery_prefix.as_deref(), Some("homeassistant"));
     }
 
     #[test]

@@ -45,9 +45,8 @@ fn read_password(src: &PasswordSource) -> Result<String, PublishError> {
     };
     let text = match src {
         PasswordSource::File(p) => from_file(p, "password_file")?,
-        PasswordSource::Env(var) => std::env::var(var).map_err(|_| {
-            err(format!("the environment variable {var} (mqtt.password_env) is not set or not UTF-8"))
-        })?,
+        PasswordSource::Env(var) => std::env::var(var)
+            .map_err(|_| err(format!("the environment variable {var} (mqtt.password_env) is not set or not UTF-8")))?,
         PasswordSource::Credential(name) => {
             let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
                 err(format!(

@@ -35,10 +35,17 @@ pub fn discovery_payload(device: &Device, topics: &Topics, model: &str, interval
     let mut label = entity("label", "sensor", "Label", &topics.state, "{{ value_json.label }}", results);
     label["icon"] = json!("mdi:eye");
     label["json_attributes_topic"] = json!(topics.state);
-    label["json_attributes_template"] =
-        json!("{{ {'top_k': value_json.top_k, 'seq': value_json.seq, 'captured_at': value_json.captured_at} | tojson }}");
-    let mut confidence =
-        entity("confidence", "sensor", "Confidence", &topics.state, "{{ (value_json.score * 100) | round(1) }}", results);
+    label["json_attributes_template"] = json!(
+        "{{ {'top_k': value_json.top_k, 'seq': value_json.seq, 'captured_at': value_json.captured_at} | tojson }}"
+    );
+    let mut confidence = entity(
+        "confidence",
+        "sensor",
+        "Confidence",
+        &topics.state,
+        "{{ (value_json.score * 100) | round(1) }}",
+        results,
+    );
     confidence["unit_of_measurement"] = json!("%");
     confidence["state_class"] = json!("measurement");
     let diagnostic = |key: &str, name: &str, template: &str, unit: &str, class: Option<&str>| {
@@ -51,7 +58,8 @@ pub fn discovery_payload(device: &Device, topics: &Topics, model: &str, interval
         }
         e
     };
-    let latency = diagnostic("latency", "Inference latency", "{{ value_json.latency_ms.inference }}", "ms", Some("duration"));
+    let latency =
+        diagnostic("latency", "Inference latency", "{{ value_json.latency_ms.inference }}", "ms", Some("duration"));
     let outbox = diagnostic("outbox", "Outbox depth", "{{ value_json.outbox.depth }}", "results", None);
     let temperature = diagnostic(
         "temperature",

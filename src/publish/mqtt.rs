@@ -106,7 +106,11 @@ impl MqttPublisher {
         });
         let first_seq = outbox.next_seq();
         if outbox.depth() > 0 {
-            info!("MQTT outbox {}: {} results from earlier runs wait for the broker", outbox.path().display(), outbox.depth());
+            info!(
+                "MQTT outbox {}: {} results from earlier runs wait for the broker",
+                outbox.path().display(),
+                outbox.depth()
+            );
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -189,7 +193,12 @@ impl Drop for MqttPublisher {
 
 /// Owns `poll()`: it is never cancelled, and after an error it waits
 /// (exponential backoff with jitter) before the next attempt.
-async fn poller(mut eventloop: EventLoop, tx: mpsc::Sender<Result<Event, ConnectionError>>, min: Duration, max: Duration) {
+async fn poller(
+    mut eventloop: EventLoop,
+    tx: mpsc::Sender<Result<Event, ConnectionError>>,
+    min: Duration,
+    max: Duration,
+) {
     let mut backoff = min;
     loop {
         let event = eventloop.poll().await;

@@ -230,7 +230,8 @@ impl Outbox {
     pub fn after(&self, after: Option<u64>, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, OutboxError> {
         let from = after.map_or(-1, |s| s as i64);
         let run = || -> Result<Vec<(u64, Vec<u8>)>, rusqlite::Error> {
-            let mut q = self.conn.prepare_cached("SELECT seq, payload FROM outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+            let mut q =
+                self.conn.prepare_cached("SELECT seq, payload FROM outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
             let want = (limit + self.acked.len()) as i64;
             let rows = q.query_map(params![from, want], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))?;
             let mut out = vec![];

@@ -96,41 +96,21 @@ impl Drop for Broker {
     }
 }
 
-/// An MQTT subscriber that is subscribed when `new` returns.
+/// An MQTT subscriber that is subscribed when `new` returns. A thread polls
+/// it meanwhile: unpolled, it sends no pings and the broker drops it after
+/// 1.5 keep-alive periods, which a slow model load under load exceeds.
 pub struct Subscriber {
-    _client: Client,
-    conn: Connection,
+    inner: Listener,
 }
 
 impl Subscriber {
     pub fn new(port: u16, topic: &str) -> Subscriber {
-        let mut opts = MqttOptions::new(format!("test-sub-{}", free_port()), "127.0.0.1", port);
-        opts.set_keep_alive(Duration::from_secs(5));
-        opts.set_max_packet_size(1 << 20, 1 << 20);
-        let (client, mut conn) = Client::new(opts, 100);
-        client.subscribe(topic, QoS::AtLeastOnce).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            assert!(Instant::now() < deadline, "no SUBACK from the broker");
-            if let Ok(Ok(Event::Incoming(Packet::SubAck(_)))) = conn.recv_timeout(Duration::from_millis(500)) {
-                break;
-            }
-        }
-        Subscriber { _client: client, conn }
+        Subscriber { inner: Listener::new(port, topic) }
     }
 
     /// Collects (topic, payload) pairs until `n` arrived or `limit` passed.
     pub fn collect(&mut self, n: usize, limit: Duration) -> Vec<(String, serde_json::Value)> {
-        let deadline = Instant::now() + limit;
-        let mut got = vec![];
-        while got.len() < n && Instant::now() < deadline {
-            if let Ok(Ok(Event::Incoming(Packet::Publish(p)))) = self.conn.recv_timeout(Duration::from_millis(200)) {
-                let v = serde_json::from_slice(&p.payload)
-                    .unwrap_or(serde_json::Value::String(String::from_utf8_lossy(&p.payload).into()));
-                got.push((p.topic.clone(), v));
-            }
-        }
-        got
+        self.inner.until(limit, |m| m.len() >= n).into_iter().map(|(t, v, _)| (t, v)).collect()
     }
 }
 
@@ -306,11 +286,8 @@ impl Daemon {
         let log = config.with_extension(format!("{}.log", free_port()));
         let mut cmd = lookout();
         cmd.arg("run").arg("--config").arg(config).envs(env.iter().copied());
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("spawn lookout");
+        let child =
+            cmd.stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap()).spawn().expect("spawn lookout");
         Daemon { child, log }
     }
 
