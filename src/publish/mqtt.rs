@@ -15,6 +15,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -133,6 +135,8 @@ impl MqttPublisher {
             diagnostics_interval: m.diagnostics_interval,
             diagnostics_file: cfg.device.state_dir.join("diagnostics.json"),
             connected: false,
+            link: Arc::new(Link::default()),
+            generation: 0,
             sent: VecDeque::new(),
             inflight: HashMap::new(),
             in_window: 0,
@@ -191,26 +195,43 @@ impl Drop for MqttPublisher {
     }
 }
 
+/// The connection as the poller sees it, ahead of the events the driver has
+/// processed.
+///
+/// When `poll()` fails, rumqttc moves every request still in its channel to
+/// a pending list that the next clean session discards. A publish queued
+/// after that would go out on the *next* connection, and its packet id
+/// would be matched to the wrong outbox row. Both tasks share one thread,
+/// so the poller updates this before the driver can run again, and the
+/// driver queues only while the connection it last saw come up is still up.
+#[derive(Default)]
+struct Link {
+    up: AtomicBool,
+    /// Counts connections; the driver compares it with the one it saw.
+    generation: AtomicU64,
+}
+
+type Polled = (u64, Result<Event, ConnectionError>);
+
 /// Owns `poll()`: it is never cancelled, and after an error it waits
 /// (exponential backoff with jitter) before the next attempt.
-async fn poller(
-    mut eventloop: EventLoop,
-    tx: mpsc::Sender<Result<Event, ConnectionError>>,
-    min: Duration,
-    max: Duration,
-) {
+async fn poller(mut eventloop: EventLoop, link: Arc<Link>, tx: mpsc::Sender<Polled>, min: Duration, max: Duration) {
     let mut backoff = min;
     loop {
         let event = eventloop.poll().await;
         let failed = event.is_err();
         if matches!(event, Ok(Event::Incoming(Packet::ConnAck(_)))) {
             backoff = min;
+            link.generation.fetch_add(1, Ordering::SeqCst);
+            link.up.store(true, Ordering::SeqCst);
         }
         if failed {
+            link.up.store(false, Ordering::SeqCst);
             // Events of the dead connection must not reach the new one.
             eventloop.state.events.clear();
         }
-        if tx.send(event).await.is_err() {
+        let generation = link.generation.load(Ordering::SeqCst);
+        if tx.send((generation, event)).await.is_err() {
             return;
         }
         if failed {
@@ -240,6 +261,9 @@ struct Driver {
     diagnostics_interval: Duration,
     diagnostics_file: PathBuf,
     connected: bool,
+    link: Arc<Link>,
+    /// The `Link::generation` of the connection `connected` refers to.
+    generation: u64,
     /// Publishes queued in rumqttc whose packet id is not known yet.
     sent: VecDeque<Sent>,
     /// Packet id -> `seq` of results waiting for their acknowledgement.
@@ -259,7 +283,7 @@ struct Driver {
 impl Driver {
     async fn run(mut self, eventloop: EventLoop, min: Duration, max: Duration) {
         let (ev_tx, mut ev_rx) = mpsc::channel(64);
-        tokio::spawn(poller(eventloop, ev_tx, min, max));
+        tokio::spawn(poller(eventloop, self.link.clone(), ev_tx, min, max));
         let mut diagnostics = tokio::time::interval(self.diagnostics_interval);
         diagnostics.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -288,8 +312,11 @@ impl Driver {
                 }
                 _ = diagnostics.tick() => self.diagnostics(),
                 ev = ev_rx.recv() => match ev {
-                    Some(Ok(event)) => self.event(event),
-                    Some(Err(e)) => self.failed(&e),
+                    Some((generation, Ok(event))) => {
+                        self.generation = generation;
+                        self.event(event)
+                    }
+                    Some((_, Err(e))) => self.failed(&e),
                     None => return,
                 },
                 _ = tokio::time::sleep_until(self.closing.unwrap_or(far)), if self.closing.is_some() => {
@@ -312,7 +339,7 @@ impl Driver {
         self.in_window == 0
     }
 
-    async fn stop(mut self, ev_rx: &mut mpsc::Receiver<Result<Event, ConnectionError>>) {
+    async fn stop(mut self, ev_rx: &mut mpsc::Receiver<Polled>) {
         if self.connected {
             // A clean DISCONNECT suppresses the last will: say it ourselves.
             self.publish(&self.topics.availability.clone(), true, b"offline".to_vec(), Sent::Other);
@@ -324,8 +351,8 @@ impl Driver {
                     _ = &mut wait => break,
                     // Acks that arrive now still get their rows deleted.
                     ev = ev_rx.recv() => match ev {
-                        Some(Ok(Event::Outgoing(Outgoing::Disconnect))) | None | Some(Err(_)) => break,
-                        Some(Ok(e)) => self.event(e),
+                        Some((_, Ok(Event::Outgoing(Outgoing::Disconnect)))) | None | Some((_, Err(_))) => break,
+                        Some((_, Ok(e))) => self.event(e),
                     }
                 }
             }
@@ -383,7 +410,17 @@ impl Driver {
         }
     }
 
+    /// Whether the connection the driver knows about is still the live one.
+    fn link_up(&self) -> bool {
+        self.connected
+            && self.link.up.load(Ordering::SeqCst)
+            && self.link.generation.load(Ordering::SeqCst) == self.generation
+    }
+
     fn publish(&mut self, topic: &str, retain: bool, payload: Vec<u8>, what: Sent) -> bool {
+        if !self.link_up() {
+            return false;
+        }
         match self.client.try_publish(topic, self.qos, retain, payload) {
             Ok(()) => {
                 self.sent.push_back(what);
@@ -459,7 +496,7 @@ impl Driver {
             info!("MQTT: sending {} results from the outbox (up to seq {upto})", self.outbox.depth());
         }
         self.publish(&self.topics.availability.clone(), true, b"online".to_vec(), Sent::Other);
-        if let Some((_, status, _)) = &self.discovery {
+        if let Some((_, status, _)) = self.discovery.as_ref().filter(|_| self.link_up()) {
             let _ = self.client.try_subscribe(status.clone(), QoS::AtLeastOnce);
         }
         self.announce();
