@@ -232,7 +232,7 @@ impl Outbox {
         let run = || -> Result<Vec<(u64, Vec<u8>)>, rusqlite::Error> {
             let mut q =
                 self.conn.prepare_cached("SELECT seq, payload FROM outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
-            let want = (limit + self.acked.len()) as i64;
+            let want = i64::try_from(limit.saturating_add(self.acked.len())).unwrap_or(-1);
             let rows = q.query_map(params![from, want], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))?;
             let mut out = vec![];
             for row in rows {
