@@ -321,7 +321,7 @@ fn openssl(dir: &Path, args: &str) {
     assert!(out.status.success(), "openssl {args}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// A CA, a server certificate it signed for 127.0.0.1, and an unrelated CA.
+/// A CA, a server and a client certificate it signed, and an unrelated CA.
 fn certificates(dir: &Path) {
     let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
     openssl(dir, &format!("req -x509 {ec} -keyout ca.key -out ca.pem -days 2 -subj /CN=lookout-test-ca"));
@@ -332,22 +332,33 @@ fn certificates(dir: &Path) {
         dir,
         "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile san.ext",
     );
+    openssl(dir, &format!("req {ec} -keyout client.key -out client.csr -subj /CN=lookout-camera"));
+    // An extension makes it X.509 v3; webpki refuses v1 certificates.
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    openssl(
+        dir,
+        "x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out client.pem -days 2 -extfile client.ext",
+    );
 }
 
 #[test]
-fn tls_with_the_right_ca_publishes_and_an_unknown_ca_is_reported_and_retried() {
+fn tls_with_the_right_ca_or_a_client_certificate_publishes_and_an_unknown_ca_is_reported_and_retried() {
     let certs = tempfile::tempdir().unwrap();
     certificates(certs.path());
-    let mut tls_port = 0;
+    let (mut tls_port, mut mtls_port) = (0, 0);
     let broker = Broker::start_with(|_, port| {
-        tls_port = free_port();
+        (tls_port, mtls_port) = (free_port(), free_port());
         let c = certs.path();
-        format!(
-            "per_listener_settings false\nallow_anonymous true\nlistener {port} 127.0.0.1\n\
-             listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n",
+        let files = format!(
+            "cafile {}\ncertfile {}\nkeyfile {}\n",
             c.join("ca.pem").display(),
             c.join("server.pem").display(),
             c.join("server.key").display()
+        );
+        format!(
+            "per_listener_settings false\nallow_anonymous true\nlistener {port} 127.0.0.1\n\
+             listener {tls_port} 127.0.0.1\n{files}\
+             listener {mtls_port} 127.0.0.1\n{files}require_certificate true\n"
         )
     });
     let sub = Listener::new(broker.port, &result_topic());
@@ -360,6 +371,16 @@ fn tls_with_the_right_ca_publishes_and_an_unknown_ca_is_reported_and_retried() {
         certs.path().join("other-ca.pem").display()
     );
     let mut bad = Daemon::start(&config(bad_dir.path(), tls_port, &bad_extra), &[]);
+    // A listener that wants client certificates.
+    let mtls_dir = tempfile::tempdir().unwrap();
+    let c = certs.path();
+    let mtls_extra = format!(
+        "client_id = \"lookout-mtls\"\ntls = true\nca_file = \"{}\"\nclient_cert = \"{}\"\nclient_key = \"{}\"",
+        c.join("ca.pem").display(),
+        c.join("client.pem").display(),
+        c.join("client.key").display()
+    );
+    let mut mtls = Daemon::start(&config(mtls_dir.path(), mtls_port, &mtls_extra), &[]);
 
     let got = sub.until(MIN * 2, |m| received(m).len() >= 3);
     assert!(received(&got).len() >= 3, "results over TLS:\n{}", good.log());
@@ -371,6 +392,11 @@ fn tls_with_the_right_ca_publishes_and_an_unknown_ca_is_reported_and_retried() {
     assert!(bad.is_running(), "an untrusted broker is retried, not fatal");
     assert_eq!(bad.terminate(MIN), Some(0), "{}", bad.log());
     assert_eq!(good.terminate(MIN), Some(0), "{}", good.log());
+    mtls.wait_for("MQTT: connected to", MIN);
+    mtls.wait_results(2, MIN);
+    assert_eq!(mtls.terminate(MIN), Some(0), "{}", mtls.log());
+    let d = diagnostics_file(mtls_dir.path());
+    assert!(d["mqtt"]["connects"].as_u64().unwrap() >= 1 && d["mqtt"]["last_error"].is_null(), "{d}");
 }
 
 #[test]

@@ -24,7 +24,6 @@ pub fn discovery_payload(device: &Device, topics: &Topics, model: &str, interval
         json!({
             "p": platform,
             "unique_id": format!("{id}_{key}"),
-            "object_id": format!("{id}_{key}"),
             "name": name,
             "state_topic": topic,
             "value_template": template,
