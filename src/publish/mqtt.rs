@@ -216,12 +216,12 @@ type Polled = (u64, Result<Event, ConnectionError>);
 /// Owns `poll()`: it is never cancelled, and after an error it waits
 /// (exponential backoff with jitter) before the next attempt.
 async fn poller(mut eventloop: EventLoop, link: Arc<Link>, tx: mpsc::Sender<Polled>, min: Duration, max: Duration) {
-    let mut backoff = min;
+    let mut backoff = Backoff::new(min, max);
     loop {
         let event = eventloop.poll().await;
         let failed = event.is_err();
         if matches!(event, Ok(Event::Incoming(Packet::ConnAck(_)))) {
-            backoff = min;
+            backoff.reset();
             link.generation.fetch_add(1, Ordering::SeqCst);
             link.up.store(true, Ordering::SeqCst);
         }
@@ -235,8 +235,7 @@ async fn poller(mut eventloop: EventLoop, link: Arc<Link>, tx: mpsc::Sender<Poll
             return;
         }
         if failed {
-            tokio::time::sleep(jitter(backoff)).await;
-            backoff = (backoff * 2).min(max);
+            tokio::time::sleep(backoff.next(clock_fraction())).await;
         }
     }
 }
@@ -558,16 +557,54 @@ fn mark_replayed(payload: &[u8]) -> Vec<u8> {
     }
 }
 
-/// 50-100 % of `d`, so many cameras behind one broker do not reconnect in
-/// lockstep after it restarts.
-fn jitter(d: Duration) -> Duration {
+/// Waits between connection attempts: `min`, doubling up to `max`, each
+/// wait cut to a random 50-100 %, so many cameras behind one broker do not
+/// reconnect in lockstep after it restarts.
+struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    fn new(min: Duration, max: Duration) -> Backoff {
+        Backoff { min, max, next: min }
+    }
+
+    fn reset(&mut self) {
+        self.next = self.min;
+    }
+
+    /// The wait before the next attempt; `random` in [0, 1).
+    fn next(&mut self, random: f64) -> Duration {
+        let wait = self.next.mul_f64(0.5 + random.clamp(0.0, 1.0) / 2.0);
+        self.next = (self.next * 2).min(self.max);
+        wait
+    }
+}
+
+/// Enough randomness for jitter without a dependency.
+fn clock_fraction() -> f64 {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
-    d.mul_f64(0.5 + (nanos % 1000) as f64 / 2000.0)
+    (nanos % 1000) as f64 / 1000.0
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_maximum_with_jitter_and_resets() {
+        let ms = Duration::from_millis;
+        let mut b = Backoff::new(ms(100), ms(1000));
+        let waits: Vec<Duration> = (0..6).map(|_| b.next(0.999_999)).collect();
+        let full: Vec<u64> = waits.iter().map(|w| (w.as_secs_f64() * 1000.0).round() as u64).collect();
+        assert_eq!(full, vec![100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(b.next(0.0), ms(500), "jitter takes at most half off");
+        b.reset();
+        assert_eq!(b.next(0.0), ms(50));
+        assert_eq!(b.next(0.5), ms(150));
+    }
 
     #[test]
     fn replayed_results_are_marked_and_keep_their_fields() {
