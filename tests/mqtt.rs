@@ -58,6 +58,13 @@ fn assert_complete(msgs: &[(String, Value, bool)], last: u64, log: &str) {
     let mut sorted = firsts.clone();
     sorted.sort();
     assert_eq!(firsts, sorted, "first copies out of order");
+    let results = msgs.iter().filter(|(t, _, _)| *t == result_topic());
+    let replayed = results.clone().filter(|(_, v, _)| v["replayed"] == true).count();
+    eprintln!(
+        "seq 0..={last}: {} messages, {replayed} replayed, {} duplicates",
+        results.clone().count(),
+        results.count() - got.len()
+    );
 }
 
 /// Collects until `last` arrived, or a minute passed.
