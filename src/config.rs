@@ -46,6 +46,7 @@ struct FileConfig {
 struct DeviceSection {
     id: Option<String>,
     name: Option<String>,
+    state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -91,6 +92,21 @@ struct MqttSection {
     keep_alive: f64,
     reconnect_min: f64,
     reconnect_max: f64,
+    connect_timeout: f64,
+    username: Option<String>,
+    password_file: Option<PathBuf>,
+    password_env: Option<String>,
+    password_credential: Option<String>,
+    tls: bool,
+    ca_file: Option<PathBuf>,
+    client_cert: Option<PathBuf>,
+    client_key: Option<PathBuf>,
+    discovery: bool,
+    discovery_prefix: String,
+    diagnostics_interval: f64,
+    outbox_max_rows: u64,
+    outbox_max_bytes: u64,
+    outbox_commit_interval: f64,
 }
 
 impl Default for MqttSection {
@@ -105,6 +121,21 @@ impl Default for MqttSection {
             keep_alive: 30.0,
             reconnect_min: 1.0,
             reconnect_max: 60.0,
+            connect_timeout: 10.0,
+            username: None,
+            password_file: None,
+            password_env: None,
+            password_credential: None,
+            tls: false,
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+            discovery: true,
+            discovery_prefix: "homeassistant".into(),
+            diagnostics_interval: 60.0,
+            outbox_max_rows: 100_000,
+            outbox_max_bytes: 64 << 20,
+            outbox_commit_interval: 1.0,
         }
     }
 }
@@ -148,6 +179,8 @@ pub struct Device {
     /// Goes into MQTT topics and client ids, so restricted to `[A-Za-z0-9_-]`.
     pub id: String,
     pub name: String,
+    /// Where the MQTT outbox (and the persisted result counter) lives.
+    pub state_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -196,6 +229,44 @@ pub struct MqttConfig {
     pub reconnect_min: Duration,
     #[serde(with = "secs")]
     pub reconnect_max: Duration,
+    #[serde(with = "secs")]
+    pub connect_timeout: Duration,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Where the password comes from; never the password itself, so the
+    /// config (and `check-config` output) can be world-readable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<PasswordSource>,
+    /// `Some` when TLS is on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsFiles>,
+    /// Home Assistant discovery prefix; `None` when discovery is off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discovery_prefix: Option<String>,
+    #[serde(with = "secs")]
+    pub diagnostics_interval: Duration,
+    pub outbox_max_rows: u64,
+    pub outbox_max_bytes: u64,
+    #[serde(with = "secs")]
+    pub outbox_commit_interval: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PasswordSource {
+    File(PathBuf),
+    Env(String),
+    /// A systemd credential: `$CREDENTIALS_DIRECTORY/<name>`.
+    Credential(String),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TlsFiles {
+    pub ca_file: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -349,6 +420,13 @@ fn resolve(raw: FileConfig, file: &Path, base: &Path) -> Result<Config, ConfigEr
         ));
     }
     let name = raw.device.name.unwrap_or_else(|| format!("lookout {id}"));
+    // systemd's StateDirectory= sets STATE_DIRECTORY; outside systemd the FHS place.
+    let state_dir = match raw.device.state_dir {
+        Some(p) => join(base, &p),
+        None => {
+            std::env::var_os("STATE_DIRECTORY").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/lib/lookout"))
+        }
+    };
 
     let source = match raw.source {
         SourceSection::Files { path, looping, fps } => {
@@ -392,6 +470,70 @@ fn resolve(raw: FileConfig, file: &Path, base: &Path) -> Result<Config, ConfigEr
     if reconnect_max < reconnect_min {
         return Err(invalid(file, "mqtt.reconnect_max", "is below mqtt.reconnect_min"));
     }
+    let connect_timeout = seconds(file, "mqtt.connect_timeout", m.connect_timeout, 1.0)?;
+    let password = match (m.password_file, m.password_env, m.password_credential) {
+        (None, None, None) => None,
+        (Some(p), None, None) => Some(PasswordSource::File(join(base, &p))),
+        (None, Some(v), None) => Some(PasswordSource::Env(v)),
+        (None, None, Some(c)) => Some(PasswordSource::Credential(c)),
+        _ => {
+            return Err(invalid(
+                file,
+                "mqtt.password_file",
+                "password_file, password_env and password_credential exclude each other; keep one",
+            ))
+        }
+    };
+    if password.is_some() && m.username.is_none() {
+        return Err(invalid(
+            file,
+            "mqtt.username",
+            "is not set but a password source is; MQTT sends a password only with a user name",
+        ));
+    }
+    let tls = match (m.tls, m.ca_file) {
+        (false, None) => None,
+        (false, Some(_)) => {
+            return Err(invalid(file, "mqtt.tls", "is false but mqtt.ca_file is set; set tls = true to use it"))
+        }
+        (true, None) => {
+            return Err(invalid(
+                file,
+                "mqtt.ca_file",
+                "is not set; TLS needs the CA certificate (PEM) that signed the broker's",
+            ))
+        }
+        (true, Some(ca)) => {
+            if m.client_cert.is_some() != m.client_key.is_some() {
+                return Err(invalid(
+                    file,
+                    "mqtt.client_key",
+                    "client_cert and client_key go together; set both or neither",
+                ));
+            }
+            Some(TlsFiles {
+                ca_file: join(base, &ca),
+                client_cert: m.client_cert.map(|p| join(base, &p)),
+                client_key: m.client_key.map(|p| join(base, &p)),
+            })
+        }
+    };
+    if m.discovery_prefix.is_empty() || m.discovery_prefix.contains(['+', '#']) || m.discovery_prefix.ends_with('/') {
+        return Err(invalid(
+            file,
+            "mqtt.discovery_prefix",
+            format!("{:?} must be non-empty, without '+', '#' or a trailing '/'", m.discovery_prefix),
+        ));
+    }
+    let diagnostics_interval = seconds(file, "mqtt.diagnostics_interval", m.diagnostics_interval, 1.0)?;
+    let outbox_commit_interval = seconds(file, "mqtt.outbox_commit_interval", m.outbox_commit_interval, 0.0)?;
+    if m.outbox_max_rows == 0 || m.outbox_max_bytes < 4096 {
+        return Err(invalid(
+            file,
+            "mqtt.outbox_max_rows",
+            "outbox_max_rows must be at least 1 and outbox_max_bytes at least 4096",
+        ));
+    }
     let mqtt = MqttConfig {
         enabled: m.enabled,
         client_id: m.client_id.unwrap_or_else(|| format!("lookout-{id}")),
@@ -402,6 +544,15 @@ fn resolve(raw: FileConfig, file: &Path, base: &Path) -> Result<Config, ConfigEr
         keep_alive,
         reconnect_min,
         reconnect_max,
+        connect_timeout,
+        username: m.username,
+        password,
+        tls,
+        discovery_prefix: m.discovery.then_some(m.discovery_prefix),
+        diagnostics_interval,
+        outbox_max_rows: m.outbox_max_rows,
+        outbox_max_bytes: m.outbox_max_bytes,
+        outbox_commit_interval,
     };
 
     let interval = seconds(file, "schedule.interval", raw.schedule.interval, 0.0)?;
@@ -411,7 +562,7 @@ fn resolve(raw: FileConfig, file: &Path, base: &Path) -> Result<Config, ConfigEr
 
     Ok(Config {
         file: file.to_owned(),
-        device: Device { id, name },
+        device: Device { id, name, state_dir },
         source,
         model,
         mqtt,
@@ -591,6 +742,35 @@ mod tests {
         let e = Config::parse(&BASE.replace("top_k", "x").replace("labels.txt\"\n", "labels.txt\"\ntop_k = 0\n"), &cfg)
             .unwrap_err();
         assert!(e.to_string().contains("model.top_k"), "{e}");
+    }
+
+    #[test]
+    fn mqtt_security_and_outbox_keys_are_checked() {
+        let (d, cfg) = fixture();
+        let cases = [
+            ("[mqtt]\nusername = \"u\"\npassword_file = \"pw\"\npassword_env = \"PW\"\n", "exclude each other"),
+            ("[mqtt]\npassword_env = \"PW\"\n", "mqtt.username"),
+            ("[mqtt]\ntls = true\n", "mqtt.ca_file"),
+            ("[mqtt]\nca_file = \"ca.pem\"\n", "mqtt.tls"),
+            ("[mqtt]\ntls = true\nca_file = \"ca.pem\"\nclient_cert = \"c.pem\"\n", "client_key"),
+            ("[mqtt]\ndiscovery_prefix = \"ha/\"\n", "mqtt.discovery_prefix"),
+            ("[mqtt]\noutbox_max_rows = 0\n", "mqtt.outbox_max_rows"),
+            ("[mqtt]\npassword = \"in-the-config\"\n", "unknown field `password`"),
+        ];
+        for (extra, expect) in cases {
+            let e = Config::parse(&format!("{BASE}\n{extra}"), &cfg).unwrap_err().to_string();
+            assert!(e.contains(expect), "{extra:?} gave {e}");
+        }
+        let text = format!(
+            "{BASE}\n[device]\nstate_dir = \"state\"\n\n[mqtt]\nusername = \"cam\"\npassword_file = \"pw\"\n\
+             tls = true\nca_file = \"ca.pem\"\ndiscovery = false\n"
+        );
+        let c = Config::parse(&text, &cfg).unwrap();
+        assert_eq!(c.device.state_dir, d.path().join("state"));
+        assert_eq!(c.mqtt.password, Some(PasswordSource::File(d.path().join("pw"))));
+        assert_eq!(c.mqtt.tls.unwrap().ca_file, d.path().join("ca.pem"));
+        assert_eq!(c.mqtt.discovery_prefix, None);
+        assert_eq!(Config::parse(BASE, &cfg).unwrap().mqtt.discovery_prefix.as_deref(), Some("homeassistant"));
     }
 
     #[test]

@@ -149,7 +149,8 @@ pub fn run(
     let model = ModelRef { name: info.name.clone(), sha256: info.sha256.clone() };
     let mut pre = Preprocessor::new(&opts.preprocess, info.input_size, opts.color_range);
     let mut stats = Stats::default();
-    let mut seq = 0u64;
+    // Continues from the last run's counter, so `seq` never repeats.
+    let mut seq = publisher.first_seq();
     let mut next = Instant::now();
 
     while let Some(frame) = slot.take(&shutdown) {
@@ -181,6 +182,7 @@ pub fn run(
             top_k: ranked,
             latency_ms: Latency { preprocess: ms(t1 - t0), inference: ms(t2 - t1), total: ms(t2 - t0) },
             model: model.clone(),
+            health: "ok".into(),
         };
         seq += 1;
         stats.classified += 1;
@@ -192,6 +194,11 @@ pub fn run(
             warn!("{e}");
             stats.publish_errors += 1;
         }
+        {
+            let s = slot.lock();
+            (stats.captured, stats.dropped, stats.capture_errors) = (s.captured, s.dropped, s.errors);
+        }
+        publisher.observe(&stats);
 
         next += opts.interval;
         let now = Instant::now();

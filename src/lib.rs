@@ -20,7 +20,9 @@
 //!   the tract implementation. Every tract type stays inside `model/`.
 //! - [`postprocess`]: softmax and top-k.
 //! - [`publish`]: the `Publisher` trait and the MQTT implementation (rumqttc on
-//!   its own thread; it owns reconnection and backoff).
+//!   its own thread; it owns reconnection and backoff), the SQLite outbox that
+//!   keeps every result until the broker acknowledged it, Home Assistant
+//!   discovery and diagnostics.
 //! - [`daemon`]: the loop. Capture runs on its own thread and hands over the
 //!   newest frame through a one-slot queue, so a slow model or a dead broker
 //!   never stalls the camera; inference runs on the caller's thread.

@@ -153,7 +153,10 @@ fn run(path: &Path) -> Result<(), Fatal> {
     let source = capture::open(&cfg.source)?;
     info!("frames from {}", source.name());
     let mut publisher: Box<dyn Publisher> = if cfg.mqtt.enabled {
-        let p = MqttPublisher::start(&cfg.mqtt, &cfg.device.id).map_err(|e| anyhow::anyhow!(e))?;
+        let p = MqttPublisher::start(&cfg).map_err(|e| {
+            let code = if e.is_config() { exit::CONFIG } else { exit::FAILURE };
+            Fatal { code, message: e.to_string() }
+        })?;
         info!("publishing to {}:{} under {}/{}/", cfg.mqtt.host, cfg.mqtt.port, cfg.mqtt.topic_prefix, cfg.device.id);
         Box::new(p)
     } else {

@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v mosquitto_sub >/dev/null 2>&1 || need+=(mosquitto-clients)
+# tests/mqtt.rs makes its TLS certificates with the openssl CLI.
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # nokhwa's V4L2 bindings are generated with bindgen, which needs libclang.
 ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev)
 if [ ${#need[@]} -gt 0 ]; then

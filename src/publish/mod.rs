@@ -1,12 +1,25 @@
 //! The publisher seam: results leave the daemon through a [`Publisher`],
 //! which must never block the inference loop on the network.
+//!
+//! The MQTT implementation is split by concern: [`outbox`] keeps every
+//! result on disk until the broker acknowledged it, `mqtt` drives the
+//! connection, `connect` turns the config into rumqttc options (TLS,
+//! password), `discovery` and `diagnostics` build the Home Assistant and
+//! health payloads.
 
+mod connect;
+mod diagnostics;
+mod discovery;
 mod mqtt;
+pub mod outbox;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
+pub use discovery::discovery_payload;
 pub use mqtt::MqttPublisher;
 
+use crate::daemon::Stats;
 use crate::postprocess::Classification;
 
 #[derive(Debug, thiserror::Error)]
@@ -15,6 +28,22 @@ pub enum PublishError {
     NotQueued { seq: u64, reason: String },
     #[error("cannot start the MQTT client: {0}")]
     Start(String),
+    #[error("{path}: cannot use the state directory: {reason} (create it writable for lookout's user, or set device.state_dir)")]
+    StateDir { path: PathBuf, reason: String },
+    #[error("{path}: the MQTT outbox cannot be opened: {reason} (move the file away to start with an empty outbox)")]
+    Outbox { path: PathBuf, reason: String },
+    #[error("MQTT password: {0}")]
+    Password(String),
+    #[error("MQTT TLS: {path}: {reason}")]
+    Tls { path: PathBuf, reason: String },
+}
+
+impl PublishError {
+    /// Errors the user fixes in the config or on disk; main exits with
+    /// EX_CONFIG for them so systemd does not restart in a loop.
+    pub fn is_config(&self) -> bool {
+        !matches!(self, PublishError::NotQueued { .. } | PublishError::Start(_))
+    }
 }
 
 pub trait Publisher {
@@ -22,6 +51,13 @@ pub trait Publisher {
     fn publish(&mut self, result: &Classification) -> Result<(), PublishError>;
     /// Delivers what is pending within `timeout`, then disconnects.
     fn close(&mut self, timeout: Duration);
+    /// The `seq` the first result of this run gets: publishers that persist
+    /// results continue where the last run stopped, so `seq` never repeats.
+    fn first_seq(&self) -> u64 {
+        0
+    }
+    /// The daemon's counters, for diagnostics.
+    fn observe(&mut self, _stats: &Stats) {}
 }
 
 /// For `mqtt.enabled = false`: results are only logged.

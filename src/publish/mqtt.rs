@@ -1,116 +1,189 @@
-//! MQTT over rumqttc. The event loop runs on its own thread with a
-//! single-threaded tokio runtime; it owns reconnection, because rumqttc
-//! retries as fast as it is polled (rumqtt #703, #918): after an error it
-//! sleeps with exponential backoff and jitter.
+//! MQTT over rumqttc on its own thread with a single-threaded tokio
+//! runtime.
 //!
-//! Topics: `<prefix>/<device>/result` (every result, not retained) and
-//! `<prefix>/<device>/state` (the latest result, retained, for late
-//! subscribers). Durable delivery across outages is the outbox's job.
+//! Results go from the daemon into the [`Outbox`] and leave it only when
+//! the broker acknowledged them (PUBACK at QoS 1, PUBCOMP at QoS 2). After
+//! every (re)connect the session is new (clean session), so whatever is
+//! still in the outbox is sent again in `seq` order, marked `replayed`.
+//!
+//! rumqttc's `poll()` is driven by a task of its own that never gets
+//! cancelled: cancelling it during an outage restarts the connection
+//! attempt, and it retries as fast as it is polled (rumqtt #703, #918), so
+//! that task sleeps with exponential backoff and jitter after each error.
+//! Everything else (results, commits, diagnostics) runs in the driver,
+//! which sees the poller's events through a channel.
 
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use log::{debug, info, warn};
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
+use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, NetworkOptions, Outgoing, Packet, QoS};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
 
+use super::connect::{describe, options};
+use super::diagnostics::{write_file, Health};
+use super::discovery::discovery_payload;
+use super::outbox::Outbox;
 use super::{PublishError, Publisher};
-use crate::config::MqttConfig;
+use crate::config::Config;
+use crate::daemon::Stats;
 use crate::postprocess::Classification;
 
-/// Requests rumqttc buffers while the broker is away; beyond it results are
-/// dropped (and logged) rather than blocking inference.
-const QUEUE: usize = 1000;
+/// Outbox rows handed to rumqttc and not yet acknowledged. Below rumqttc's
+/// in-flight limit (100), so the request channel never fills up.
+const WINDOW: usize = 64;
+/// rumqttc's request channel: the window plus state, availability,
+/// discovery and diagnostics publishes.
+const CHANNEL: usize = 256;
 
-#[derive(Default)]
-struct Progress {
-    /// Publishes handed to rumqttc.
-    queued: AtomicU64,
-    /// Publishes the broker acknowledged (or, at QoS 0, that were written).
-    done: AtomicU64,
-    connected: AtomicBool,
-    stop: AtomicBool,
+/// The topics of one device.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    pub result: String,
+    pub state: String,
+    pub availability: String,
+    pub diagnostics: String,
+    /// `(config topic, HA status topic)` when discovery is on.
+    pub discovery: Option<(String, String)>,
+}
+
+impl Topics {
+    pub fn new(cfg: &Config) -> Topics {
+        let base = format!("{}/{}", cfg.mqtt.topic_prefix, cfg.device.id);
+        Topics {
+            result: format!("{base}/result"),
+            state: format!("{base}/state"),
+            availability: format!("{base}/availability"),
+            diagnostics: format!("{base}/diagnostics"),
+            discovery: cfg
+                .mqtt
+                .discovery_prefix
+                .as_ref()
+                .map(|p| (format!("{p}/device/{}/config", cfg.device.id), format!("{p}/status"))),
+        }
+    }
+}
+
+enum Msg {
+    Result { seq: u64, payload: Vec<u8>, health: String, inference_ms: f64, total_ms: f64 },
+    Stats(Stats),
+    Close(std::time::Instant),
 }
 
 pub struct MqttPublisher {
-    client: AsyncClient,
-    result_topic: String,
-    state_topic: String,
-    qos: QoS,
-    progress: Arc<Progress>,
+    tx: mpsc::UnboundedSender<Msg>,
+    first_seq: u64,
     thread: Option<JoinHandle<()>>,
 }
 
 impl MqttPublisher {
-    pub fn start(cfg: &MqttConfig, device_id: &str) -> Result<MqttPublisher, PublishError> {
-        let mut opts = MqttOptions::new(&cfg.client_id, &cfg.host, cfg.port);
-        opts.set_keep_alive(cfg.keep_alive.max(Duration::from_secs(1)));
-        opts.set_clean_session(true);
-        let (client, eventloop) = AsyncClient::new(opts, QUEUE);
-        let qos = match cfg.qos {
-            0 => QoS::AtMostOnce,
-            1 => QoS::AtLeastOnce,
-            _ => QoS::ExactlyOnce,
-        };
-        let progress = Arc::new(Progress::default());
+    /// Opens the outbox in `device.state_dir` and starts connecting.
+    pub fn start(cfg: &Config) -> Result<MqttPublisher, PublishError> {
+        let m = &cfg.mqtt;
+        let outbox = Outbox::open(&cfg.device.state_dir, m.outbox_max_rows, m.outbox_max_bytes)?;
+        let topics = Topics::new(cfg);
+        let opts = options(m, &topics.availability)?;
+        let (client, mut eventloop) = AsyncClient::new(opts, CHANNEL);
+        let mut net = NetworkOptions::new();
+        net.set_connection_timeout(m.connect_timeout.as_secs().max(1));
+        eventloop.set_network_options(net);
+        let model = cfg.model.manifest.as_ref().map(|m| m.name.clone()).unwrap_or_else(|| {
+            cfg.model.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+        });
+        let discovery = topics.discovery.as_ref().map(|(topic, status)| {
+            let payload = discovery_payload(
+                &cfg.device,
+                &topics,
+                &model,
+                cfg.schedule.interval.as_secs_f64(),
+                m.diagnostics_interval.as_secs_f64(),
+            );
+            (topic.clone(), status.clone(), serde_json::to_vec(&payload).unwrap_or_default())
+        });
+        let first_seq = outbox.next_seq();
+        if outbox.depth() > 0 {
+            info!(
+                "MQTT outbox {}: {} results from earlier runs wait for the broker",
+                outbox.path().display(),
+                outbox.depth()
+            );
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| PublishError::Start(e.to_string()))?;
-        let p = progress.clone();
-        let (min, max) = (cfg.reconnect_min, cfg.reconnect_max);
-        let broker = format!("{}:{}", cfg.host, cfg.port);
+        let driver = Driver {
+            client,
+            outbox,
+            rx,
+            topics,
+            discovery,
+            qos: match m.qos {
+                0 => QoS::AtMostOnce,
+                1 => QoS::AtLeastOnce,
+                _ => QoS::ExactlyOnce,
+            },
+            broker: format!("{}:{}", m.host, m.port),
+            commit_interval: m.outbox_commit_interval,
+            diagnostics_interval: m.diagnostics_interval,
+            diagnostics_file: cfg.device.state_dir.join("diagnostics.json"),
+            connected: false,
+            link: Arc::new(Link::default()),
+            generation: 0,
+            sent: VecDeque::new(),
+            inflight: HashMap::new(),
+            in_window: 0,
+            cursor: None,
+            replay_upto: None,
+            last_commit: Instant::now() - m.outbox_commit_interval,
+            health: Health::new(),
+            closing: None,
+        };
+        let (min, max) = (m.reconnect_min, m.reconnect_max);
         let thread = std::thread::Builder::new()
             .name("mqtt".into())
-            .spawn(move || runtime.block_on(drive(eventloop, p, qos, broker, min, max)))
+            .spawn(move || runtime.block_on(driver.run(eventloop, min, max)))
             .map_err(|e| PublishError::Start(e.to_string()))?;
-        let base = format!("{}/{}", cfg.topic_prefix, device_id);
-        Ok(MqttPublisher {
-            client,
-            result_topic: format!("{base}/result"),
-            state_topic: format!("{base}/state"),
-            qos,
-            progress,
-            thread: Some(thread),
-        })
-    }
-
-    fn queue(&self, topic: &str, retain: bool, payload: Vec<u8>, seq: u64) -> Result<(), PublishError> {
-        self.client.try_publish(topic, self.qos, retain, payload).map_err(|e| PublishError::NotQueued {
-            seq,
-            reason: format!("{e} (the broker has been unreachable for a while)"),
-        })?;
-        self.progress.queued.fetch_add(1, Ordering::SeqCst);
-        Ok(())
+        Ok(MqttPublisher { tx, first_seq, thread: Some(thread) })
     }
 }
 
 impl Publisher for MqttPublisher {
     fn publish(&mut self, result: &Classification) -> Result<(), PublishError> {
         let payload = serde_json::to_vec(result).expect("a Classification always serializes");
-        self.queue(&self.result_topic, false, payload.clone(), result.seq)?;
-        self.queue(&self.state_topic, true, payload, result.seq)
+        let msg = Msg::Result {
+            seq: result.seq,
+            payload,
+            health: result.health.clone(),
+            inference_ms: result.latency_ms.inference,
+            total_ms: result.latency_ms.total,
+        };
+        self.tx.send(msg).map_err(|_| PublishError::NotQueued {
+            seq: result.seq,
+            reason: "the MQTT thread has stopped (see the log above)".into(),
+        })
     }
 
     fn close(&mut self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        let p = &self.progress;
-        while p.connected.load(Ordering::SeqCst)
-            && p.done.load(Ordering::SeqCst) < p.queued.load(Ordering::SeqCst)
-            && Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let pending = p.queued.load(Ordering::SeqCst).saturating_sub(p.done.load(Ordering::SeqCst));
-        if pending > 0 {
-            warn!("MQTT: stopping with {pending} publishes unacknowledged");
-        }
-        let _ = self.client.try_disconnect();
-        p.stop.store(true, Ordering::SeqCst);
+        let _ = self.tx.send(Msg::Close(std::time::Instant::now() + timeout));
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+
+    fn first_seq(&self) -> u64 {
+        self.first_seq
+    }
+
+    fn observe(&mut self, stats: &Stats) {
+        let _ = self.tx.send(Msg::Stats(stats.clone()));
     }
 }
 
@@ -122,64 +195,420 @@ impl Drop for MqttPublisher {
     }
 }
 
-async fn drive(mut eventloop: EventLoop, p: Arc<Progress>, qos: QoS, broker: String, min: Duration, max: Duration) {
-    let mut backoff = min;
-    let mut failures = 0u32;
-    let mut tick = tokio::time::interval(Duration::from_millis(50));
+/// The connection as the poller sees it, ahead of the events the driver has
+/// processed.
+///
+/// When `poll()` fails, rumqttc moves every request still in its channel to
+/// a pending list that the next clean session discards. A publish queued
+/// after that would go out on the *next* connection, and its packet id
+/// would be matched to the wrong outbox row. Both tasks share one thread,
+/// so the poller updates this before the driver can run again, and the
+/// driver queues only while the connection it last saw come up is still up.
+#[derive(Default)]
+struct Link {
+    up: AtomicBool,
+    /// Counts connections; the driver compares it with the one it saw.
+    generation: AtomicU64,
+}
+
+type Polled = (u64, Result<Event, ConnectionError>);
+
+/// Owns `poll()`: it is never cancelled, and after an error it waits
+/// (exponential backoff with jitter) before the next attempt.
+async fn poller(mut eventloop: EventLoop, link: Arc<Link>, tx: mpsc::Sender<Polled>, min: Duration, max: Duration) {
+    let mut backoff = Backoff::new(min, max);
     loop {
-        if p.stop.load(Ordering::SeqCst) {
+        let event = eventloop.poll().await;
+        let failed = event.is_err();
+        if matches!(event, Ok(Event::Incoming(Packet::ConnAck(_)))) {
+            backoff.reset();
+            link.generation.fetch_add(1, Ordering::SeqCst);
+            link.up.store(true, Ordering::SeqCst);
+        }
+        if failed {
+            link.up.store(false, Ordering::SeqCst);
+            // Events of the dead connection must not reach the new one.
+            eventloop.state.events.clear();
+        }
+        let generation = link.generation.load(Ordering::SeqCst);
+        if tx.send((generation, event)).await.is_err() {
             return;
         }
-        // Polling is only interrupted (by the stop check) between events;
-        // a pending connect attempt runs to its own timeout.
-        let event = tokio::select! {
-            e = eventloop.poll() => e,
-            _ = tick.tick(), if p.stop.load(Ordering::SeqCst) => return,
-        };
-        match event {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                if failures > 0 {
-                    info!("MQTT: connected to {broker} after {failures} failed attempts");
-                } else {
-                    info!("MQTT: connected to {broker}");
-                }
-                p.connected.store(true, Ordering::SeqCst);
-                backoff = min;
-                failures = 0;
-            }
-            Ok(Event::Incoming(Packet::PubAck(_) | Packet::PubComp(_))) => {
-                p.done.fetch_add(1, Ordering::SeqCst);
-            }
-            Ok(Event::Outgoing(Outgoing::Publish(_))) if qos == QoS::AtMostOnce => {
-                p.done.fetch_add(1, Ordering::SeqCst);
-            }
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
-                p.connected.store(false, Ordering::SeqCst);
-                return;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                p.connected.store(false, Ordering::SeqCst);
-                failures += 1;
-                let wait = jitter(backoff);
-                if failures == 1 {
-                    warn!("MQTT: {broker}: {e}; retrying with backoff");
-                } else {
-                    debug!("MQTT: {broker}: {e}; attempt {failures}, next in {wait:?}");
-                }
-                let until = Instant::now() + wait;
-                while Instant::now() < until && !p.stop.load(Ordering::SeqCst) {
-                    tokio::time::sleep(Duration::from_millis(50).min(until - Instant::now())).await;
-                }
-                backoff = (backoff * 2).min(max);
-            }
+        if failed {
+            tokio::time::sleep(backoff.next(clock_fraction())).await;
         }
     }
 }
 
-/// 50-100 % of `d`, so many cameras behind one broker do not reconnect in
-/// lockstep after it restarts.
-fn jitter(d: Duration) -> Duration {
+/// What the driver handed to rumqttc, in order, until rumqttc reports the
+/// packet id it gave each publish.
+enum Sent {
+    Row(u64),
+    Other,
+}
+
+struct Driver {
+    client: AsyncClient,
+    outbox: Outbox,
+    rx: mpsc::UnboundedReceiver<Msg>,
+    topics: Topics,
+    /// (config topic, HA status topic, payload)
+    discovery: Option<(String, String, Vec<u8>)>,
+    qos: QoS,
+    broker: String,
+    commit_interval: Duration,
+    diagnostics_interval: Duration,
+    diagnostics_file: PathBuf,
+    connected: bool,
+    link: Arc<Link>,
+    /// The `Link::generation` of the connection `connected` refers to.
+    generation: u64,
+    /// Publishes queued in rumqttc whose packet id is not known yet.
+    sent: VecDeque<Sent>,
+    /// Packet id -> `seq` of results waiting for their acknowledgement.
+    inflight: HashMap<u16, u64>,
+    in_window: usize,
+    /// The newest `seq` sent on this connection.
+    cursor: Option<u64>,
+    /// Rows up to this `seq` were in the outbox when the connection came
+    /// up: they are late and go out with `replayed: true`.
+    replay_upto: Option<u64>,
+    last_commit: Instant,
+    health: Health,
+    /// Set by `close`: finish by this deadline.
+    closing: Option<Instant>,
+}
+
+impl Driver {
+    async fn run(mut self, eventloop: EventLoop, min: Duration, max: Duration) {
+        let (ev_tx, mut ev_rx) = mpsc::channel(64);
+        tokio::spawn(poller(eventloop, self.link.clone(), ev_tx, min, max));
+        let mut diagnostics = tokio::time::interval(self.diagnostics_interval);
+        diagnostics.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let commit_at = self.outbox.dirty().then_some(self.last_commit + self.commit_interval);
+            let far = Instant::now() + Duration::from_secs(3600);
+            tokio::select! {
+                msg = self.rx.recv(), if self.closing.is_none() => match msg {
+                    Some(Msg::Result { seq, payload, health, inference_ms, total_ms }) => {
+                        self.outbox.push(seq, payload);
+                        self.health.camera = health;
+                        (self.health.inference_ms, self.health.total_ms) = (Some(inference_ms), Some(total_ms));
+                        if self.last_commit.elapsed() >= self.commit_interval {
+                            self.commit_and_send();
+                        }
+                    }
+                    Some(Msg::Stats(s)) => self.health.stats = s,
+                    Some(Msg::Close(deadline)) => {
+                        self.closing = Some(Instant::from_std(deadline));
+                        self.commit_and_send();
+                    }
+                    // The publisher was dropped without close().
+                    None => self.closing = Some(Instant::now()),
+                },
+                _ = tokio::time::sleep_until(commit_at.unwrap_or(far)), if commit_at.is_some() => {
+                    self.commit_and_send();
+                }
+                _ = diagnostics.tick() => self.diagnostics(),
+                ev = ev_rx.recv() => match ev {
+                    Some((generation, Ok(event))) => {
+                        self.generation = generation;
+                        self.event(event)
+                    }
+                    Some((_, Err(e))) => self.failed(&e),
+                    None => return,
+                },
+                _ = tokio::time::sleep_until(self.closing.unwrap_or(far)), if self.closing.is_some() => {
+                    if self.connected && self.in_window > 0 {
+                        warn!("MQTT: stopping with {} results unacknowledged; they stay in the outbox", self.in_window);
+                    }
+                    break;
+                }
+            }
+            if self.closing.is_some() && (!self.connected || self.drained()) {
+                break;
+            }
+        }
+        self.stop(&mut ev_rx).await;
+    }
+
+    /// Everything committed has been acknowledged: `send_rows` refills the
+    /// window whenever rows are left, so an empty window means none are.
+    fn drained(&self) -> bool {
+        self.in_window == 0
+    }
+
+    async fn stop(mut self, ev_rx: &mut mpsc::Receiver<Polled>) {
+        if self.connected {
+            // A clean DISCONNECT suppresses the last will: say it ourselves.
+            self.publish(&self.topics.availability.clone(), true, b"offline".to_vec(), Sent::Other);
+            let _ = self.client.try_disconnect();
+            let wait = tokio::time::sleep(Duration::from_secs(2));
+            tokio::pin!(wait);
+            loop {
+                tokio::select! {
+                    _ = &mut wait => break,
+                    // Acks that arrive now still get their rows deleted.
+                    ev = ev_rx.recv() => match ev {
+                        Some((_, Ok(Event::Outgoing(Outgoing::Disconnect)))) | None | Some((_, Err(_))) => break,
+                        Some((_, Ok(e))) => self.event(e),
+                    }
+                }
+            }
+        }
+        if let Err(e) = self.outbox.commit() {
+            warn!("{e}");
+        }
+        self.diagnostics();
+        let depth = self.outbox.depth();
+        if depth > 0 {
+            info!("MQTT: {depth} results stay in the outbox for the next run");
+        }
+    }
+
+    fn commit_and_send(&mut self) {
+        if let Err(e) = self.outbox.commit() {
+            warn!("{e}; retrying at the next commit");
+        }
+        self.last_commit = Instant::now();
+        self.send_rows();
+    }
+
+    /// Hands committed rows to rumqttc while the window has room.
+    fn send_rows(&mut self) {
+        if !self.connected {
+            return;
+        }
+        while self.in_window < WINDOW {
+            let rows = match self.outbox.after(self.cursor, WINDOW - self.in_window) {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!("{e}");
+                    return;
+                }
+            };
+            if rows.is_empty() {
+                return;
+            }
+            for (seq, payload) in rows {
+                let late = self.replay_upto.is_some_and(|u| seq <= u);
+                if late {
+                    let replayed = mark_replayed(&payload);
+                    if !self.publish(&self.topics.result.clone(), false, replayed, Sent::Row(seq)) {
+                        return;
+                    }
+                } else {
+                    if !self.publish(&self.topics.result.clone(), false, payload.clone(), Sent::Row(seq)) {
+                        return;
+                    }
+                    self.publish(&self.topics.state.clone(), true, payload, Sent::Other);
+                }
+                self.cursor = Some(seq);
+                self.in_window += 1;
+            }
+        }
+    }
+
+    /// Whether the connection the driver knows about is still the live one.
+    fn link_up(&self) -> bool {
+        self.connected
+            && self.link.up.load(Ordering::SeqCst)
+            && self.link.generation.load(Ordering::SeqCst) == self.generation
+    }
+
+    fn publish(&mut self, topic: &str, retain: bool, payload: Vec<u8>, what: Sent) -> bool {
+        if !self.link_up() {
+            return false;
+        }
+        match self.client.try_publish(topic, self.qos, retain, payload) {
+            Ok(()) => {
+                self.sent.push_back(what);
+                true
+            }
+            Err(e) => {
+                debug!("MQTT: {topic} not queued: {e}");
+                false
+            }
+        }
+    }
+
+    fn event(&mut self, event: Event) {
+        match event {
+            Event::Incoming(Packet::ConnAck(_)) => self.connected_now(),
+            Event::Outgoing(Outgoing::Publish(pkid)) => match self.sent.pop_front() {
+                Some(Sent::Row(seq)) if self.qos == QoS::AtMostOnce => self.acked(seq),
+                Some(Sent::Row(seq)) => {
+                    self.inflight.insert(pkid, seq);
+                }
+                _ => {}
+            },
+            Event::Incoming(Packet::PubAck(a)) if self.qos == QoS::AtLeastOnce => {
+                if let Some(seq) = self.inflight.remove(&a.pkid) {
+                    self.acked(seq);
+                }
+            }
+            Event::Incoming(Packet::PubComp(a)) if self.qos == QoS::ExactlyOnce => {
+                if let Some(seq) = self.inflight.remove(&a.pkid) {
+                    self.acked(seq);
+                }
+            }
+            Event::Incoming(Packet::Publish(p)) => {
+                let ha_online = self.discovery.as_ref().is_some_and(|(_, status, _)| *status == p.topic);
+                if ha_online && &p.payload[..] == b"online" {
+                    info!("MQTT: Home Assistant restarted; sending discovery and state again");
+                    self.announce();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn acked(&mut self, seq: u64) {
+        self.outbox.ack(seq);
+        self.in_window = self.in_window.saturating_sub(1);
+        // Refill in batches rather than one query per acknowledgement.
+        if self.in_window <= WINDOW / 2 {
+            self.send_rows();
+        }
+    }
+
+    fn connected_now(&mut self) {
+        self.health.connects += 1;
+        if self.health.failed_attempts > 0 {
+            info!("MQTT: connected to {} after {} failed attempts", self.broker, self.health.failed_attempts);
+        } else {
+            info!("MQTT: connected to {}", self.broker);
+        }
+        self.connected = true;
+        self.health.connected = true;
+        self.health.failed_attempts = 0;
+        self.health.last_error = None;
+        // Deletes of rows acknowledged before the outage land first, so they
+        // are not sent again.
+        if let Err(e) = self.outbox.commit() {
+            warn!("{e}");
+        }
+        self.last_commit = Instant::now();
+        self.cursor = None;
+        self.replay_upto = self.outbox.newest().unwrap_or(None);
+        if let Some(upto) = self.replay_upto {
+            info!("MQTT: sending {} results from the outbox (up to seq {upto})", self.outbox.depth());
+        }
+        self.publish(&self.topics.availability.clone(), true, b"online".to_vec(), Sent::Other);
+        if let Some((_, status, _)) = self.discovery.as_ref().filter(|_| self.link_up()) {
+            let _ = self.client.try_subscribe(status.clone(), QoS::AtLeastOnce);
+        }
+        self.announce();
+        self.diagnostics();
+        self.send_rows();
+    }
+
+    /// Discovery and the latest state, for a broker or a Home Assistant
+    /// that may have forgotten them.
+    fn announce(&mut self) {
+        if let Some((topic, _, payload)) = self.discovery.clone() {
+            self.publish(&topic, true, payload, Sent::Other);
+        }
+        if let Some(state) = self.outbox.last_state().map(<[u8]>::to_vec) {
+            self.publish(&self.topics.state.clone(), true, state, Sent::Other);
+        }
+    }
+
+    fn failed(&mut self, e: &ConnectionError) {
+        let message = describe(e, &self.broker);
+        if self.connected {
+            warn!("MQTT: connection lost: {message}; reconnecting with backoff");
+        } else if self.health.last_error.as_deref() != Some(message.as_str()) {
+            warn!("MQTT: {message}; retrying with backoff");
+        } else {
+            debug!("MQTT: {message}; attempt {}", self.health.failed_attempts + 1);
+        }
+        self.connected = false;
+        self.health.connected = false;
+        self.health.failed_attempts += 1;
+        self.health.last_error = Some(message);
+        // rumqttc drops everything of the old session when the clean one
+        // starts; the outbox still has every unacknowledged row.
+        self.sent.clear();
+        self.inflight.clear();
+        self.in_window = 0;
+    }
+
+    fn diagnostics(&mut self) {
+        let payload = self.health.payload(self.outbox.depth(), self.outbox.bytes(), self.outbox.dropped());
+        let bytes = serde_json::to_vec(&payload).unwrap_or_default();
+        if let Err(e) = write_file(&self.diagnostics_file, &bytes) {
+            debug!("{}: {e}", self.diagnostics_file.display());
+        }
+        if self.connected {
+            self.publish(&self.topics.diagnostics.clone(), true, bytes, Sent::Other);
+        }
+    }
+}
+
+/// Adds `"replayed": true` to a stored result.
+fn mark_replayed(payload: &[u8]) -> Vec<u8> {
+    match serde_json::from_slice::<Value>(payload) {
+        Ok(Value::Object(mut map)) => {
+            map.insert("replayed".into(), Value::Bool(true));
+            serde_json::to_vec(&map).unwrap_or_else(|_| payload.to_vec())
+        }
+        _ => payload.to_vec(),
+    }
+}
+
+/// Waits between connection attempts: `min`, doubling up to `max`, each
+/// wait cut to a random 50-100 %, so many cameras behind one broker do not
+/// reconnect in lockstep after it restarts.
+struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    fn new(min: Duration, max: Duration) -> Backoff {
+        Backoff { min, max, next: min }
+    }
+
+    fn reset(&mut self) {
+        self.next = self.min;
+    }
+
+    /// The wait before the next attempt; `random` in [0, 1).
+    fn next(&mut self, random: f64) -> Duration {
+        let wait = self.next.mul_f64(0.5 + random.clamp(0.0, 1.0) / 2.0);
+        self.next = (self.next * 2).min(self.max);
+        wait
+    }
+}
+
+/// Enough randomness for jitter without a dependency.
+fn clock_fraction() -> f64 {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
-    d.mul_f64(0.5 + (nanos % 1000) as f64 / 2000.0)
+    (nanos % 1000) as f64 / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_maximum_with_jitter_and_resets() {
+        let ms = Duration::from_millis;
+        let mut b = Backoff::new(ms(100), ms(1000));
+        let waits: Vec<Duration> = (0..6).map(|_| b.next(0.999_999)).collect();
+        let full: Vec<u64> = waits.iter().map(|w| (w.as_secs_f64() * 1000.0).round() as u64).collect();
+        assert_eq!(full, vec![100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(b.next(0.0), ms(500), "jitter takes at most half off");
+        b.reset();
+        assert_eq!(b.next(0.0), ms(50));
+        assert_eq!(b.next(0.5), ms(150));
+    }
+
+    #[test]
+    fn replayed_results_are_marked_and_keep_their_fields() {
+        let v: Value = serde_json::from_slice(&mark_replayed(br#"{"seq":7,"label":"three"}"#)).unwrap();
+        assert_eq!(v, serde_json::json!({"seq": 7, "label": "three", "replayed": true}));
+    }
 }
