@@ -27,4 +27,4 @@ else
   echo "tools/test.sh: skipping the exporter's Python tests (torch and pytest are not installed; see tools/README.md)"
 fi
 
-cargo test --locked --all-targets "$@"
+cargo test --locked "$@"
