@@ -46,6 +46,9 @@ pub struct Classification {
     pub top_k: Vec<Ranked>,
     pub latency_ms: Latency,
     pub model: ModelRef,
+    /// The smoothed trigger state, when `[triggers]` is enabled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<crate::triggers::TriggerState>,
 }
 
 pub fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
