@@ -45,7 +45,7 @@ fn the_unit_passes_systemd_analyze_verify_and_security() {
         "WatchdogSec=",
         "RestartPreventExitStatus=78 79",
         "Restart=on-failure",
-        "LoadCredential=mqtt-password:",
+        "LoadCredential=mqtt-password",
         "DeviceAllow=char-video4linux rw",
         "SupplementaryGroups=video",
         "ProtectSystem=strict",
