@@ -105,7 +105,10 @@ pub struct Subscriber {
 impl Subscriber {
     pub fn new(port: u16, topic: &str) -> Subscriber {
         let mut opts = MqttOptions::new(format!("test-sub-{}", free_port()), "127.0.0.1", port);
-        opts.set_keep_alive(Duration::from_secs(5));
+        // Nobody polls the connection while a test waits for the binary (tens
+        // of seconds on a loaded machine); a short keep-alive lets the broker
+        // drop the silent subscriber and its messages with it.
+        opts.set_keep_alive(Duration::from_secs(300));
         opts.set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut conn) = Client::new(opts, 100);
         client.subscribe(topic, QoS::AtLeastOnce).unwrap();
