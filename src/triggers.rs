@@ -586,8 +586,11 @@ mod tests {
         assert!((s.score - 0.55).abs() < 1e-6, "{}", s.score);
     }
 
-    /// Runs a sequence of (seconds, probabilities) and returns the states.
-    fn run(cfg: TriggersConfig, frames: &[(f64, [f32; 3])]) -> Vec<(String, bool, bool)> {
+    /// A frame's class probabilities at a time (seconds from the start).
+    type Timed = (f64, [f32; 3]);
+
+    /// Runs a sequence of frames and returns (state, changed, published).
+    fn run(cfg: TriggersConfig, frames: &[Timed]) -> Vec<(String, bool, bool)> {
         let mut t = Triggers::new(&TriggersConfig { enabled: true, ..cfg }, &labels(&["a", "b", "c"])).unwrap();
         let t0 = Instant::now();
         frames
@@ -599,7 +602,7 @@ mod tests {
             .collect()
     }
 
-    fn states(cfg: TriggersConfig, frames: &[(f64, [f32; 3])]) -> Vec<String> {
+    fn states(cfg: TriggersConfig, frames: &[Timed]) -> Vec<String> {
         run(cfg, frames).into_iter().map(|r| r.0).collect()
     }
 
@@ -611,7 +614,7 @@ mod tests {
     #[test]
     fn thresholds_and_margin_decide_unknown() {
         let t = |s: f64, p| (s, p);
-        let table: Vec<(TriggersConfig, Vec<(f64, [f32; 3])>, Vec<&str>)> = vec![
+        let table: Vec<(TriggersConfig, Vec<Timed>, Vec<&str>)> = vec![
             (TriggersConfig::default(), vec![t(0., A), t(1., WEAK_A), t(2., B)], vec!["a", "unknown", "b"]),
             // A per-class threshold above the default.
             (
@@ -639,7 +642,7 @@ mod tests {
     #[test]
     fn smoothing_votes_hysteresis_dwell_and_cooldown() {
         let seq = |ps: &[[f32; 3]]| ps.iter().enumerate().map(|(i, p)| (i as f64, *p)).collect::<Vec<_>>();
-        let table: Vec<(&str, TriggersConfig, Vec<(f64, [f32; 3])>, Vec<&str>)> = vec![
+        let table: Vec<(&str, TriggersConfig, Vec<Timed>, Vec<&str>)> = vec![
             (
                 "2 of 3 votes: one stray frame changes nothing",
                 TriggersConfig { votes: 2, window: 3, ..Default::default() },
