@@ -78,6 +78,8 @@ struct Slot {
 
 /// How often blocked waits look at the shutdown trigger.
 const POLL: Duration = Duration::from_millis(50);
+/// How long a stop waits for the capture thread's current read.
+const CAPTURE_STOP: Duration = Duration::from_secs(2);
 
 impl Slot {
     fn lock(&self) -> std::sync::MutexGuard<'_, SlotState> {
@@ -95,6 +97,12 @@ impl Slot {
             s.dropped += 1;
         }
         self.changed.notify_all();
+    }
+
+    /// Waits up to `limit` for the capture thread to finish.
+    fn wait_ended(&self, limit: Duration) -> bool {
+        let s = self.lock();
+        self.changed.wait_timeout_while(s, limit, |s| !s.ended).unwrap_or_else(|e| e.into_inner()).0.ended
     }
 
     fn end(&self) {
@@ -246,7 +254,13 @@ pub fn run_with(
     // A live source may sit in a blocking read; the trigger lets the capture
     // thread leave at its next frame.
     shutdown.trigger();
-    let _ = capture.join();
+    // A hung camera never returns from its read: leave its thread behind
+    // (it ends with the process) rather than miss systemd's stop timeout.
+    if slot.wait_ended(CAPTURE_STOP) {
+        let _ = capture.join();
+    } else {
+        warn!("the frame source did not stop within {} s; leaving it behind", CAPTURE_STOP.as_secs());
+    }
     let s = slot.lock();
     stats.captured = s.captured;
     stats.dropped = s.dropped;

@@ -112,18 +112,21 @@ pub fn spawn_watchdog(
     info!("systemd watchdog: {:.1} s", period.as_secs_f64());
     std::thread::Builder::new().name("watchdog".into()).spawn(move || {
         let mut live = Liveness::new(stall, progress.counts(), Instant::now());
-        let mut was_alive = true;
+        // The stall last reported, so each is logged once.
+        let mut reported = None;
         while !shutdown.wait_timeout(period / 4) {
             let (frames, results) = progress.counts();
             let now = Instant::now();
             if live.alive((frames, results), now) {
                 let status = format!("{results} results from {frames} frames");
                 notify(&[NotifyState::Watchdog, NotifyState::Status(&status)]);
-                was_alive = true;
-            } else if std::mem::replace(&mut was_alive, false) {
+                reported = None;
+            } else {
                 let what = live.stalled_stage(now);
-                warn!("{what} for {:.1} s: no longer feeding the systemd watchdog", stall.as_secs_f64());
-                notify(&[NotifyState::Status(&format!("stalled: {what}"))]);
+                if reported.replace(what) != Some(what) {
+                    warn!("{what} for {:.1} s: no longer feeding the systemd watchdog", stall.as_secs_f64());
+                    notify(&[NotifyState::Status(&format!("stalled: {what}"))]);
+                }
             }
         }
     })

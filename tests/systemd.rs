@@ -146,6 +146,53 @@ fn sd_notify_ready_watchdog_and_stopping_arrive_on_the_socket() {
 }
 
 #[test]
+fn a_hung_frame_source_stops_the_watchdog_pings_and_still_stops_on_sigterm() {
+    // One real frame, then a FIFO nobody writes: reading it blocks forever,
+    // like a camera whose driver hangs.
+    let frames = tempfile::tempdir().unwrap();
+    std::fs::copy(root().join("models/digits/samples/3-three.jpg"), frames.path().join("0.jpg")).unwrap();
+    let fifo = frames.path().join("1.jpg");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let dir = tempfile::tempdir().unwrap();
+    let text = digits_config(frames.path(), "digits-int8.onnx", 1, "").replace("[mqtt]\n", "[mqtt]\nenabled = false\n");
+    let config = write_config(dir.path(), &text);
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+
+    let mut cmd = lookout();
+    cmd.arg("run").arg("--config").arg(&config);
+    cmd.env("NOTIFY_SOCKET", &sock_path).env("WATCHDOG_USEC", "400000");
+    let child = spawn(cmd);
+    let mut messages: Vec<String> = vec![];
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !messages.iter().any(|m| m.contains("stalled: no frame captured")) && Instant::now() < deadline {
+        if let Ok(n) = sock.recv(&mut buf) {
+            messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    // A second without pings after the stall (the watchdog period is 0.4 s).
+    let quiet_until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < quiet_until {
+        if let Ok(n) = sock.recv(&mut buf) {
+            messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    sigterm(&child);
+    let (code, log, took) = wait(child, Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{log}");
+    assert!(took < Duration::from_secs(10), "stopping took {took:?}: {log}");
+
+    let stalled = messages.iter().position(|m| m.contains("STATUS=stalled: no frame captured"));
+    let stalled = stalled.unwrap_or_else(|| panic!("no stall reported: {messages:?}\n{log}"));
+    assert!(messages[..stalled].iter().any(|m| m.contains("READY=1")), "{messages:?}");
+    assert!(!messages[stalled..].iter().any(|m| m.contains("WATCHDOG=1")), "pinged after the stall: {messages:?}");
+    assert!(log.contains("no frame captured for 0.2 s: no longer feeding the systemd watchdog"), "{log}");
+    assert!(log.contains("the frame source did not stop within 2 s"), "{log}");
+}
+
+#[test]
 fn sigterm_during_a_run_stops_within_seconds_with_exit_0() {
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
