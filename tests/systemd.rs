@@ -193,7 +193,7 @@ fn a_hung_frame_source_stops_the_watchdog_pings_and_still_stops_on_sigterm() {
 }
 
 #[test]
-fn sigterm_during_a_run_stops_within_seconds_with_exit_0() {
+fn sighup_changes_nothing_and_sigterm_stops_within_seconds_with_exit_0() {
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
     let samples = root().join("models/digits/samples");
@@ -207,11 +207,16 @@ fn sigterm_during_a_run_stops_within_seconds_with_exit_0() {
     let child = spawn(cmd);
     let got = sub.collect(3, Duration::from_secs(60));
     assert_eq!(got.len(), 3, "lookout published nothing before the signal");
+    // SIGHUP changes nothing: results keep coming.
+    assert!(Command::new("kill").arg("-HUP").arg(child.id().to_string()).status().unwrap().success());
+    let after_hup = sub.collect(3, Duration::from_secs(60));
+    assert_eq!(after_hup.len(), 3, "lookout stopped publishing after SIGHUP");
     sigterm(&child);
     let (code, log, took) = wait(child, Duration::from_secs(30));
     assert_eq!(code, Some(0), "{log}");
     assert!(took < Duration::from_secs(10), "SIGTERM took {took:?} (TimeoutStopSec is 30 s)");
     assert!(log.contains("signal 15: stopping"), "{log}");
+    assert!(log.contains("SIGHUP: configuration reload is not supported; restart lookout"), "{log}");
     assert!(log.contains("stopped:"), "no summary: {log}");
 }
 
