@@ -39,6 +39,10 @@ struct FileConfig {
     mqtt: MqttSection,
     #[serde(default)]
     schedule: ScheduleSection,
+    #[serde(default)]
+    triggers: crate::triggers::TriggersConfig,
+    #[serde(default)]
+    thermal: crate::thermal::ThermalConfig,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -172,6 +176,8 @@ pub struct Config {
     pub model: ModelConfig,
     pub mqtt: MqttConfig,
     pub schedule: Schedule,
+    pub triggers: crate::triggers::TriggersConfig,
+    pub thermal: crate::thermal::ThermalConfig,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -560,6 +566,13 @@ fn resolve(raw: FileConfig, file: &Path, base: &Path) -> Result<Config, ConfigEr
         return Err(invalid(file, "schedule.interval", "is 0; give the seconds between classifications, e.g. 1.0"));
     }
 
+    // Group labels and threshold names are checked against the model's
+    // labels when the model is loaded.
+    raw.triggers.validate().map_err(|e| match e {
+        crate::triggers::TriggerError::Invalid { key, message } => invalid(file, key, message),
+    })?;
+    raw.thermal.validate().map_err(|(key, message)| invalid(file, key, message))?;
+
     Ok(Config {
         file: file.to_owned(),
         device: Device { id, name, state_dir },
@@ -567,6 +580,8 @@ fn resolve(raw: FileConfig, file: &Path, base: &Path) -> Result<Config, ConfigEr
         model,
         mqtt,
         schedule: Schedule { interval },
+        triggers: raw.triggers,
+        thermal: raw.thermal,
     })
 }
 

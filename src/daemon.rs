@@ -12,10 +12,13 @@ use log::{info, warn};
 use crate::capture::FrameSource;
 use crate::frame::Frame;
 use crate::model::Classifier;
-use crate::postprocess::{top_k, Classification, Latency, ModelRef};
+use crate::postprocess::{softmax, top_k, Classification, Latency, ModelRef};
 use crate::preprocess::{ColorRange, PreprocessParams, Preprocessor};
 use crate::publish::Publisher;
 use crate::shutdown::Shutdown;
+use crate::systemd::Progress;
+use crate::thermal::{self, ThermalConfig};
+use crate::triggers::Triggers;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -46,6 +49,17 @@ pub struct Stats {
     pub publish_errors: u64,
 }
 
+/// Optional stages around the loop; [`run`] uses none of them.
+#[derive(Default)]
+pub struct Hooks {
+    /// Counts frames and results for the systemd watchdog.
+    pub progress: Arc<Progress>,
+    /// Groups, smoothing and the publish policy.
+    pub triggers: Option<Triggers>,
+    /// Stretches the interval while the board is hot.
+    pub thermal: Option<ThermalConfig>,
+}
+
 #[derive(Default)]
 struct SlotState {
     frame: Option<Frame>,
@@ -59,10 +73,13 @@ struct SlotState {
 struct Slot {
     state: Mutex<SlotState>,
     changed: Condvar,
+    progress: Arc<Progress>,
 }
 
 /// How often blocked waits look at the shutdown trigger.
 const POLL: Duration = Duration::from_millis(50);
+/// How long a stop waits for the capture thread's current read.
+const CAPTURE_STOP: Duration = Duration::from_secs(2);
 
 impl Slot {
     fn lock(&self) -> std::sync::MutexGuard<'_, SlotState> {
@@ -75,10 +92,17 @@ impl Slot {
             s = self.changed.wait_timeout(s, POLL).unwrap_or_else(|e| e.into_inner()).0;
         }
         s.captured += 1;
+        self.progress.frame();
         if s.frame.replace(frame).is_some() {
             s.dropped += 1;
         }
         self.changed.notify_all();
+    }
+
+    /// Waits up to `limit` for the capture thread to finish.
+    fn wait_ended(&self, limit: Duration) -> bool {
+        let s = self.lock();
+        self.changed.wait_timeout_while(s, limit, |s| !s.ended).unwrap_or_else(|e| e.into_inner()).0.ended
     }
 
     fn end(&self) {
@@ -136,7 +160,19 @@ pub fn run(
     publisher: &mut dyn Publisher,
     shutdown: Shutdown,
 ) -> Result<Stats, DaemonError> {
-    let slot = Arc::new(Slot::default());
+    run_with(opts, source, classifier, publisher, shutdown, Hooks::default())
+}
+
+/// [`run`] with the optional stages in `hooks`.
+pub fn run_with(
+    opts: &Options,
+    source: Box<dyn FrameSource>,
+    classifier: &mut dyn Classifier,
+    publisher: &mut dyn Publisher,
+    shutdown: Shutdown,
+    mut hooks: Hooks,
+) -> Result<Stats, DaemonError> {
+    let slot = Arc::new(Slot { progress: hooks.progress.clone(), ..Slot::default() });
     let capture = {
         let (slot, shutdown) = (slot.clone(), shutdown.clone());
         std::thread::Builder::new()
@@ -152,6 +188,7 @@ pub fn run(
     // Continues from the last run's counter, so `seq` never repeats.
     let mut seq = publisher.first_seq();
     let mut next = Instant::now();
+    let mut hot = false;
 
     while let Some(frame) = slot.take(&shutdown) {
         let t0 = Instant::now();
@@ -172,7 +209,7 @@ pub fn run(
         let t2 = Instant::now();
         let ranked = top_k(&logits, &info.labels, opts.top_k);
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        let result = Classification {
+        let mut result = Classification {
             seq,
             frame_seq: frame.seq,
             captured_at: frame.captured_at,
@@ -183,16 +220,27 @@ pub fn run(
             latency_ms: Latency { preprocess: ms(t1 - t0), inference: ms(t2 - t1), total: ms(t2 - t0) },
             model: model.clone(),
             health: "ok".into(),
+            trigger: None,
         };
         seq += 1;
         stats.classified += 1;
+        hooks.progress.result();
         info!(
             "result {} frame {} ({}): {} {:.3} in {:.1} ms",
             result.seq, frame.seq, frame.origin, result.label, result.score, result.latency_ms.total
         );
-        if let Err(e) = publisher.publish(&result) {
-            warn!("{e}");
-            stats.publish_errors += 1;
+        if let Some(t) = hooks.triggers.as_mut() {
+            let state = t.observe(&softmax(&logits), t2);
+            if state.changed {
+                info!("state: {} ({:.3})", state.state, state.score);
+            }
+            result.trigger = Some(state);
+        }
+        if result.trigger.as_ref().is_none_or(|t| t.publish) {
+            if let Err(e) = publisher.publish(&result) {
+                warn!("{e}");
+                stats.publish_errors += 1;
+            }
         }
         {
             let s = slot.lock();
@@ -200,7 +248,7 @@ pub fn run(
         }
         publisher.observe(&stats);
 
-        next += opts.interval;
+        next += thermal_interval(opts.interval, hooks.thermal.as_ref(), &mut hot);
         let now = Instant::now();
         // Behind schedule (slow model): start again now rather than burst.
         if next < now {
@@ -213,12 +261,39 @@ pub fn run(
     // A live source may sit in a blocking read; the trigger lets the capture
     // thread leave at its next frame.
     shutdown.trigger();
-    let _ = capture.join();
+    // A hung camera never returns from its read: leave its thread behind
+    // (it ends with the process) rather than miss systemd's stop timeout.
+    if slot.wait_ended(CAPTURE_STOP) {
+        let _ = capture.join();
+    } else {
+        warn!("the frame source did not stop within {} s; leaving it behind", CAPTURE_STOP.as_secs());
+    }
     let s = slot.lock();
     stats.captured = s.captured;
     stats.dropped = s.dropped;
     stats.capture_errors = s.errors;
     Ok(stats)
+}
+
+/// The interval for the next result, logging when the board turns hot or
+/// cools down (`hot` remembers which it was).
+fn thermal_interval(base: Duration, cfg: Option<&ThermalConfig>, hot: &mut bool) -> Duration {
+    let Some(cfg) = cfg.filter(|c| c.enabled) else { return base };
+    let reading = thermal::read(cfg);
+    let now_hot = reading.hot(cfg);
+    let interval = thermal::interval(base, &reading, cfg);
+    if now_hot != std::mem::replace(hot, now_hot) {
+        if now_hot {
+            warn!(
+                "board hot ({reading}): classifying every {:.2} s instead of {:.2} s",
+                interval.as_secs_f64(),
+                base.as_secs_f64()
+            );
+        } else {
+            info!("board cooled down ({reading}): back to every {:.2} s", base.as_secs_f64());
+        }
+    }
+    interval
 }
 
 #[cfg(test)]
@@ -314,6 +389,32 @@ mod tests {
         assert_eq!(labels, vec![(0, 0, "dark"), (1, 1, "bright"), (2, 3, "bright")]);
         assert_eq!((stats.captured, stats.dropped, stats.capture_errors, stats.bad_frames), (4, 0, 1, 1));
         assert!(out.0[1].score > 0.5 && out.0[1].top_k.len() == 2);
+    }
+
+    #[test]
+    fn hooks_smooth_filter_publishing_and_count_progress() {
+        let (opts, source, mut model) = setup(vec![Ok(10), Ok(10), Ok(250), Ok(250), Ok(10)], false);
+        let cfg = crate::triggers::TriggersConfig {
+            enabled: true,
+            publish: crate::triggers::PublishPolicy::Change,
+            heartbeat: 3600.0,
+            ..Default::default()
+        };
+        let hooks = Hooks { triggers: Some(Triggers::new(&cfg, &model.info.labels).unwrap()), ..Default::default() };
+        let progress = hooks.progress.clone();
+        let mut out = Collect::default();
+        let stats = run_with(&opts, source, &mut model, &mut out, Shutdown::new(), hooks).unwrap();
+        let published: Vec<(u64, &str, bool)> = out
+            .0
+            .iter()
+            .map(|r| {
+                let t = r.trigger.as_ref().unwrap();
+                (r.frame_seq, t.state.as_str(), t.changed)
+            })
+            .collect();
+        assert_eq!(published, vec![(0, "dark", true), (2, "bright", true), (4, "dark", true)]);
+        assert_eq!(stats.classified, 5);
+        assert_eq!(progress.counts(), (5, 5));
     }
 
     #[test]

@@ -28,6 +28,12 @@
 //!   never stalls the camera; inference runs on the caller's thread.
 //! - [`shutdown`]: a cloneable trigger that signals, tests and the daemon use
 //!   to stop everything.
+//! - [`triggers`]: label groups, thresholds, `unknown`, temporal smoothing
+//!   and the publish policy (every result, or on change plus a heartbeat).
+//! - [`thermal`]: board temperature and throttle flags; the daemon stretches
+//!   its interval while the board is hot.
+//! - [`systemd`]: readiness, status and stopping notifications, and a
+//!   watchdog fed only while frames and results keep coming.
 //!
 //! Errors are `thiserror` enums per module; only `main.rs` turns them into
 //! messages and exit codes.
@@ -41,6 +47,9 @@ pub mod postprocess;
 pub mod preprocess;
 pub mod publish;
 pub mod shutdown;
+pub mod systemd;
+pub mod thermal;
+pub mod triggers;
 
 pub use frame::Frame;
 pub use postprocess::Classification;

@@ -18,6 +18,8 @@ use lookout::postprocess::{top_k, Latency};
 use lookout::preprocess::{ColorRange, Preprocessor};
 use lookout::publish::{MqttPublisher, NoPublisher, Publisher};
 use lookout::shutdown::Shutdown;
+use lookout::systemd;
+use lookout::triggers::{TriggerError, Triggers};
 
 /// Exit codes, documented in README.md. 78 is sysexits' EX_CONFIG, which the
 /// systemd unit lists in RestartPreventExitStatus so a typo does not cause a
@@ -69,6 +71,12 @@ struct Fatal {
     message: String,
 }
 
+impl Fatal {
+    fn prefixed(self, what: &str) -> Fatal {
+        Fatal { message: format!("{what}: {}", self.message), ..self }
+    }
+}
+
 impl From<ConfigError> for Fatal {
     fn from(e: ConfigError) -> Self {
         let code = if matches!(e, ConfigError::Manifest(_)) { exit::MODEL } else { exit::CONFIG };
@@ -79,6 +87,12 @@ impl From<ConfigError> for Fatal {
 impl From<ModelError> for Fatal {
     fn from(e: ModelError) -> Self {
         Fatal { code: exit::MODEL, message: e.to_string() }
+    }
+}
+
+impl From<TriggerError> for Fatal {
+    fn from(e: TriggerError) -> Self {
+        Fatal { code: exit::CONFIG, message: e.to_string() }
     }
 }
 
@@ -129,8 +143,21 @@ fn init_logging() {
     b.init();
 }
 
+/// The trigger stage, its groups and thresholds checked against the labels.
+fn triggers(cfg: &Config) -> Result<Option<Triggers>, Fatal> {
+    if !cfg.triggers.enabled {
+        return Ok(None);
+    }
+    let labels = lookout::model::load_labels(&cfg.model.labels)?;
+    let t =
+        Triggers::new(&cfg.triggers, &labels).map_err(|e| Fatal::from(e).prefixed(&cfg.file.display().to_string()))?;
+    info!("triggers: {} groups and classes, publishing {:?}", t.groups().len(), cfg.triggers.publish);
+    Ok(Some(t))
+}
+
 fn check_config(path: &Path) -> Result<(), Fatal> {
     let cfg = Config::load(path)?;
+    triggers(&cfg)?;
     print!("# {} is valid; resolved:\n{}", path.display(), cfg.to_toml());
     Ok(())
 }
@@ -140,6 +167,9 @@ fn run(path: &Path) -> Result<(), Fatal> {
     let shutdown = Shutdown::new();
     handle_signals(&shutdown)?;
 
+    // Before the model: loading a large one takes minutes on a Pi, a typo in
+    // a group should not.
+    let triggers = triggers(&cfg)?;
     let t = Instant::now();
     let mut classifier = TractClassifier::load(&cfg.model)?;
     info!(
@@ -152,6 +182,19 @@ fn run(path: &Path) -> Result<(), Fatal> {
     );
     let source = capture::open(&cfg.source)?;
     info!("frames from {}", source.name());
+    // Ready before connecting: a dead broker must not fail the start; the
+    // publisher queues and reconnects.
+    systemd::ready(&format!("classifying {} every {:.2} s", source.name(), cfg.schedule.interval.as_secs_f64()));
+    let hooks = daemon::Hooks { triggers, thermal: Some(cfg.thermal.clone()), ..Default::default() };
+    if let Some(period) = systemd::watchdog_period() {
+        let longest = if cfg.thermal.enabled {
+            cfg.schedule.interval.mul_f64(cfg.thermal.stretch)
+        } else {
+            cfg.schedule.interval
+        };
+        systemd::spawn_watchdog(period, longest, hooks.progress.clone(), shutdown.clone())
+            .map_err(|e| anyhow::anyhow!("watchdog thread: {e}"))?;
+    }
     let mut publisher: Box<dyn Publisher> = if cfg.mqtt.enabled {
         let p = MqttPublisher::start(&cfg).map_err(|e| {
             let code = if e.is_config() { exit::CONFIG } else { exit::FAILURE };
@@ -168,8 +211,9 @@ fn run(path: &Path) -> Result<(), Fatal> {
         preprocess: cfg.model.preprocess.clone(),
         color_range: ColorRange::default(),
     };
-    let stats =
-        daemon::run(&opts, source, &mut classifier, publisher.as_mut(), shutdown).map_err(|e| anyhow::anyhow!(e))?;
+    let stats = daemon::run_with(&opts, source, &mut classifier, publisher.as_mut(), shutdown, hooks)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    systemd::stopping("flushing results");
     publisher.close(Duration::from_secs(5));
     info!(
         "stopped: {} frames captured, {} classified, {} dropped, {} bad, {} capture errors, {} inference errors, {} not published",
@@ -198,6 +242,7 @@ fn handle_signals(shutdown: &Shutdown) -> Result<(), Fatal> {
                     continue;
                 }
                 info!("signal {sig}: stopping");
+                systemd::stopping("stopping on a signal");
                 shutdown.trigger();
             }
         })

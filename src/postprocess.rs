@@ -49,6 +49,9 @@ pub struct Classification {
     /// Camera health when the frame was taken ("ok", "stale", "frozen",
     /// "dark"); Home Assistant's camera-problem sensor reads it.
     pub health: String,
+    /// The smoothed trigger state, when `[triggers]` is enabled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<crate::triggers::TriggerState>,
 }
 
 pub fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
