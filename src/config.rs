@@ -71,6 +71,8 @@ struct ModelSection {
     crop_fraction: Option<f32>,
     mean: Option<[f32; 3]>,
     std: Option<[f32; 3]>,
+    /// Region of interest `[x, y, w, h]`, fractions of the frame.
+    roi: Option<[f32; 4]>,
     #[serde(default = "default_top_k")]
     top_k: usize,
     #[serde(default)]
@@ -247,6 +249,7 @@ impl Config {
                 crop_fraction: None,
                 mean: None,
                 std: None,
+                roi: None,
                 top_k: default_top_k(),
                 threads: 0,
                 verify_sha256: true,
@@ -470,7 +473,11 @@ fn resolve_model(m: ModelSection, file: &Path, base: &Path) -> Result<ModelConfi
         crop_fraction: m.crop_fraction.unwrap_or(defaults.crop_fraction),
         mean: m.mean.unwrap_or(defaults.mean),
         std: m.std.unwrap_or(defaults.std),
+        roi: m.roi,
     };
+    if let Some(problem) = m.roi.and_then(crate::preprocess::roi_problem) {
+        return Err(invalid(file, "model.roi", problem));
+    }
     if !(preprocess.crop_fraction > 0.0 && preprocess.crop_fraction <= 1.0) {
         return Err(invalid(
             file,
