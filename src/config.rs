@@ -574,6 +574,23 @@ mod tests {
     }
 
     #[test]
+    fn region_of_interest_is_read_and_checked() {
+        let (_d, cfg) = fixture();
+        let with = |roi: &str| BASE.replace("labels.txt\"\n", &format!("labels.txt\"\nroi = {roi}\n"));
+        let c = Config::parse(&with("[0.25, 0, 0.5, 1]"), &cfg).unwrap();
+        assert_eq!(c.model.preprocess.roi, Some([0.25, 0.0, 0.5, 1.0]));
+        assert_eq!(Config::parse(BASE, &cfg).unwrap().model.preprocess.roi, None);
+        for (roi, expect) in [
+            ("[0.5, 0, 0.6, 1]", "outside the frame"),
+            ("[0, 0, 0, 1]", "zero width"),
+            ("[0, 0, 2, 1]", "outside 0..1"),
+        ] {
+            let e = Config::parse(&with(roi), &cfg).unwrap_err().to_string();
+            assert!(e.contains("`model.roi`") && e.contains(expect), "{roi}: {e}");
+        }
+    }
+
+    #[test]
     fn unknown_key_in_the_tagged_source_table_points_at_the_key() {
         let (_d, cfg) = fixture();
         let text = BASE.replace("path = \"frames\"\n", "path = \"frames\"\nfsp = 3\n");

@@ -22,8 +22,10 @@ use crate::frame::{Frame, PixelFormat};
 pub enum PreprocessError {
     #[error("cannot decode image: {0}")]
     Decode(String),
-    #[error("{format:?} frame of {width}x{height} should be {expected} bytes but is {actual}")]
-    Size { format: PixelFormat, width: u32, height: u32, expected: String, actual: usize },
+    #[error("{format:?} frame of {width}x{height} should be {expected} bytes but is {actual} (check the pixel format and size the source declares)")]
+    Size { format: PixelFormat, width: u32, height: u32, expected: usize, actual: usize },
+    #[error("{format:?} frame of {width}x{height} has an odd size; YUYV needs an even width, NV12 an even width and height (check the size the source declares)")]
+    OddSize { format: PixelFormat, width: u32, height: u32 },
     #[error("empty frame ({width}x{height}, {len} bytes)")]
     Empty { width: u32, height: u32, len: usize },
 }
@@ -306,15 +308,11 @@ fn check_len(frame: &Frame) -> Result<(), PreprocessError> {
     if frame.width == 0 || frame.height == 0 {
         return Err(PreprocessError::Empty { width: frame.width, height: frame.height, len: frame.data.len() });
     }
+    let (format, width, height) = (frame.format, frame.width, frame.height);
     match expected {
         Some(n) if n == frame.data.len() => Ok(()),
-        _ => Err(PreprocessError::Size {
-            format: frame.format,
-            width: frame.width,
-            height: frame.height,
-            expected: expected.map_or("impossible for this format (odd size)".into(), |n| n.to_string()),
-            actual: frame.data.len(),
-        }),
+        Some(n) => Err(PreprocessError::Size { format, width, height, expected: n, actual: frame.data.len() }),
+        None => Err(PreprocessError::OddSize { format, width, height }),
     }
 }
 
@@ -461,52 +459,54 @@ impl Yuv {
         let w = frame.width as usize;
         rgb.resize(side * side * 3, 0);
         let d = &frame.data;
+        // A crop may start or end in the middle of a chroma pair; those
+        // pixels go one at a time, whole pairs in the loop.
+        let (head, pairs) = (left % 2, (side - left % 2) / 2);
+        let tail = side - head - 2 * pairs;
+        let first_pair = (left + head) / 2;
         for (row, out) in rgb.chunks_exact_mut(side * 3).enumerate() {
             let y = top + row;
+            let (out_head, rest) = out.split_at_mut(head * 3);
+            let (out_pairs, out_tail) = rest.split_at_mut(pairs * 6);
             match frame.format {
                 PixelFormat::Yuyv => {
                     let line = &d[y * w * 2..(y + 1) * w * 2];
-                    self.row(left, side, out, |x| line[x * 2], |pair| (line[pair * 4 + 1], line[pair * 4 + 3]));
+                    let uv = |pair: usize| self.chroma(line[pair * 4 + 1], line[pair * 4 + 3]);
+                    if head == 1 {
+                        self.pixel(line[left * 2], uv(left / 2), out_head);
+                    }
+                    let src = &line[first_pair * 4..(first_pair + pairs) * 4];
+                    for (q, px) in src.chunks_exact(4).zip(out_pairs.chunks_exact_mut(6)) {
+                        let c = self.chroma(q[1], q[3]);
+                        self.pixel(q[0], c, &mut px[..3]);
+                        self.pixel(q[2], c, &mut px[3..]);
+                    }
+                    if tail == 1 {
+                        let x = left + side - 1;
+                        self.pixel(line[x * 2], uv(x / 2), out_tail);
+                    }
                 }
                 _ => {
                     let luma = &d[y * w..(y + 1) * w];
                     let uv_start = w * frame.height as usize + (y / 2) * w;
-                    let uv = &d[uv_start..uv_start + w];
-                    self.row(left, side, out, |x| luma[x], |pair| (uv[pair * 2], uv[pair * 2 + 1]));
+                    let uv_line = &d[uv_start..uv_start + w];
+                    let uv = |pair: usize| self.chroma(uv_line[pair * 2], uv_line[pair * 2 + 1]);
+                    if head == 1 {
+                        self.pixel(luma[left], uv(left / 2), out_head);
+                    }
+                    let ys = &luma[first_pair * 2..(first_pair + pairs) * 2];
+                    let uvs = &uv_line[first_pair * 2..(first_pair + pairs) * 2];
+                    for ((l, c), px) in ys.chunks_exact(2).zip(uvs.chunks_exact(2)).zip(out_pairs.chunks_exact_mut(6)) {
+                        let c = self.chroma(c[0], c[1]);
+                        self.pixel(l[0], c, &mut px[..3]);
+                        self.pixel(l[1], c, &mut px[3..]);
+                    }
+                    if tail == 1 {
+                        let x = left + side - 1;
+                        self.pixel(luma[x], uv(x / 2), out_tail);
+                    }
                 }
             }
-        }
-    }
-
-    /// One output row from `side` pixels starting at column `left`; a crop
-    /// may start or end in the middle of a chroma pair.
-    #[inline(always)]
-    fn row(
-        &self,
-        left: usize,
-        side: usize,
-        out: &mut [u8],
-        luma: impl Fn(usize) -> u8,
-        uv: impl Fn(usize) -> (u8, u8),
-    ) {
-        let mut x = left;
-        let end = left + side;
-        let mut o = out.chunks_exact_mut(3);
-        if x % 2 == 1 {
-            let (u, v) = uv(x / 2);
-            self.pixel(luma(x), self.chroma(u, v), o.next().unwrap());
-            x += 1;
-        }
-        while x + 1 < end {
-            let (u, v) = uv(x / 2);
-            let c = self.chroma(u, v);
-            self.pixel(luma(x), c, o.next().unwrap());
-            self.pixel(luma(x + 1), c, o.next().unwrap());
-            x += 2;
-        }
-        if x < end {
-            let (u, v) = uv(x / 2);
-            self.pixel(luma(x), self.chroma(u, v), o.next().unwrap());
         }
     }
 }
@@ -529,6 +529,49 @@ mod tests {
         assert_eq!(center_crop(128, 96, 1.0), (96, 16, 0));
         assert_eq!(center_crop(96, 128, 0.5), (48, 24, 40));
         assert_eq!(center_crop(5, 5, 1.0), (5, 0, 0));
+    }
+
+    #[test]
+    fn region_of_interest_then_centre_crop() {
+        assert_eq!(crop_region(128, 96, None, 1.0), center_crop(128, 96, 1.0));
+        // ROI x 32..96, y 0..96 (64x96): square 64 at its centre.
+        assert_eq!(crop_region(128, 96, Some([0.25, 0.0, 0.5, 1.0]), 1.0), (64, 32, 16));
+        // A sliver rounds to at least one pixel and stays inside the frame.
+        assert_eq!(crop_region(100, 100, Some([0.999, 0.999, 0.0001, 0.0001]), 1.0), (1, 99, 99));
+        assert!(roi_problem([0.0, 0.0, 1.0, 1.0]).is_none());
+        assert!(roi_problem([f32::NAN, 0.0, 1.0, 1.0]).is_some());
+    }
+
+    #[test]
+    fn nearest_takes_pils_sample_positions() {
+        // 5 -> 2 samples floor(1.25) = 1 and floor(3.75) = 3, from the
+        // crop's origin.
+        let src: Vec<u8> = (0..7 * 5).map(|i| i as u8).collect();
+        let mut dst = [0u8; 4];
+        nearest(&src, 7, 1, (5, 2, 0), 2, &mut dst);
+        assert_eq!(dst, [7 + 3, 7 + 5, 3 * 7 + 3, 3 * 7 + 5]);
+    }
+
+    #[test]
+    fn yuv_crop_starting_mid_pair_uses_that_pairs_chroma() {
+        // 4x1 YUYV: pair 0 red-ish chroma, pair 1 blue-ish; a 1-pixel
+        // crop at x = 1 and x = 2 takes the chroma of its own pair.
+        let yuv = Yuv::new(ColorRange::Full);
+        let data = vec![100, 60, 110, 220, 120, 220, 130, 60];
+        let f = frame(PixelFormat::Yuyv, 4, 1, data);
+        let mut rgb = Vec::new();
+        yuv.convert_crop(&f, 1, 0, 1, &mut rgb);
+        assert_eq!(rgb, yuv.rgb(110, 60, 220));
+        yuv.convert_crop(&f, 2, 0, 1, &mut rgb);
+        assert_eq!(rgb, yuv.rgb(120, 220, 60));
+        yuv.convert_crop(&f, 0, 0, 1, &mut rgb);
+        assert_eq!(rgb, yuv.rgb(100, 60, 220));
+        // NV12 4x2: Y plane then one UV row for both lines.
+        let nv12 = frame(PixelFormat::Nv12, 4, 2, vec![10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 160, 170]);
+        yuv.convert_crop(&nv12, 1, 1, 1, &mut rgb);
+        assert_eq!(rgb, yuv.rgb(60, 90, 100));
+        yuv.convert_crop(&nv12, 3, 1, 1, &mut rgb);
+        assert_eq!(rgb, yuv.rgb(80, 160, 170));
     }
 
     #[test]
@@ -569,6 +612,38 @@ mod tests {
         assert_eq!(full.rgb(0, 128, 128), [0, 0, 0]);
         // pure red in BT.601 full range
         assert_eq!(full.rgb(76, 85, 255), [254, 0, 0]);
+    }
+
+    #[test]
+    fn fixed_point_yuv_matches_the_float_matrix() {
+        // The exact BT.601 inverse in f64, rounded: tables may differ by one
+        // level only where the float result is within 1e-3 of a half.
+        for (range, y_off, y_gain, c_gain) in
+            [(ColorRange::Limited, 16.0, 255.0 / 219.0, 255.0 / 224.0), (ColorRange::Full, 0.0, 1.0, 1.0)]
+        {
+            let t = Yuv::new(range);
+            for y in (0..=255u8).step_by(3) {
+                for u in (0..=255u8).step_by(5) {
+                    for v in (0..=255u8).step_by(7) {
+                        let yf = (y as f64 - y_off) * y_gain;
+                        let (uf, vf) = ((u as f64 - 128.0) * c_gain, (v as f64 - 128.0) * c_gain);
+                        let r = yf + 1.402 * vf;
+                        let b = yf + 1.772 * uf;
+                        let g = (yf - 0.299 * r - 0.114 * b) / 0.587;
+                        let got = t.rgb(y, u, v);
+                        for (c, want) in [r, g, b].into_iter().enumerate() {
+                            let w = want.round().clamp(0.0, 255.0);
+                            let near_half = (want - want.floor() - 0.5).abs() < 1e-3;
+                            assert!(
+                                got[c] as f64 == w || (near_half && (got[c] as f64 - w).abs() <= 1.0),
+                                "{range:?} yuv {y} {u} {v} channel {c}: {} vs {want}",
+                                got[c]
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]
