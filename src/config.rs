@@ -76,6 +76,8 @@ struct ModelSection {
     crop_fraction: Option<f32>,
     mean: Option<[f32; 3]>,
     std: Option<[f32; 3]>,
+    /// Region of interest `[x, y, w, h]`, fractions of the frame.
+    roi: Option<[f32; 4]>,
     #[serde(default = "default_top_k")]
     top_k: usize,
     #[serde(default)]
@@ -324,6 +326,7 @@ impl Config {
                 crop_fraction: None,
                 mean: None,
                 std: None,
+                roi: None,
                 top_k: default_top_k(),
                 threads: 0,
                 verify_sha256: true,
@@ -636,7 +639,11 @@ fn resolve_model(m: ModelSection, file: &Path, base: &Path) -> Result<ModelConfi
         crop_fraction: m.crop_fraction.unwrap_or(defaults.crop_fraction),
         mean: m.mean.unwrap_or(defaults.mean),
         std: m.std.unwrap_or(defaults.std),
+        roi: m.roi,
     };
+    if let Some(problem) = m.roi.and_then(crate::preprocess::roi_problem) {
+        return Err(invalid(file, "model.roi", problem));
+    }
     if !(preprocess.crop_fraction > 0.0 && preprocess.crop_fraction <= 1.0) {
         return Err(invalid(
             file,
@@ -730,6 +737,23 @@ mod tests {
         assert!(e.contains("lookout.toml:10:"), "{e}");
         assert!(e.contains("unknown field `intervall`"), "{e}");
         assert!(!e.contains('\n'), "one line: {e}");
+    }
+
+    #[test]
+    fn region_of_interest_is_read_and_checked() {
+        let (_d, cfg) = fixture();
+        let with = |roi: &str| BASE.replace("labels.txt\"\n", &format!("labels.txt\"\nroi = {roi}\n"));
+        let c = Config::parse(&with("[0.25, 0, 0.5, 1]"), &cfg).unwrap();
+        assert_eq!(c.model.preprocess.roi, Some([0.25, 0.0, 0.5, 1.0]));
+        assert_eq!(Config::parse(BASE, &cfg).unwrap().model.preprocess.roi, None);
+        for (roi, expect) in [
+            ("[0.5, 0, 0.6, 1]", "outside the frame"),
+            ("[0, 0, 0, 1]", "zero width"),
+            ("[0, 0, 2, 1]", "outside 0..1"),
+        ] {
+            let e = Config::parse(&with(roi), &cfg).unwrap_err().to_string();
+            assert!(e.contains("`model.roi`") && e.contains(expect), "{roi}: {e}");
+        }
     }
 
     #[test]

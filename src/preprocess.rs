@@ -1,11 +1,17 @@
-//! Frame -> model input: decode, centre crop, resize with the model's
-//! filter, normalize, written as NCHW f32 straight into the model's buffer.
+//! Frame -> model input: decode, crop, resize with the model's filter,
+//! normalize, written as NCHW f32 straight into the model's buffer.
 //!
-//! Resizing happens on 8-bit RGB, as PIL does inside Hugging Face's image
-//! processors, so the tensor matches what the model was trained with; the
-//! convolution resize (fast_image_resize) uses the same filters and support
-//! scaling as PIL. Only the crop region is colour-converted, and all scratch
-//! buffers live in the [`Preprocessor`] and are reused from frame to frame.
+//! Resizing happens on 8-bit pixels, as PIL does inside Hugging Face's image
+//! processors, so the tensor matches what the model was trained with
+//! (`tests/preprocess.rs` checks it against `BeitImageProcessor` output);
+//! fast_image_resize's convolution is a port of PIL's, with the same filters,
+//! support scaling and 8-bit rounding between its two passes.
+//!
+//! Nothing full-frame is copied: RGB8, BGR8 and GRAY8 frames are resized
+//! through a view of the crop (BGR is resized as is and its channels swapped
+//! while normalizing; gray is resized as one channel), YUYV and NV12 convert
+//! only the crop, and JPEG decodes into a buffer kept between frames. All
+//! scratch buffers live in the [`Preprocessor`].
 
 use fast_image_resize as fr;
 use serde::{Deserialize, Serialize};
@@ -16,13 +22,15 @@ use crate::frame::{Frame, PixelFormat};
 pub enum PreprocessError {
     #[error("cannot decode image: {0}")]
     Decode(String),
-    #[error("{format:?} frame of {width}x{height} should be {expected} bytes but is {actual}")]
-    Size { format: PixelFormat, width: u32, height: u32, expected: String, actual: usize },
+    #[error("{format:?} frame of {width}x{height} should be {expected} bytes but is {actual} (check the pixel format and size the source declares)")]
+    Size { format: PixelFormat, width: u32, height: u32, expected: usize, actual: usize },
+    #[error("{format:?} frame of {width}x{height} has an odd size; YUYV needs an even width, NV12 an even width and height (check the size the source declares)")]
+    OddSize { format: PixelFormat, width: u32, height: u32 },
     #[error("empty frame ({width}x{height}, {len} bytes)")]
     Empty { width: u32, height: u32, len: usize },
 }
 
-/// The resize filters lookout offers; names follow PIL.
+/// The resize filters lookout offers; names and kernels follow PIL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ResizeFilter {
@@ -31,8 +39,11 @@ pub enum ResizeFilter {
     Nearest,
 }
 
-/// YUV -> RGB matrix. Webcams send BT.601 with limited range (Y in 16..235);
-/// full range is for sources that say so (JPEG is always full range).
+/// YUV -> RGB matrix, always BT.601 (what UVC webcams and the Pi's and
+/// Jetson's ISPs send at these resolutions). Limited range (Y in 16..235, Cb
+/// and Cr in 16..240) is the default because that is what webcams send;
+/// full range is for sources that say so. JPEG is always full range and is
+/// not affected by this setting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ColorRange {
@@ -47,16 +58,23 @@ pub enum ColorRange {
 #[serde(deny_unknown_fields)]
 pub struct PreprocessParams {
     pub resize: ResizeFilter,
-    /// Side of the centre square as a fraction of the frame's short side.
+    /// Side of the centre square as a fraction of the short side of the
+    /// frame (or of the region of interest).
     pub crop_fraction: f32,
     pub mean: [f32; 3],
     pub std: [f32; 3],
+    /// Region of interest `[x, y, w, h]` as fractions of the frame, for
+    /// cameras that see more than the scene that matters; the centre crop
+    /// is taken inside it. A property of the installation, so it is set in
+    /// the config, never in a model manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roi: Option<[f32; 4]>,
 }
 
 impl Default for PreprocessParams {
     /// Data2Vec-Vision's (BEiT) preprocessing.
     fn default() -> Self {
-        PreprocessParams { resize: ResizeFilter::Bicubic, crop_fraction: 1.0, mean: [0.5; 3], std: [0.5; 3] }
+        PreprocessParams { resize: ResizeFilter::Bicubic, crop_fraction: 1.0, mean: [0.5; 3], std: [0.5; 3], roi: None }
     }
 }
 
@@ -68,17 +86,60 @@ pub fn center_crop(width: u32, height: u32, fraction: f32) -> (u32, u32, u32) {
     (side, (width - side) / 2, (height - side) / 2)
 }
 
+/// The square the model sees, `(side, left, top)`: the region of interest
+/// (rounded to whole pixels, at least one pixel, clipped to the frame), then
+/// its centre crop. `tools/make_preprocess_fixtures.py` mirrors this.
+pub fn crop_region(width: u32, height: u32, roi: Option<[f32; 4]>, fraction: f32) -> (u32, u32, u32) {
+    let (x0, y0, w, h) = match roi {
+        None => (0, 0, width, height),
+        Some([x, y, w, h]) => {
+            let px = |f: f32, of: u32| (f * of as f32).round().max(0.0) as u32;
+            let x0 = px(x, width).min(width.saturating_sub(1));
+            let y0 = px(y, height).min(height.saturating_sub(1));
+            (x0, y0, px(w, width).clamp(1, width - x0), px(h, height).clamp(1, height - y0))
+        }
+    };
+    let (side, left, top) = center_crop(w, h, fraction);
+    (side, x0 + left, y0 + top)
+}
+
+/// Checks a region of interest from a config file: the reason it is
+/// unusable, for the config error message.
+pub fn roi_problem(roi: [f32; 4]) -> Option<String> {
+    let [x, y, w, h] = roi;
+    if !roi.iter().all(|v| v.is_finite() && (0.0..=1.0).contains(v)) {
+        return Some(format!("{roi:?} has values outside 0..1; give [x, y, w, h] as fractions of the frame"));
+    }
+    if w <= 0.0 || h <= 0.0 {
+        return Some(format!("{roi:?} has zero width or height; give [x, y, w, h] with w and h above 0"));
+    }
+    if x + w > 1.0 + 1e-6 || y + h > 1.0 + 1e-6 {
+        return Some(format!("{roi:?} reaches outside the frame; x + w and y + h must be at most 1"));
+    }
+    None
+}
+
+/// Which channel of the resized image goes to which output plane.
+#[derive(Clone, Copy)]
+enum Channels {
+    Rgb,
+    Bgr,
+    Gray,
+}
+
 pub struct Preprocessor {
     size: u32,
     filter: ResizeFilter,
     crop_fraction: f32,
-    range: ColorRange,
+    roi: Option<[f32; 4]>,
+    yuv: Yuv,
     /// `x * scale + offset == (x / 255 - mean) / std`, per channel.
     scale: [f32; 3],
     offset: [f32; 3],
-    /// Colour-converted crop of raw (non-RGB) frames.
+    /// Colour-converted crop of YUV frames, and decoded JPEG/PNG frames.
     rgb: Vec<u8>,
     resized: fr::images::Image<'static>,
+    resized_gray: fr::images::Image<'static>,
     resizer: fr::Resizer,
 }
 
@@ -90,11 +151,13 @@ impl Preprocessor {
             size,
             filter: params.resize,
             crop_fraction: params.crop_fraction,
-            range,
+            roi: params.roi,
+            yuv: Yuv::new(range),
             scale,
             offset,
             rgb: Vec::new(),
             resized: fr::images::Image::new(size, size, fr::PixelType::U8x3),
+            resized_gray: fr::images::Image::new(size, size, fr::PixelType::U8),
             resizer: fr::Resizer::new(),
         }
     }
@@ -105,62 +168,137 @@ impl Preprocessor {
     }
 
     /// Writes the model input for `frame` into `out` (`output_len()` floats).
+    /// On error `out` may hold a partial result and must not be used.
     pub fn run(&mut self, frame: &Frame, out: &mut [f32]) -> Result<(), PreprocessError> {
         assert_eq!(out.len(), self.output_len(), "input buffer does not match the model input");
         if frame.data.is_empty() {
             return Err(PreprocessError::Empty { width: frame.width, height: frame.height, len: 0 });
         }
-        match frame.format {
+        if frame.format != PixelFormat::Encoded {
+            check_len(frame)?;
+        }
+        let region = |s: &Self, w, h| crop_region(w, h, s.roi, s.crop_fraction);
+        let channels = match frame.format {
             PixelFormat::Encoded => {
-                let img = decode(&frame.data)?;
-                let (w, h) = img.dimensions();
-                self.resize_rgb(img.as_raw(), w, h, true)?;
-            }
-            PixelFormat::Rgb8 => {
-                check_len(frame)?;
-                self.resize_rgb(&frame.data, frame.width, frame.height, true)?;
-            }
-            _ => {
-                check_len(frame)?;
-                let (side, left, top) = center_crop(frame.width, frame.height, self.crop_fraction);
-                convert_crop(frame, self.range, left, top, side, &mut self.rgb);
+                let (w, h) = decode_into(&frame.data, &mut self.rgb)?;
                 let rgb = std::mem::take(&mut self.rgb);
-                let r = self.resize_rgb(&rgb, side, side, false);
+                let r = self.resize(&rgb, fr::PixelType::U8x3, w, h, region(self, w, h));
                 self.rgb = rgb;
                 r?;
+                Channels::Rgb
             }
-        }
-        self.normalize(out);
+            PixelFormat::Rgb8 | PixelFormat::Bgr8 => {
+                let crop = region(self, frame.width, frame.height);
+                self.resize(&frame.data, fr::PixelType::U8x3, frame.width, frame.height, crop)?;
+                if frame.format == PixelFormat::Bgr8 {
+                    Channels::Bgr
+                } else {
+                    Channels::Rgb
+                }
+            }
+            PixelFormat::Gray8 => {
+                let crop = region(self, frame.width, frame.height);
+                self.resize(&frame.data, fr::PixelType::U8, frame.width, frame.height, crop)?;
+                Channels::Gray
+            }
+            PixelFormat::Yuyv | PixelFormat::Nv12 => {
+                let (side, left, top) = region(self, frame.width, frame.height);
+                self.yuv.convert_crop(frame, left as usize, top as usize, side as usize, &mut self.rgb);
+                let rgb = std::mem::take(&mut self.rgb);
+                let r = self.resize(&rgb, fr::PixelType::U8x3, side, side, (side, 0, 0));
+                self.rgb = rgb;
+                r?;
+                Channels::Rgb
+            }
+        };
+        self.normalize(channels, out);
         Ok(())
     }
 
-    fn resize_rgb(&mut self, rgb: &[u8], w: u32, h: u32, crop: bool) -> Result<(), PreprocessError> {
-        let src = fr::images::ImageRef::new(w, h, rgb, fr::PixelType::U8x3)
-            .map_err(|e| PreprocessError::Decode(e.to_string()))?;
-        let (side, left, top) = if crop { center_crop(w, h, self.crop_fraction) } else { (w, 0, 0) };
+    fn resize(
+        &mut self,
+        pixels: &[u8],
+        pixel_type: fr::PixelType,
+        w: u32,
+        h: u32,
+        (side, left, top): (u32, u32, u32),
+    ) -> Result<(), PreprocessError> {
+        let dst = if pixel_type == fr::PixelType::U8 { &mut self.resized_gray } else { &mut self.resized };
         let alg = match self.filter {
-            ResizeFilter::Bicubic => fr::ResizeAlg::Convolution(fr::FilterType::CatmullRom),
-            ResizeFilter::Bilinear => fr::ResizeAlg::Convolution(fr::FilterType::Bilinear),
-            ResizeFilter::Nearest => fr::ResizeAlg::Nearest,
+            ResizeFilter::Bicubic => fr::FilterType::CatmullRom,
+            ResizeFilter::Bilinear => fr::FilterType::Bilinear,
+            ResizeFilter::Nearest => {
+                let channels = pixel_type.size();
+                nearest(pixels, w as usize * channels, channels, (side, left, top), self.size, dst.buffer_mut());
+                return Ok(());
+            }
         };
+        let src =
+            fr::images::ImageRef::new(w, h, pixels, pixel_type).map_err(|e| PreprocessError::Decode(e.to_string()))?;
         // A cropped view, not a crop box: the reference crops first, so the
         // filter must not see pixels outside the square.
         let square = fr::images::CroppedImage::new(&src, left, top, side, side)
             .map_err(|e| PreprocessError::Decode(e.to_string()))?;
-        let opts = fr::ResizeOptions::new().resize_alg(alg);
-        self.resizer.resize(&square, &mut self.resized, &opts).map_err(|e| PreprocessError::Decode(e.to_string()))
+        let opts = fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::Convolution(alg));
+        self.resizer.resize(&square, dst, &opts).map_err(|e| PreprocessError::Decode(e.to_string()))
     }
 
-    fn normalize(&self, out: &mut [f32]) {
+    fn normalize(&self, channels: Channels, out: &mut [f32]) {
         let plane = (self.size as usize).pow(2);
         let (r, rest) = out.split_at_mut(plane);
         let (g, b) = rest.split_at_mut(plane);
         let [sr, sg, sb] = self.scale;
         let [or, og, ob] = self.offset;
-        for (i, px) in self.resized.buffer().chunks_exact(3).enumerate() {
-            r[i] = px[0] as f32 * sr + or;
-            g[i] = px[1] as f32 * sg + og;
-            b[i] = px[2] as f32 * sb + ob;
+        let px3 = self.resized.buffer().chunks_exact(3);
+        match channels {
+            Channels::Rgb => {
+                for (i, px) in px3.enumerate() {
+                    r[i] = px[0] as f32 * sr + or;
+                    g[i] = px[1] as f32 * sg + og;
+                    b[i] = px[2] as f32 * sb + ob;
+                }
+            }
+            Channels::Bgr => {
+                for (i, px) in px3.enumerate() {
+                    r[i] = px[2] as f32 * sr + or;
+                    g[i] = px[1] as f32 * sg + og;
+                    b[i] = px[0] as f32 * sb + ob;
+                }
+            }
+            Channels::Gray => {
+                for (i, &v) in self.resized_gray.buffer().iter().enumerate() {
+                    let v = v as f32;
+                    r[i] = v * sr + or;
+                    g[i] = v * sg + og;
+                    b[i] = v * sb + ob;
+                }
+            }
+        }
+    }
+}
+
+/// PIL's nearest-neighbour resize of the `side` square at (`left`, `top`)
+/// into `size` x `size`: pixel `x` takes source pixel `floor((x + 0.5) *
+/// side / size)`, with the position accumulated in f64 as PIL's
+/// `ImagingScaleAffine` does, so exact halfway cases land on the same pixel.
+/// (fast_image_resize's nearest samples differently.)
+fn nearest(src: &[u8], stride: usize, channels: usize, (side, left, top): (u32, u32, u32), size: u32, dst: &mut [u8]) {
+    let scale = side as f64 / size as f64;
+    let positions = |origin: u32| {
+        let mut at = scale * 0.5;
+        (0..size)
+            .map(move |_| {
+                let i = (at as usize).min(side as usize - 1) + origin as usize;
+                at += scale;
+                i
+            })
+            .collect::<Vec<_>>()
+    };
+    let (xs, ys) = (positions(left), positions(top));
+    for (row, &y) in dst.chunks_exact_mut(size as usize * channels).zip(&ys) {
+        let line = &src[y * stride..];
+        for (px, &x) in row.chunks_exact_mut(channels).zip(&xs) {
+            px.copy_from_slice(&line[x * channels..(x + 1) * channels]);
         }
     }
 }
@@ -170,27 +308,84 @@ fn check_len(frame: &Frame) -> Result<(), PreprocessError> {
     if frame.width == 0 || frame.height == 0 {
         return Err(PreprocessError::Empty { width: frame.width, height: frame.height, len: frame.data.len() });
     }
+    let (format, width, height) = (frame.format, frame.width, frame.height);
     match expected {
         Some(n) if n == frame.data.len() => Ok(()),
-        _ => Err(PreprocessError::Size {
-            format: frame.format,
-            width: frame.width,
-            height: frame.height,
-            expected: expected.map_or("impossible for this format (odd size)".into(), |n| n.to_string()),
-            actual: frame.data.len(),
-        }),
+        Some(n) => Err(PreprocessError::Size { format, width, height, expected: n, actual: frame.data.len() }),
+        None => Err(PreprocessError::OddSize { format, width, height }),
     }
 }
 
-/// Decodes JPEG/PNG/BMP to RGB8. A JPEG without its end-of-image marker is
-/// rejected: decoders happily fill a truncated JPEG with gray, and a gray
-/// image sent to the model is a silent wrong answer.
+/// A JPEG without its end-of-image marker is rejected: decoders happily
+/// fill a truncated JPEG with gray, and a gray image sent to the model is a
+/// silent wrong answer. Returns the length up to the marker's start.
+fn check_jpeg_end(data: &[u8]) -> Result<usize, PreprocessError> {
+    let end = data.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    if end < 4 || data[end - 2..end] != [0xFF, 0xD9] {
+        return Err(PreprocessError::Decode("truncated JPEG (no end-of-image marker)".into()));
+    }
+    Ok(end - 2)
+}
+
+/// Whether the JPEG is baseline/extended sequential (SOF0/SOF1: every
+/// MJPEG camera), found by walking the header segments up to the first
+/// frame header.
+fn is_sequential(data: &[u8]) -> bool {
+    let mut i = 2;
+    while i + 4 <= data.len() && data[i] == 0xFF {
+        match data[i + 1] {
+            0xC0 | 0xC1 => return true,
+            0xC2..=0xCF | 0xDA => return false,
+            0xFF => i += 1,
+            _ => i += 2 + u16::from_be_bytes([data[i + 2], data[i + 3]]) as usize,
+        }
+    }
+    false
+}
+
+/// Decodes JPEG/PNG/BMP to packed RGB8 in `rgb` (reused across frames) and
+/// returns its size. JPEG goes straight to zune-jpeg (the decoder the image
+/// crate uses) in strict mode, so corrupt entropy data is an error instead of
+/// a gray-filled picture.
+fn decode_into(data: &[u8], rgb: &mut Vec<u8>) -> Result<(u32, u32), PreprocessError> {
+    if !data.starts_with(&[0xFF, 0xD8]) {
+        let img = decode(data)?;
+        let size = img.dimensions();
+        rgb.clear();
+        rgb.extend_from_slice(img.as_raw());
+        return Ok(size);
+    }
+    let mut scan_end = check_jpeg_end(data)?;
+    // zune-jpeg fills whatever follows an early end-of-image marker with
+    // zeros, even in strict mode, so a frame cut short with the marker glued
+    // on (a camera dropping USB packets) would decode to a smeared picture.
+    // Without the marker, running out of data is an error instead; only the
+    // last row of blocks can read ahead into the end of the buffer, so a
+    // whole frame still decodes. Progressive JPEGs need their markers kept.
+    if !is_sequential(data) {
+        scan_end = data.len();
+    }
+    let data = &data[..scan_end];
+    let opts = zune_core::options::DecoderOptions::default()
+        .set_strict_mode(true)
+        .jpeg_set_out_colorspace(zune_core::colorspace::ColorSpace::RGB);
+    let mut dec = zune_jpeg::JpegDecoder::new_with_options(zune_core::bytestream::ZCursor::new(data), opts);
+    let bad = |e: zune_jpeg::errors::DecodeErrors| PreprocessError::Decode(format!("corrupt JPEG: {e}"));
+    dec.decode_headers().map_err(bad)?;
+    let (w, h) = dec.dimensions().unwrap_or((0, 0));
+    if w == 0 || h == 0 {
+        return Err(PreprocessError::Empty { width: w as u32, height: h as u32, len: data.len() });
+    }
+    rgb.resize(dec.output_buffer_size().unwrap_or(w * h * 3), 0);
+    dec.decode_into(rgb).map_err(bad)?;
+    Ok((w as u32, h as u32))
+}
+
+/// Decodes JPEG/PNG/BMP to an RGB8 image (the image crate, for one-off
+/// decodes such as `lookout classify`; the frame path uses `decode_into`).
 pub fn decode(data: &[u8]) -> Result<image::RgbImage, PreprocessError> {
     if data.starts_with(&[0xFF, 0xD8]) {
-        let end = data.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
-        if end < 4 || data[end - 2..end] != [0xFF, 0xD9] {
-            return Err(PreprocessError::Decode("truncated JPEG (no end-of-image marker)".into()));
-        }
+        check_jpeg_end(data)?;
     }
     let img = image::load_from_memory(data).map_err(|e| PreprocessError::Decode(e.to_string()))?;
     if img.width() == 0 || img.height() == 0 {
@@ -199,65 +394,120 @@ pub fn decode(data: &[u8]) -> Result<image::RgbImage, PreprocessError> {
     Ok(img.into_rgb8())
 }
 
-/// Converts the `side` x `side` square at (`left`, `top`) of a raw frame to
-/// packed RGB8 in `rgb`.
-fn convert_crop(frame: &Frame, range: ColorRange, left: u32, top: u32, side: u32, rgb: &mut Vec<u8>) {
-    let (w, side, left, top) = (frame.width as usize, side as usize, left as usize, top as usize);
-    rgb.resize(side * side * 3, 0);
-    let d = &frame.data;
-    let yuv = Yuv::new(range);
-    for (row, out) in rgb.chunks_exact_mut(side * 3).enumerate() {
-        let y0 = top + row;
-        for (col, px) in out.chunks_exact_mut(3).enumerate() {
-            let x = left + col;
-            let rgb_px = match frame.format {
-                PixelFormat::Bgr8 => {
-                    let i = (y0 * w + x) * 3;
-                    [d[i + 2], d[i + 1], d[i]]
-                }
-                PixelFormat::Gray8 => [d[y0 * w + x]; 3],
-                PixelFormat::Yuyv => {
-                    let pair = (y0 * w + (x & !1)) * 2;
-                    let luma = d[pair + if x & 1 == 0 { 0 } else { 2 }];
-                    yuv.rgb(luma, d[pair + 1], d[pair + 3])
-                }
-                PixelFormat::Nv12 => {
-                    let h = frame.height as usize;
-                    let uv = w * h + (y0 / 2) * w + (x & !1);
-                    yuv.rgb(d[y0 * w + x], d[uv], d[uv + 1])
-                }
-                PixelFormat::Rgb8 => {
-                    let i = (y0 * w + x) * 3;
-                    [d[i], d[i + 1], d[i + 2]]
-                }
-                PixelFormat::Encoded => unreachable!("encoded frames are decoded, not converted"),
-            };
-            px.copy_from_slice(&rgb_px);
-        }
-    }
+/// BT.601 YCbCr -> RGB in 16-bit fixed point, through tables so a pixel
+/// costs a few loads and adds. The tables hold the exact inverse of the
+/// BT.601 matrix scaled by `1 << SHIFT`; results round to nearest like the
+/// reference conversion in `tools/make_preprocess_fixtures.py`.
+struct Yuv {
+    /// Luma contribution, with the rounding constant folded in.
+    y: [i32; 256],
+    r_v: [i32; 256],
+    g_u: [i32; 256],
+    g_v: [i32; 256],
+    b_u: [i32; 256],
 }
 
-/// BT.601 YCbCr -> RGB.
-struct Yuv {
-    y_off: f32,
-    y_gain: f32,
-    c_gain: f32,
-}
+const SHIFT: u32 = 16;
 
 impl Yuv {
     fn new(range: ColorRange) -> Self {
-        match range {
-            ColorRange::Limited => Yuv { y_off: 16.0, y_gain: 255.0 / 219.0, c_gain: 255.0 / 224.0 },
-            ColorRange::Full => Yuv { y_off: 0.0, y_gain: 1.0, c_gain: 1.0 },
+        let (y_off, y_gain, c_gain) = match range {
+            ColorRange::Limited => (16.0, 255.0 / 219.0, 255.0 / 224.0),
+            ColorRange::Full => (0.0, 1.0, 1.0),
+        };
+        let one = (1u32 << SHIFT) as f64;
+        let fixed = |f: f64| (f * one).round() as i32;
+        let (kr, kb) = (0.299, 0.114);
+        let kg = 1.0 - kr - kb;
+        let chroma = |coef: f64| std::array::from_fn(|i| fixed((i as f64 - 128.0) * c_gain * coef));
+        Yuv {
+            y: std::array::from_fn(|i| fixed((i as f64 - y_off) * y_gain + 0.5)),
+            r_v: chroma(2.0 * (1.0 - kr)),
+            g_u: chroma(-2.0 * (1.0 - kb) * kb / kg),
+            g_v: chroma(-2.0 * (1.0 - kr) * kr / kg),
+            b_u: chroma(2.0 * (1.0 - kb)),
         }
     }
 
+    #[inline(always)]
+    fn pixel(&self, y: u8, chroma: [i32; 3], out: &mut [u8]) {
+        let y = self.y[y as usize];
+        let c = |v: i32| (v >> SHIFT).clamp(0, 255) as u8;
+        out[0] = c(y + chroma[0]);
+        out[1] = c(y + chroma[1]);
+        out[2] = c(y + chroma[2]);
+    }
+
+    #[inline(always)]
+    fn chroma(&self, u: u8, v: u8) -> [i32; 3] {
+        let (u, v) = (u as usize, v as usize);
+        [self.r_v[v], self.g_u[u] + self.g_v[v], self.b_u[u]]
+    }
+
+    #[cfg(test)]
     fn rgb(&self, y: u8, u: u8, v: u8) -> [u8; 3] {
-        let y = (y as f32 - self.y_off) * self.y_gain;
-        let u = (u as f32 - 128.0) * self.c_gain;
-        let v = (v as f32 - 128.0) * self.c_gain;
-        let c = |x: f32| x.round().clamp(0.0, 255.0) as u8;
-        [c(y + 1.402 * v), c(y - 0.344_136 * u - 0.714_136 * v), c(y + 1.772 * u)]
+        let mut px = [0; 3];
+        self.pixel(y, self.chroma(u, v), &mut px);
+        px
+    }
+
+    /// Converts the `side` x `side` square at (`left`, `top`) of a YUYV or
+    /// NV12 frame (length already checked) to packed RGB8 in `rgb`. Each
+    /// pixel takes the chroma of its horizontal pair (and, for NV12, its
+    /// 2x2 block): the same siting the camera subsampled with.
+    fn convert_crop(&self, frame: &Frame, left: usize, top: usize, side: usize, rgb: &mut Vec<u8>) {
+        let w = frame.width as usize;
+        rgb.resize(side * side * 3, 0);
+        let d = &frame.data;
+        // A crop may start or end in the middle of a chroma pair; those
+        // pixels go one at a time, whole pairs in the loop.
+        let (head, pairs) = (left % 2, (side - left % 2) / 2);
+        let tail = side - head - 2 * pairs;
+        let first_pair = (left + head) / 2;
+        for (row, out) in rgb.chunks_exact_mut(side * 3).enumerate() {
+            let y = top + row;
+            let (out_head, rest) = out.split_at_mut(head * 3);
+            let (out_pairs, out_tail) = rest.split_at_mut(pairs * 6);
+            match frame.format {
+                PixelFormat::Yuyv => {
+                    let line = &d[y * w * 2..(y + 1) * w * 2];
+                    let uv = |pair: usize| self.chroma(line[pair * 4 + 1], line[pair * 4 + 3]);
+                    if head == 1 {
+                        self.pixel(line[left * 2], uv(left / 2), out_head);
+                    }
+                    let src = &line[first_pair * 4..(first_pair + pairs) * 4];
+                    for (q, px) in src.chunks_exact(4).zip(out_pairs.chunks_exact_mut(6)) {
+                        let c = self.chroma(q[1], q[3]);
+                        self.pixel(q[0], c, &mut px[..3]);
+                        self.pixel(q[2], c, &mut px[3..]);
+                    }
+                    if tail == 1 {
+                        let x = left + side - 1;
+                        self.pixel(line[x * 2], uv(x / 2), out_tail);
+                    }
+                }
+                _ => {
+                    let luma = &d[y * w..(y + 1) * w];
+                    let uv_start = w * frame.height as usize + (y / 2) * w;
+                    let uv_line = &d[uv_start..uv_start + w];
+                    let uv = |pair: usize| self.chroma(uv_line[pair * 2], uv_line[pair * 2 + 1]);
+                    if head == 1 {
+                        self.pixel(luma[left], uv(left / 2), out_head);
+                    }
+                    let ys = &luma[first_pair * 2..(first_pair + pairs) * 2];
+                    let uvs = &uv_line[first_pair * 2..(first_pair + pairs) * 2];
+                    for ((l, c), px) in ys.chunks_exact(2).zip(uvs.chunks_exact(2)).zip(out_pairs.chunks_exact_mut(6)) {
+                        let c = self.chroma(c[0], c[1]);
+                        self.pixel(l[0], c, &mut px[..3]);
+                        self.pixel(l[1], c, &mut px[3..]);
+                    }
+                    if tail == 1 {
+                        let x = left + side - 1;
+                        self.pixel(luma[x], uv(x / 2), out_tail);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -279,6 +529,49 @@ mod tests {
         assert_eq!(center_crop(128, 96, 1.0), (96, 16, 0));
         assert_eq!(center_crop(96, 128, 0.5), (48, 24, 40));
         assert_eq!(center_crop(5, 5, 1.0), (5, 0, 0));
+    }
+
+    #[test]
+    fn region_of_interest_then_centre_crop() {
+        assert_eq!(crop_region(128, 96, None, 1.0), center_crop(128, 96, 1.0));
+        // ROI x 32..96, y 0..96 (64x96): square 64 at its centre.
+        assert_eq!(crop_region(128, 96, Some([0.25, 0.0, 0.5, 1.0]), 1.0), (64, 32, 16));
+        // A sliver rounds to at least one pixel and stays inside the frame.
+        assert_eq!(crop_region(100, 100, Some([0.999, 0.999, 0.0001, 0.0001]), 1.0), (1, 99, 99));
+        assert!(roi_problem([0.0, 0.0, 1.0, 1.0]).is_none());
+        assert!(roi_problem([f32::NAN, 0.0, 1.0, 1.0]).is_some());
+    }
+
+    #[test]
+    fn nearest_takes_pils_sample_positions() {
+        // 5 -> 2 samples floor(1.25) = 1 and floor(3.75) = 3, from the
+        // crop's origin.
+        let src: Vec<u8> = (0..7 * 5).map(|i| i as u8).collect();
+        let mut dst = [0u8; 4];
+        nearest(&src, 7, 1, (5, 2, 0), 2, &mut dst);
+        assert_eq!(dst, [7 + 3, 7 + 5, 3 * 7 + 3, 3 * 7 + 5]);
+    }
+
+    #[test]
+    fn yuv_crop_starting_mid_pair_uses_that_pairs_chroma() {
+        // 4x1 YUYV: pair 0 red-ish chroma, pair 1 blue-ish; a 1-pixel
+        // crop at x = 1 and x = 2 takes the chroma of its own pair.
+        let yuv = Yuv::new(ColorRange::Full);
+        let data = vec![100, 60, 110, 220, 120, 220, 130, 60];
+        let f = frame(PixelFormat::Yuyv, 4, 1, data);
+        let mut rgb = Vec::new();
+        yuv.convert_crop(&f, 1, 0, 1, &mut rgb);
+        assert_eq!(rgb, yuv.rgb(110, 60, 220));
+        yuv.convert_crop(&f, 2, 0, 1, &mut rgb);
+        assert_eq!(rgb, yuv.rgb(120, 220, 60));
+        yuv.convert_crop(&f, 0, 0, 1, &mut rgb);
+        assert_eq!(rgb, yuv.rgb(100, 60, 220));
+        // NV12 4x2: Y plane then one UV row for both lines.
+        let nv12 = frame(PixelFormat::Nv12, 4, 2, vec![10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 160, 170]);
+        yuv.convert_crop(&nv12, 1, 1, 1, &mut rgb);
+        assert_eq!(rgb, yuv.rgb(60, 90, 100));
+        yuv.convert_crop(&nv12, 3, 1, 1, &mut rgb);
+        assert_eq!(rgb, yuv.rgb(80, 160, 170));
     }
 
     #[test]
@@ -319,6 +612,38 @@ mod tests {
         assert_eq!(full.rgb(0, 128, 128), [0, 0, 0]);
         // pure red in BT.601 full range
         assert_eq!(full.rgb(76, 85, 255), [254, 0, 0]);
+    }
+
+    #[test]
+    fn fixed_point_yuv_matches_the_float_matrix() {
+        // The exact BT.601 inverse in f64, rounded: tables may differ by one
+        // level only where the float result is within 1e-3 of a half.
+        for (range, y_off, y_gain, c_gain) in
+            [(ColorRange::Limited, 16.0, 255.0 / 219.0, 255.0 / 224.0), (ColorRange::Full, 0.0, 1.0, 1.0)]
+        {
+            let t = Yuv::new(range);
+            for y in (0..=255u8).step_by(3) {
+                for u in (0..=255u8).step_by(5) {
+                    for v in (0..=255u8).step_by(7) {
+                        let yf = (y as f64 - y_off) * y_gain;
+                        let (uf, vf) = ((u as f64 - 128.0) * c_gain, (v as f64 - 128.0) * c_gain);
+                        let r = yf + 1.402 * vf;
+                        let b = yf + 1.772 * uf;
+                        let g = (yf - 0.299 * r - 0.114 * b) / 0.587;
+                        let got = t.rgb(y, u, v);
+                        for (c, want) in [r, g, b].into_iter().enumerate() {
+                            let w = want.round().clamp(0.0, 255.0);
+                            let near_half = (want - want.floor() - 0.5).abs() < 1e-3;
+                            assert!(
+                                got[c] as f64 == w || (near_half && (got[c] as f64 - w).abs() <= 1.0),
+                                "{range:?} yuv {y} {u} {v} channel {c}: {} vs {want}",
+                                got[c]
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]
