@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use log::{info, warn};
 
-use crate::capture::FrameSource;
+use crate::capture::health::{self, Health, HealthMonitor, HealthParams};
+use crate::capture::{CaptureError, FrameSource};
 use crate::frame::Frame;
 use crate::model::Classifier;
 use crate::postprocess::{top_k, Classification, Latency, ModelRef};
@@ -30,6 +31,7 @@ pub struct Options {
     pub top_k: usize,
     pub preprocess: PreprocessParams,
     pub color_range: ColorRange,
+    pub health: HealthParams,
 }
 
 /// Counters for the end-of-run summary (and, later, diagnostics).
@@ -44,6 +46,10 @@ pub struct Stats {
     pub inference_errors: u64,
     pub classified: u64,
     pub publish_errors: u64,
+    /// The source's health after the last frame (or wait for one).
+    pub health: Health,
+    /// Frames not classified because `health.skip_unhealthy` is set.
+    pub unhealthy_skipped: u64,
 }
 
 #[derive(Default)]
@@ -86,23 +92,43 @@ impl Slot {
         self.changed.notify_all();
     }
 
-    /// The newest frame; `None` once the source has ended and the slot is
-    /// empty, or on shutdown.
-    fn take(&self, shutdown: &Shutdown) -> Option<Frame> {
+    /// The newest frame; `Ended` once the source has ended and the slot is
+    /// empty, or on shutdown; `Idle` when `within` passed without a frame.
+    fn take(&self, shutdown: &Shutdown, within: Duration) -> Take {
+        let deadline = Instant::now() + within;
         let mut s = self.lock();
         loop {
             if shutdown.is_triggered() {
-                return None;
+                return Take::Ended;
             }
             if let Some(f) = s.frame.take() {
                 self.changed.notify_all();
-                return Some(f);
+                return Take::Frame(f);
             }
             if s.ended {
-                return None;
+                return Take::Ended;
             }
-            s = self.changed.wait_timeout(s, POLL).unwrap_or_else(|e| e.into_inner()).0;
+            let now = Instant::now();
+            if now >= deadline {
+                return Take::Idle;
+            }
+            s = self.changed.wait_timeout(s, POLL.min(deadline - now)).unwrap_or_else(|e| e.into_inner()).0;
         }
+    }
+}
+
+enum Take {
+    Frame(Frame),
+    Idle,
+    Ended,
+}
+
+fn log_health(source: &str, h: Health, p: &HealthParams) {
+    match h {
+        Health::Ok => info!("{source}: health ok: frames look normal again"),
+        Health::Stale => warn!("{source}: health stale: no frame for {:.0} s", p.stale_after.as_secs_f64()),
+        Health::Frozen => warn!("{source}: health frozen: the last {} frames were identical", p.frozen_frames + 1),
+        Health::Dark => warn!("{source}: health dark: frames are nearly black or uniform (lens covered? lights off?)"),
     }
 }
 
@@ -114,6 +140,11 @@ fn capture_loop(mut source: Box<dyn FrameSource>, slot: Arc<Slot>, shutdown: Shu
             Ok(None) => {
                 info!("{}: no more frames", source.name());
                 break;
+            }
+            // The source is waiting (backoff, or its next frame is not due):
+            // wait here, where shutdown can cut it short.
+            Err(CaptureError::NotYet { wait }) => {
+                shutdown.wait_timeout(wait);
             }
             Err(e) => {
                 warn!("{e}");
@@ -137,6 +168,7 @@ pub fn run(
     shutdown: Shutdown,
 ) -> Result<Stats, DaemonError> {
     let slot = Arc::new(Slot::default());
+    let source_name = source.name();
     let capture = {
         let (slot, shutdown) = (slot.clone(), shutdown.clone());
         std::thread::Builder::new()
@@ -152,11 +184,36 @@ pub fn run(
     let mut seq = 0u64;
     let mut next = Instant::now();
 
-    while let Some(frame) = slot.take(&shutdown) {
+    let mut monitor = HealthMonitor::new(opts.health.clone(), Instant::now());
+
+    loop {
+        let frame = match slot.take(&shutdown, opts.health.stale_after) {
+            Take::Frame(f) => f,
+            Take::Ended => break,
+            Take::Idle => {
+                if let Some(h) = monitor.idle(Instant::now()) {
+                    log_health(&source_name, h, &opts.health);
+                }
+                stats.health = monitor.state();
+                continue;
+            }
+        };
         let t0 = Instant::now();
         if let Err(e) = pre.run(&frame, classifier.input_mut()) {
             warn!("{}: frame {} skipped: {e}", frame.origin, frame.seq);
             stats.bad_frames += 1;
+            continue;
+        }
+        // Raw frames give luma without decoding; encoded ones only after.
+        let luma = health::luma_of_raw(&frame).unwrap_or_else(|| {
+            health::luma_of_input(classifier.input_mut(), opts.preprocess.mean, opts.preprocess.std)
+        });
+        if let Some(h) = monitor.frame(health::fingerprint(&frame.data), Some(luma), Instant::now()) {
+            log_health(&source_name, h, &opts.health);
+        }
+        stats.health = monitor.state();
+        if opts.health.skip_unhealthy && stats.health != Health::Ok {
+            stats.unhealthy_skipped += 1;
             continue;
         }
         let t1 = Instant::now();
@@ -181,6 +238,7 @@ pub fn run(
             top_k: ranked,
             latency_ms: Latency { preprocess: ms(t1 - t0), inference: ms(t2 - t1), total: ms(t2 - t0) },
             model: model.clone(),
+            health: stats.health.as_str().into(),
         };
         seq += 1;
         stats.classified += 1;
@@ -291,6 +349,7 @@ mod tests {
             top_k: 2,
             preprocess: PreprocessParams::default(),
             color_range: ColorRange::Full,
+            health: HealthParams::default(),
         };
         let source = Box::new(Scripted { script: script.into(), live, seq: 0 });
         let info =
@@ -307,6 +366,40 @@ mod tests {
         assert_eq!(labels, vec![(0, 0, "dark"), (1, 1, "bright"), (2, 3, "bright")]);
         assert_eq!((stats.captured, stats.dropped, stats.capture_errors, stats.bad_frames), (4, 0, 1, 1));
         assert!(out.0[1].score > 0.5 && out.0[1].top_k.len() == 2);
+    }
+
+    #[test]
+    fn health_follows_the_frames_goes_out_with_results_and_can_skip_them() {
+        let script = vec![Ok(100), Ok(100), Ok(100), Ok(10), Ok(200)];
+        let health = HealthParams { frozen_frames: 2, dark_below: 50.0, uniform_below: 0.0, ..HealthParams::default() };
+        let (mut opts, source, mut model) = setup(script.clone(), false);
+        opts.health = health.clone();
+        let mut out = Collect::default();
+        let stats = run(&opts, source, &mut model, &mut out, Shutdown::new()).unwrap();
+        let states: Vec<&str> = out.0.iter().map(|r| r.health.as_str()).collect();
+        assert_eq!(states, vec!["ok", "ok", "frozen", "dark", "ok"]);
+        assert_eq!((stats.health, stats.unhealthy_skipped), (Health::Ok, 0));
+
+        let (mut opts, source, mut model) = setup(script, false);
+        opts.health = HealthParams { skip_unhealthy: true, ..health };
+        let mut out = Collect::default();
+        let stats = run(&opts, source, &mut model, &mut out, Shutdown::new()).unwrap();
+        let frames: Vec<u64> = out.0.iter().map(|r| r.frame_seq).collect();
+        assert_eq!(frames, vec![0, 1, 4], "the frozen and the dark frame were not classified");
+        assert_eq!(stats.unhealthy_skipped, 2);
+    }
+
+    #[test]
+    fn a_source_that_stops_delivering_becomes_stale() {
+        // Each error costs the capture loop 100 ms: 300 ms without a frame,
+        // six times stale_after.
+        let (mut opts, source, mut model) = setup(vec![Ok(100), Err("gone"), Err("gone"), Err("gone")], true);
+        opts.health = HealthParams { stale_after: Duration::from_millis(50), ..HealthParams::default() };
+        let mut out = Collect::default();
+        let stats = run(&opts, source, &mut model, &mut out, Shutdown::new()).unwrap();
+        assert_eq!(out.0.len(), 1);
+        assert_eq!(stats.health, Health::Stale);
+        assert_eq!(stats.capture_errors, 3);
     }
 
     #[test]

@@ -46,6 +46,9 @@ pub struct Classification {
     pub top_k: Vec<Ranked>,
     pub latency_ms: Latency,
     pub model: ModelRef,
+    /// Camera health when the frame was taken ("ok", "stale", "frozen",
+    /// "dark"); Home Assistant's camera-problem sensor reads it.
+    pub health: String,
 }
 
 pub fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
