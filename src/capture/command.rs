@@ -21,15 +21,17 @@ use crate::frame::{Frame, PixelFormat};
 pub struct CommandConnector {
     /// Program and arguments, run without a shell.
     argv: Vec<String>,
-    /// The running child, killed when the next one starts or on drop.
-    child: Arc<Mutex<Option<Child>>>,
+    /// The current connection's child, killed when the next one starts or on
+    /// drop. One slot per connection, so the reader of an old connection
+    /// can never reap or kill a newer child.
+    child: Option<Arc<Mutex<Option<Child>>>>,
     name: String,
 }
 
 impl CommandConnector {
     pub fn new(argv: Vec<String>) -> CommandConnector {
         let name = format!("command:{}", argv.first().map_or("", String::as_str));
-        CommandConnector { argv, child: Arc::default(), name }
+        CommandConnector { argv, child: None, name }
     }
 }
 
@@ -42,7 +44,9 @@ fn kill(child: &Mutex<Option<Child>>) {
 
 impl Connector for CommandConnector {
     fn connect(&mut self, feed: Feed) -> Result<(), CaptureError> {
-        kill(&self.child);
+        if let Some(old) = self.child.take() {
+            kill(&old);
+        }
         let (program, args) = self.argv.split_first().expect("config validation: command is non-empty");
         let mut child = Command::new(program)
             .args(args)
@@ -62,7 +66,8 @@ impl Connector for CommandConnector {
             })?;
         let stdout = child.stdout.take().expect("piped");
         let stderr = child.stderr.take().expect("piped");
-        *self.child.lock().unwrap_or_else(|e| e.into_inner()) = Some(child);
+        let child = Arc::new(Mutex::new(Some(child)));
+        self.child = Some(child.clone());
 
         // The child's own complaints are the best explanation of an exit:
         // log them, and keep the last line for the error.
@@ -81,7 +86,7 @@ impl Connector for CommandConnector {
                 })
                 .map_err(|e| CaptureError::Open { source_name: self.name.clone(), reason: e.to_string() })?
         };
-        let (name, child) = (self.name.clone(), self.child.clone());
+        let name = self.name.clone();
         std::thread::Builder::new()
             .name("command-stdout".into())
             .spawn(move || read_stream(stdout, &name, &feed, &child, &last_err, Some(stderr_reader)))
@@ -96,7 +101,9 @@ impl Connector for CommandConnector {
 
 impl Drop for CommandConnector {
     fn drop(&mut self) {
-        kill(&self.child);
+        if let Some(c) = self.child.take() {
+            kill(&c);
+        }
     }
 }
 
