@@ -214,6 +214,11 @@ pub fn run(
         stats.health = monitor.state();
         if opts.health.skip_unhealthy && stats.health != Health::Ok {
             stats.unhealthy_skipped += 1;
+            // Keep the schedule: a frozen 30 fps camera must not make the
+            // loop decode every frame.
+            if shutdown.wait_timeout(opts.interval) {
+                break;
+            }
             continue;
         }
         let t1 = Instant::now();
