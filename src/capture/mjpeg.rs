@@ -117,16 +117,30 @@ fn entropy_end(buf: &[u8], from: usize) -> Option<usize> {
 #[derive(Default)]
 pub struct Splitter {
     buf: Vec<u8>,
+    /// The last scan stopped inside a frame. Such a frame only completes
+    /// (or shows itself truncated) when an EOI or SOI arrives, so reads
+    /// without either skip the rescan from the frame's start, which made
+    /// large frames cost quadratic time.
+    waiting: bool,
 }
 
 impl Splitter {
     pub fn push(&mut self, bytes: &[u8]) {
+        let from = self.buf.len().saturating_sub(1);
         self.buf.extend_from_slice(bytes);
+        if self.buf.len() > MAX_FRAME
+            || self.buf[from..].windows(2).any(|w| w[0] == 0xFF && (w[1] == 0xD8 || w[1] == 0xD9))
+        {
+            self.waiting = false;
+        }
     }
 
     /// The next complete frame, or the reason a broken one was dropped;
     /// `None` when more data is needed.
     pub fn next(&mut self) -> Option<Result<Vec<u8>, &'static str>> {
+        if self.waiting {
+            return None;
+        }
         match scan(&self.buf) {
             Scan::Frame { start, end } => {
                 let frame = self.buf[start..end].to_vec();
@@ -135,6 +149,9 @@ impl Splitter {
             }
             Scan::Incomplete { discard } => {
                 self.buf.drain(..discard);
+                // Outside a frame (garbage, text on stdout) every push is
+                // scanned, so the junk is dropped at once.
+                self.waiting = self.buf.starts_with(&[0xFF, 0xD8]);
                 None
             }
             Scan::Corrupt { skip, reason } => {
@@ -238,6 +255,16 @@ mod tests {
         assert_eq!(scan(&[]), Scan::Incomplete { discard: 0 });
         // A zero-length segment would loop forever if it did not count as corrupt.
         assert!(matches!(scan(&[0xFF, 0xD8, 0xFF, 0xE0, 0, 0]), Scan::Corrupt { skip: 2, .. }));
+    }
+
+    #[test]
+    fn text_without_frames_does_not_accumulate() {
+        let mut s = Splitter::default();
+        for _ in 0..1000 {
+            s.push(b"Setting pipeline to PLAYING ...\n");
+            assert!(s.next().is_none());
+        }
+        assert!(s.buf.is_empty());
     }
 
     #[test]
