@@ -9,14 +9,13 @@
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 use log::{debug, warn};
 
 use super::mjpeg::Splitter;
 use super::supervisor::{Connector, Feed};
 use super::CaptureError;
-use crate::frame::{Frame, PixelFormat};
+use crate::frame::Frame;
 
 pub struct CommandConnector {
     /// Program and arguments, run without a shell.
@@ -136,15 +135,7 @@ fn read_stream(
             match r {
                 Ok(data) => {
                     frames += 1;
-                    feed.push(Frame {
-                        seq: 0,
-                        captured_at: SystemTime::now(),
-                        width: 0,
-                        height: 0,
-                        format: PixelFormat::Encoded,
-                        data,
-                        origin: name.into(),
-                    });
+                    feed.push(Frame::encoded(0, data, name));
                 }
                 Err(reason) => warn!("{name}: corrupt JPEG in the stream dropped: {reason}"),
             }

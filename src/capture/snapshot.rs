@@ -3,11 +3,11 @@
 //! Failures back off from the interval up to `reconnect_max`, so a camera
 //! that is down or refuses the password is not hammered.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use super::supervisor::Backoff;
 use super::{CaptureError, FrameSource};
-use crate::frame::{Frame, PixelFormat};
+use crate::frame::Frame;
 
 /// A snapshot larger than this is not a snapshot.
 const MAX_BYTES: u64 = 32 << 20;
@@ -106,15 +106,7 @@ impl FrameSource for SnapshotSource {
                 self.due = Some(start + self.interval);
                 let seq = self.seq;
                 self.seq += 1;
-                Ok(Some(Frame {
-                    seq,
-                    captured_at: SystemTime::now(),
-                    width: 0,
-                    height: 0,
-                    format: PixelFormat::Encoded,
-                    data,
-                    origin: self.name.clone(),
-                }))
+                Ok(Some(Frame::encoded(seq, data, self.name.clone())))
             }
             Err(reason) => {
                 let wait = self.backoff.fail();
