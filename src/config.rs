@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::capture::camera::FormatPref;
+use crate::capture::health::HealthParams;
 use crate::model::manifest::{Manifest, ManifestError};
 use crate::preprocess::{PreprocessParams, ResizeFilter};
 
@@ -43,6 +45,7 @@ struct FileConfig {
     triggers: crate::triggers::TriggersConfig,
     #[serde(default)]
     thermal: crate::thermal::ThermalConfig,
+    health: HealthSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -63,6 +66,95 @@ enum SourceSection {
         #[serde(default)]
         fps: f64,
     },
+    Camera {
+        #[serde(default = "default_camera_device")]
+        device: String,
+        #[serde(default = "default_width")]
+        width: u32,
+        #[serde(default = "default_height")]
+        height: u32,
+        #[serde(default = "default_camera_fps")]
+        fps: u32,
+        #[serde(default)]
+        format: FormatPref,
+        #[serde(default = "default_frame_timeout")]
+        frame_timeout: f64,
+        #[serde(default = "default_reconnect_min")]
+        reconnect_min: f64,
+        #[serde(default = "default_reconnect_max")]
+        reconnect_max: f64,
+    },
+    Command {
+        command: Vec<String>,
+        #[serde(default = "default_frame_timeout")]
+        frame_timeout: f64,
+        #[serde(default = "default_reconnect_min")]
+        reconnect_min: f64,
+        #[serde(default = "default_reconnect_max")]
+        reconnect_max: f64,
+    },
+    Snapshot {
+        url: String,
+        #[serde(default = "default_snapshot_interval")]
+        interval: f64,
+        #[serde(default = "default_snapshot_timeout")]
+        timeout: f64,
+        username: Option<String>,
+        password: Option<String>,
+        #[serde(default = "default_reconnect_max")]
+        reconnect_max: f64,
+    },
+}
+
+fn default_camera_device() -> String {
+    "0".into()
+}
+fn default_width() -> u32 {
+    640
+}
+fn default_height() -> u32 {
+    480
+}
+fn default_camera_fps() -> u32 {
+    15
+}
+fn default_frame_timeout() -> f64 {
+    5.0
+}
+fn default_reconnect_min() -> f64 {
+    1.0
+}
+fn default_reconnect_max() -> f64 {
+    60.0
+}
+fn default_snapshot_interval() -> f64 {
+    1.0
+}
+fn default_snapshot_timeout() -> f64 {
+    5.0
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct HealthSection {
+    stale_after: f64,
+    frozen_frames: u32,
+    dark_below: f32,
+    uniform_below: f32,
+    skip_unhealthy: bool,
+}
+
+impl Default for HealthSection {
+    fn default() -> Self {
+        let d = HealthParams::default();
+        HealthSection {
+            stale_after: d.stale_after.as_secs_f64(),
+            frozen_frames: d.frozen_frames,
+            dark_below: d.dark_below,
+            uniform_below: d.uniform_below,
+            skip_unhealthy: d.skip_unhealthy,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -180,6 +272,7 @@ pub struct Config {
     pub schedule: Schedule,
     pub triggers: crate::triggers::TriggersConfig,
     pub thermal: crate::thermal::ThermalConfig,
+    pub health: HealthParams,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -201,6 +294,47 @@ pub enum SourceConfig {
         /// Frames per second; 0 replays as fast as the classifier takes them,
         /// without dropping any.
         fps: f64,
+    },
+    /// A V4L2 camera (nokhwa).
+    Camera {
+        /// An index, `/dev/videoN`, a `/dev/v4l/by-id/...` link or a name substring.
+        device: String,
+        width: u32,
+        height: u32,
+        fps: u32,
+        format: FormatPref,
+        /// No frame for this long: the camera is reopened.
+        #[serde(with = "secs")]
+        frame_timeout: Duration,
+        #[serde(with = "secs")]
+        reconnect_min: Duration,
+        #[serde(with = "secs")]
+        reconnect_max: Duration,
+    },
+    /// A program writing MJPEG to stdout.
+    Command {
+        command: Vec<String>,
+        #[serde(with = "secs")]
+        frame_timeout: Duration,
+        #[serde(with = "secs")]
+        reconnect_min: Duration,
+        #[serde(with = "secs")]
+        reconnect_max: Duration,
+    },
+    /// A JPEG fetched over HTTP(S) every interval.
+    Snapshot {
+        url: String,
+        #[serde(with = "secs")]
+        interval: Duration,
+        #[serde(with = "secs")]
+        timeout: Duration,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        username: Option<String>,
+        /// Never printed by `check-config`.
+        #[serde(skip_serializing)]
+        password: Option<String>,
+        #[serde(with = "secs")]
+        reconnect_max: Duration,
     },
 }
 
@@ -452,6 +586,48 @@ fn resolve(raw: FileConfig, file: &Path, base: &Path) -> Result<Config, ConfigEr
             }
             SourceConfig::Files { path, looping, fps }
         }
+        SourceSection::Camera { device, width, height, fps, format, frame_timeout, reconnect_min, reconnect_max } => {
+            if device.trim().is_empty() {
+                return Err(invalid(file, "source.device", "is empty; give an index (0), /dev/videoN, a /dev/v4l/by-id link or part of the camera's name (`lookout cameras` lists them)"));
+            }
+            if !(16..=8192).contains(&width) || !(16..=8192).contains(&height) {
+                return Err(invalid(
+                    file,
+                    "source.width",
+                    format!("{width}x{height} is not a camera size; use e.g. 640 x 480"),
+                ));
+            }
+            if !(1..=1000).contains(&fps) {
+                return Err(invalid(
+                    file,
+                    "source.fps",
+                    format!("is {fps}; give frames per second between 1 and 1000"),
+                ));
+            }
+            let (frame_timeout, reconnect_min, reconnect_max) =
+                supervision(file, frame_timeout, reconnect_min, reconnect_max)?;
+            SourceConfig::Camera { device, width, height, fps, format, frame_timeout, reconnect_min, reconnect_max }
+        }
+        SourceSection::Command { command, frame_timeout, reconnect_min, reconnect_max } => {
+            if command.first().is_none_or(|p| p.trim().is_empty()) {
+                return Err(invalid(file, "source.command", "is empty; give the program and its arguments, e.g. [\"rpicam-vid\", \"--codec\", \"mjpeg\", \"-t\", \"0\", \"-o\", \"-\"]"));
+            }
+            let (frame_timeout, reconnect_min, reconnect_max) =
+                supervision(file, frame_timeout, reconnect_min, reconnect_max)?;
+            SourceConfig::Command { command, frame_timeout, reconnect_min, reconnect_max }
+        }
+        SourceSection::Snapshot { url, interval, timeout, username, password, reconnect_max } => {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(invalid(file, "source.url", format!("{url:?} must start with http:// or https://")));
+            }
+            if password.is_some() && username.is_none() {
+                return Err(invalid(file, "source.password", "is set without source.username; basic auth needs both"));
+            }
+            let interval = seconds(file, "source.interval", interval, 0.01)?;
+            let timeout = seconds(file, "source.timeout", timeout, 0.01)?;
+            let reconnect_max = seconds(file, "source.reconnect_max", reconnect_max, 0.01)?;
+            SourceConfig::Snapshot { url, interval, timeout, username, password, reconnect_max }
+        }
     };
 
     let model = resolve_model(raw.model, file, base)?;
@@ -564,6 +740,15 @@ fn resolve(raw: FileConfig, file: &Path, base: &Path) -> Result<Config, ConfigEr
         outbox_commit_interval,
     };
 
+    let h = raw.health;
+    let health = HealthParams {
+        stale_after: seconds(file, "health.stale_after", h.stale_after, 0.01)?,
+        frozen_frames: h.frozen_frames,
+        dark_below: luma(file, "health.dark_below", h.dark_below)?,
+        uniform_below: luma(file, "health.uniform_below", h.uniform_below)?,
+        skip_unhealthy: h.skip_unhealthy,
+    };
+
     let interval = seconds(file, "schedule.interval", raw.schedule.interval, 0.0)?;
     if interval.is_zero() {
         return Err(invalid(file, "schedule.interval", "is 0; give the seconds between classifications, e.g. 1.0"));
@@ -585,7 +770,25 @@ fn resolve(raw: FileConfig, file: &Path, base: &Path) -> Result<Config, ConfigEr
         schedule: Schedule { interval },
         triggers: raw.triggers,
         thermal: raw.thermal,
+        health,
     })
+}
+
+fn supervision(file: &Path, timeout: f64, min: f64, max: f64) -> Result<(Duration, Duration, Duration), ConfigError> {
+    let timeout = seconds(file, "source.frame_timeout", timeout, 0.1)?;
+    let min = seconds(file, "source.reconnect_min", min, 0.01)?;
+    let max = seconds(file, "source.reconnect_max", max, 0.01)?;
+    if max < min {
+        return Err(invalid(file, "source.reconnect_max", "is below source.reconnect_min"));
+    }
+    Ok((timeout, min, max))
+}
+
+fn luma(file: &Path, key: &'static str, v: f32) -> Result<f32, ConfigError> {
+    if !(v.is_finite() && (0.0..=255.0).contains(&v)) {
+        return Err(invalid(file, key, format!("is {v}; give a luma level between 0 (off) and 255")));
+    }
+    Ok(v)
 }
 
 fn seconds(file: &Path, key: &'static str, v: f64, min: f64) -> Result<Duration, ConfigError> {
@@ -823,6 +1026,45 @@ mod tests {
     fn missing_config_file_says_so() {
         let e = Config::load(Path::new("/nonexistent/lookout.toml")).unwrap_err().to_string();
         assert!(e.contains("/nonexistent/lookout.toml") && e.contains("no such file"), "{e}");
+    }
+
+    #[test]
+    fn live_sources_parse_with_defaults_and_reject_bad_values() {
+        let (_d, cfg) = fixture();
+        let model = "\n[model]\npath = \"m.onnx\"\nlabels = \"labels.txt\"\n";
+        let parse = |source: &str| Config::parse(&format!("[source]\n{source}{model}"), &cfg);
+        let c = parse("kind = \"camera\"\n").unwrap();
+        match c.source {
+            SourceConfig::Camera { device, width, height, fps, format, frame_timeout, .. } => {
+                assert_eq!((device.as_str(), width, height, fps, format), ("0", 640, 480, 15, FormatPref::Auto));
+                assert_eq!(frame_timeout, Duration::from_secs(5));
+            }
+            other => panic!("{other:?}"),
+        }
+        let c = parse("kind = \"snapshot\"\nurl = \"http://cam/snap.jpg\"\nusername = \"u\"\npassword = \"hunter2\"\n")
+            .unwrap();
+        assert!(matches!(&c.source, SourceConfig::Snapshot { interval, .. } if *interval == Duration::from_secs(1)));
+        assert!(!c.to_toml().contains("hunter2"), "check-config must not print the password");
+        let c = parse("kind = \"command\"\ncommand = [\"rpicam-vid\", \"-o\", \"-\"]\n").unwrap();
+        assert!(matches!(&c.source, SourceConfig::Command { command, .. } if command.len() == 3));
+        assert_eq!(c.health, HealthParams::default());
+
+        let cases = [
+            ("kind = \"camera\"\nformat = \"h264\"\n", "unknown variant `h264`"),
+            ("kind = \"camera\"\nfps = 0\n", "source.fps"),
+            ("kind = \"camera\"\nreconnect_min = 10.0\nreconnect_max = 1.0\n", "source.reconnect_max"),
+            ("kind = \"camera\"\ndevise = \"0\"\n", "unknown field `devise`"),
+            ("kind = \"command\"\ncommand = []\n", "source.command"),
+            ("kind = \"snapshot\"\nurl = \"cam/snap.jpg\"\n", "source.url"),
+            ("kind = \"snapshot\"\nurl = \"http://c/s\"\npassword = \"p\"\n", "source.password"),
+            ("kind = \"webcam\"\n", "unknown variant `webcam`"),
+        ];
+        for (source, expect) in cases {
+            let e = parse(source).unwrap_err().to_string();
+            assert!(e.contains(expect), "{source:?} gave {e}");
+        }
+        let e = Config::parse(&format!("{BASE}\n[health]\ndark_below = 300\n"), &cfg).unwrap_err().to_string();
+        assert!(e.contains("health.dark_below"), "{e}");
     }
 
     #[test]

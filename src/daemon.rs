@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use log::{info, warn};
 
-use crate::capture::FrameSource;
+use crate::capture::health::{self, Health, HealthMonitor, HealthParams};
+use crate::capture::{CaptureError, FrameSource};
 use crate::frame::Frame;
 use crate::model::Classifier;
 use crate::postprocess::{softmax, top_k, Classification, Latency, ModelRef};
@@ -33,6 +34,7 @@ pub struct Options {
     pub top_k: usize,
     pub preprocess: PreprocessParams,
     pub color_range: ColorRange,
+    pub health: HealthParams,
 }
 
 /// Counters for the end-of-run summary (and, later, diagnostics).
@@ -47,6 +49,10 @@ pub struct Stats {
     pub inference_errors: u64,
     pub classified: u64,
     pub publish_errors: u64,
+    /// The source's health after the last frame (or wait for one).
+    pub health: Health,
+    /// Frames not classified because `health.skip_unhealthy` is set.
+    pub unhealthy_skipped: u64,
 }
 
 /// Optional stages around the loop; [`run`] uses none of them.
@@ -110,23 +116,43 @@ impl Slot {
         self.changed.notify_all();
     }
 
-    /// The newest frame; `None` once the source has ended and the slot is
-    /// empty, or on shutdown.
-    fn take(&self, shutdown: &Shutdown) -> Option<Frame> {
+    /// The newest frame; `Ended` once the source has ended and the slot is
+    /// empty, or on shutdown; `Idle` when `within` passed without a frame.
+    fn take(&self, shutdown: &Shutdown, within: Duration) -> Take {
+        let deadline = Instant::now() + within;
         let mut s = self.lock();
         loop {
             if shutdown.is_triggered() {
-                return None;
+                return Take::Ended;
             }
             if let Some(f) = s.frame.take() {
                 self.changed.notify_all();
-                return Some(f);
+                return Take::Frame(f);
             }
             if s.ended {
-                return None;
+                return Take::Ended;
             }
-            s = self.changed.wait_timeout(s, POLL).unwrap_or_else(|e| e.into_inner()).0;
+            let now = Instant::now();
+            if now >= deadline {
+                return Take::Idle;
+            }
+            s = self.changed.wait_timeout(s, POLL.min(deadline - now)).unwrap_or_else(|e| e.into_inner()).0;
         }
+    }
+}
+
+enum Take {
+    Frame(Frame),
+    Idle,
+    Ended,
+}
+
+fn log_health(source: &str, h: Health, p: &HealthParams) {
+    match h {
+        Health::Ok => info!("{source}: health ok: frames look normal again"),
+        Health::Stale => warn!("{source}: health stale: no frame for {:.0} s", p.stale_after.as_secs_f64()),
+        Health::Frozen => warn!("{source}: health frozen: the last {} frames were identical", p.frozen_frames + 1),
+        Health::Dark => warn!("{source}: health dark: frames are nearly black or uniform (lens covered? lights off?)"),
     }
 }
 
@@ -138,6 +164,11 @@ fn capture_loop(mut source: Box<dyn FrameSource>, slot: Arc<Slot>, shutdown: Shu
             Ok(None) => {
                 info!("{}: no more frames", source.name());
                 break;
+            }
+            // The source is waiting (backoff, or its next frame is not due):
+            // wait here, where shutdown can cut it short.
+            Err(CaptureError::NotYet { wait }) => {
+                shutdown.wait_timeout(wait);
             }
             Err(e) => {
                 warn!("{e}");
@@ -173,6 +204,7 @@ pub fn run_with(
     mut hooks: Hooks,
 ) -> Result<Stats, DaemonError> {
     let slot = Arc::new(Slot { progress: hooks.progress.clone(), ..Slot::default() });
+    let source_name = source.name();
     let capture = {
         let (slot, shutdown) = (slot.clone(), shutdown.clone());
         std::thread::Builder::new()
@@ -190,11 +222,41 @@ pub fn run_with(
     let mut next = Instant::now();
     let mut hot = false;
 
-    while let Some(frame) = slot.take(&shutdown) {
+    let mut monitor = HealthMonitor::new(opts.health.clone(), Instant::now());
+
+    loop {
+        let frame = match slot.take(&shutdown, opts.health.stale_after) {
+            Take::Frame(f) => f,
+            Take::Ended => break,
+            Take::Idle => {
+                if let Some(h) = monitor.idle(Instant::now()) {
+                    log_health(&source_name, h, &opts.health);
+                }
+                stats.health = monitor.state();
+                continue;
+            }
+        };
         let t0 = Instant::now();
         if let Err(e) = pre.run(&frame, classifier.input_mut()) {
             warn!("{}: frame {} skipped: {e}", frame.origin, frame.seq);
             stats.bad_frames += 1;
+            continue;
+        }
+        // Raw frames give luma without decoding; encoded ones only after.
+        let luma = health::luma_of_raw(&frame).unwrap_or_else(|| {
+            health::luma_of_input(classifier.input_mut(), opts.preprocess.mean, opts.preprocess.std)
+        });
+        if let Some(h) = monitor.frame(health::fingerprint(&frame.data), Some(luma), Instant::now()) {
+            log_health(&source_name, h, &opts.health);
+        }
+        stats.health = monitor.state();
+        if opts.health.skip_unhealthy && stats.health != Health::Ok {
+            stats.unhealthy_skipped += 1;
+            // Keep the schedule: a frozen 30 fps camera must not make the
+            // loop decode every frame.
+            if shutdown.wait_timeout(opts.interval) {
+                break;
+            }
             continue;
         }
         let t1 = Instant::now();
@@ -219,7 +281,7 @@ pub fn run_with(
             top_k: ranked,
             latency_ms: Latency { preprocess: ms(t1 - t0), inference: ms(t2 - t1), total: ms(t2 - t0) },
             model: model.clone(),
-            health: "ok".into(),
+            health: stats.health.as_str().into(),
             trigger: None,
         };
         seq += 1;
@@ -373,6 +435,7 @@ mod tests {
             top_k: 2,
             preprocess: PreprocessParams::default(),
             color_range: ColorRange::Full,
+            health: HealthParams::default(),
         };
         let source = Box::new(Scripted { script: script.into(), live, seq: 0 });
         let info =
@@ -415,6 +478,40 @@ mod tests {
         assert_eq!(published, vec![(0, "dark", true), (2, "bright", true), (4, "dark", true)]);
         assert_eq!(stats.classified, 5);
         assert_eq!(progress.counts(), (5, 5));
+    }
+
+    #[test]
+    fn health_follows_the_frames_goes_out_with_results_and_can_skip_them() {
+        let script = vec![Ok(100), Ok(100), Ok(100), Ok(10), Ok(200)];
+        let health = HealthParams { frozen_frames: 2, dark_below: 50.0, uniform_below: 0.0, ..HealthParams::default() };
+        let (mut opts, source, mut model) = setup(script.clone(), false);
+        opts.health = health.clone();
+        let mut out = Collect::default();
+        let stats = run(&opts, source, &mut model, &mut out, Shutdown::new()).unwrap();
+        let states: Vec<&str> = out.0.iter().map(|r| r.health.as_str()).collect();
+        assert_eq!(states, vec!["ok", "ok", "frozen", "dark", "ok"]);
+        assert_eq!((stats.health, stats.unhealthy_skipped), (Health::Ok, 0));
+
+        let (mut opts, source, mut model) = setup(script, false);
+        opts.health = HealthParams { skip_unhealthy: true, ..health };
+        let mut out = Collect::default();
+        let stats = run(&opts, source, &mut model, &mut out, Shutdown::new()).unwrap();
+        let frames: Vec<u64> = out.0.iter().map(|r| r.frame_seq).collect();
+        assert_eq!(frames, vec![0, 1, 4], "the frozen and the dark frame were not classified");
+        assert_eq!(stats.unhealthy_skipped, 2);
+    }
+
+    #[test]
+    fn a_source_that_stops_delivering_becomes_stale() {
+        // Each error costs the capture loop 100 ms: 300 ms without a frame,
+        // six times stale_after.
+        let (mut opts, source, mut model) = setup(vec![Ok(100), Err("gone"), Err("gone"), Err("gone")], true);
+        opts.health = HealthParams { stale_after: Duration::from_millis(50), ..HealthParams::default() };
+        let mut out = Collect::default();
+        let stats = run(&opts, source, &mut model, &mut out, Shutdown::new()).unwrap();
+        assert_eq!(out.0.len(), 1);
+        assert_eq!(stats.health, Health::Stale);
+        assert_eq!(stats.capture_errors, 3);
     }
 
     #[test]

@@ -54,6 +54,22 @@ pub struct Frame {
     pub origin: String,
 }
 
+impl Frame {
+    /// A compressed image (JPEG...) captured now; its size comes from its
+    /// header when decoded.
+    pub fn encoded(seq: u64, data: Vec<u8>, origin: impl Into<String>) -> Frame {
+        Frame {
+            seq,
+            captured_at: SystemTime::now(),
+            width: 0,
+            height: 0,
+            format: PixelFormat::Encoded,
+            data,
+            origin: origin.into(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -63,6 +63,8 @@ enum Command {
     },
     /// Validate a config file and print it resolved.
     CheckConfig { config: PathBuf },
+    /// List V4L2 cameras with their formats, sizes and rates.
+    Cameras,
 }
 
 /// An error on its way out of `main`: one line, one exit code.
@@ -115,6 +117,7 @@ fn main() -> ExitCode {
         Command::Run { config } => run(&config),
         Command::Classify { config, model, logits, images } => classify(&config, model.as_deref(), logits, &images),
         Command::CheckConfig { config } => check_config(&config),
+        Command::Cameras => cameras(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -159,6 +162,67 @@ fn check_config(path: &Path) -> Result<(), Fatal> {
     let cfg = Config::load(path)?;
     triggers(&cfg)?;
     print!("# {} is valid; resolved:\n{}", path.display(), cfg.to_toml());
+    Ok(())
+}
+
+/// `lookout cameras`: what a `camera` source could open, and why not.
+fn cameras() -> Result<(), Fatal> {
+    use lookout::capture::camera;
+    let nodes = camera::video_nodes(Path::new("/dev"));
+    if nodes.is_empty() {
+        println!(
+            "no cameras found: there is no /dev/video* device. USB webcams appear as /dev/videoN when plugged in; \
+             Raspberry Pi and Jetson CSI cameras are read with a `command` source (README.md, Cameras)"
+        );
+        return Ok(());
+    }
+    #[cfg(feature = "camera")]
+    let listings = camera::list();
+    #[cfg(not(feature = "camera"))]
+    let listings: Vec<camera::Listing> = nodes
+        .into_iter()
+        .map(|(index, path)| camera::Listing {
+            index,
+            path,
+            name: String::new(),
+            by_id: None,
+            modes: Err("built without the `camera` feature".into()),
+        })
+        .collect();
+    let mut denied = false;
+    for l in &listings {
+        let name = if l.name.is_empty() { String::new() } else { format!(" \"{}\"", l.name) };
+        println!("{} (device = \"{}\"){name}", l.path.display(), l.index);
+        if let Some(link) = &l.by_id {
+            println!("  stable name: {}", link.display());
+        }
+        match &l.modes {
+            Ok(modes) if modes.is_empty() => println!("  no capture modes (a metadata node, not a camera)"),
+            Ok(modes) => {
+                let mut sizes: Vec<(String, Vec<u32>)> = vec![];
+                for m in modes {
+                    let key = format!("{} {}x{}", camera::format_name(m.format), m.width, m.height);
+                    match sizes.iter_mut().find(|(k, _)| *k == key) {
+                        Some((_, rates)) => rates.push(m.fps),
+                        None => sizes.push((key, vec![m.fps])),
+                    }
+                }
+                for (key, mut rates) in sizes {
+                    rates.sort_unstable_by(|a, b| b.cmp(a));
+                    rates.dedup();
+                    let rates: Vec<String> = rates.iter().map(u32::to_string).collect();
+                    println!("  {key} @ {} fps", rates.join(", "));
+                }
+            }
+            Err(reason) => {
+                denied |= reason.contains("`video` group");
+                println!("  cannot open: {reason}");
+            }
+        }
+    }
+    if denied {
+        println!("some cameras are not accessible to this user: add it to the `video` group (sudo usermod -aG video $USER) and log in again");
+    }
     Ok(())
 }
 
@@ -210,6 +274,7 @@ fn run(path: &Path) -> Result<(), Fatal> {
         top_k: cfg.model.top_k,
         preprocess: cfg.model.preprocess.clone(),
         color_range: ColorRange::default(),
+        health: cfg.health.clone(),
     };
     let stats = daemon::run_with(&opts, source, &mut classifier, publisher.as_mut(), shutdown, hooks)
         .map_err(|e| anyhow::anyhow!(e))?;

@@ -2,10 +2,10 @@
 //! Used for tests, demos and cameras that drop snapshots into a folder.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use super::{CaptureError, FrameSource};
-use crate::frame::{Frame, PixelFormat};
+use crate::frame::Frame;
 
 const EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "bmp", "mjpg"];
 
@@ -68,15 +68,7 @@ impl FrameSource for FilesSource {
             std::fs::read(path).map_err(|e| CaptureError::Read { origin: origin.clone(), reason: e.to_string() })?;
         let seq = self.seq;
         self.seq += 1;
-        Ok(Some(Frame {
-            seq,
-            captured_at: SystemTime::now(),
-            width: 0,
-            height: 0,
-            format: PixelFormat::Encoded,
-            data,
-            origin,
-        }))
+        Ok(Some(Frame::encoded(seq, data, origin)))
     }
 
     fn is_live(&self) -> bool {

@@ -1,9 +1,28 @@
 //! The frame-source seam. A source produces [`Frame`]s; the daemon runs it
 //! on its own thread, so a source may block.
+//!
+//! - `files`: image files or a directory, replayed.
+//! - `camera`: V4L2 (USB) cameras through nokhwa, behind the `camera` feature.
+//! - `command`: an MJPEG stream on a program's stdout (Pi and Jetson CSI
+//!   cameras, RTSP through ffmpeg), split by [`mjpeg`].
+//! - `snapshot`: a JPEG fetched over HTTP(S) every interval.
+//!
+//! Live sources run under [`supervisor::Supervised`], which reopens them with
+//! backoff; [`health`] judges the frames they deliver.
 
+pub mod camera;
+mod command;
 mod files;
+pub mod health;
+pub mod mjpeg;
+mod snapshot;
+pub mod supervisor;
 
+use std::time::Duration;
+
+pub use command::CommandConnector;
 pub use files::FilesSource;
+pub use snapshot::SnapshotSource;
 
 use crate::config::SourceConfig;
 use crate::frame::Frame;
@@ -14,6 +33,12 @@ pub enum CaptureError {
     Open { source_name: String, reason: String },
     #[error("{origin}: cannot read frame: {reason}")]
     Read { origin: String, reason: String },
+    #[error("{source_name}: no frame for {secs} s (the device hangs); reopening it")]
+    Stalled { source_name: String, secs: f64 },
+    /// Not an error: the source waits (backoff, or its next snapshot is not
+    /// due). The capture loop sleeps `wait`, interruptibly, and asks again.
+    #[error("next frame in {wait:?}")]
+    NotYet { wait: Duration },
 }
 
 pub trait FrameSource: Send {
@@ -30,9 +55,36 @@ pub trait FrameSource: Send {
     fn name(&self) -> String;
 }
 
-/// Opens the source a config describes.
+/// Opens the source a config describes. Live sources connect lazily, on
+/// their first frame: a camera that is unplugged at boot is retried with
+/// backoff rather than stopping the daemon.
 pub fn open(cfg: &SourceConfig) -> Result<Box<dyn FrameSource>, CaptureError> {
+    use supervisor::{Backoff, Supervised};
     match cfg {
         SourceConfig::Files { path, looping, fps } => Ok(Box::new(FilesSource::open(path, *looping, *fps)?)),
+        SourceConfig::Command { command, frame_timeout, reconnect_min, reconnect_max } => {
+            Ok(Box::new(Supervised::new(
+                CommandConnector::new(command.clone()),
+                *frame_timeout,
+                Backoff::new(*reconnect_min, *reconnect_max),
+            )))
+        }
+        SourceConfig::Snapshot { url, interval, timeout, username, password, reconnect_max } => Ok(Box::new(
+            SnapshotSource::new(url, *interval, *timeout, username.clone(), password.clone(), *reconnect_max),
+        )),
+        #[cfg(feature = "camera")]
+        SourceConfig::Camera { device, width, height, fps, format, frame_timeout, reconnect_min, reconnect_max } => {
+            Ok(Box::new(Supervised::new(
+                camera::CameraConnector::new(device, *width, *height, *fps, *format),
+                *frame_timeout,
+                Backoff::new(*reconnect_min, *reconnect_max),
+            )))
+        }
+        #[cfg(not(feature = "camera"))]
+        SourceConfig::Camera { device, .. } => Err(CaptureError::Open {
+            source_name: format!("camera:{device}"),
+            reason: "this lookout was built without the `camera` feature; rebuild with it, or use a `command` source"
+                .into(),
+        }),
     }
 }
