@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::DimLike;
-use tract_onnx::tract_core::ops::Op;
 use tract_onnx::tract_hir::infer::GenericFactoid;
 
 use super::passes::{self, PassReport};
