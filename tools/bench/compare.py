@@ -115,8 +115,7 @@ def child(cmd: list[str], timeout: float) -> dict:
 
 
 def lookout_version(binary: Path) -> str:
-    out = subprocess.run([str(binary), "--version"], capture_output=True, text=True).stdout.strip()
-    return out.replace("lookout ", "lookout ")
+    return subprocess.run([str(binary), "--version"], capture_output=True, text=True).stdout.strip()
 
 
 def machine() -> str:
@@ -129,7 +128,8 @@ def machine() -> str:
     except OSError:
         pass
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    vnni = "AVX-512 VNNI" if "avx512_vnni" in flags else ("AVX-VNNI" if "avx_vnni" in flags else "no VNNI")
+    # Some VMs hide the flag although the instructions work: say what was seen.
+    vnni = "avx512_vnni" if "avx512_vnni" in flags else ("avx_vnni" if "avx_vnni" in flags else "no VNNI flag in /proc/cpuinfo")
     return f"{os.cpu_count()} cores {platform.machine()}, {cpu}, {vnni}"
 
 
