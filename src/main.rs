@@ -13,7 +13,7 @@ use lookout::capture::{self, CaptureError};
 use lookout::config::{Config, ConfigError};
 use lookout::daemon;
 use lookout::frame::{Frame, PixelFormat};
-use lookout::model::{Classifier, ModelError, TractClassifier, TRACT_VERSION};
+use lookout::model::{Classifier, LoadOptions, ModelError, TractClassifier, POOL_THREAD_PREFIX, TRACT_VERSION};
 use lookout::postprocess::{top_k, Latency};
 use lookout::preprocess::{ColorRange, Preprocessor};
 use lookout::publish::{MqttPublisher, NoPublisher, Publisher};
@@ -65,6 +65,37 @@ enum Command {
     CheckConfig { config: PathBuf },
     /// List V4L2 cameras with their formats, sizes and rates.
     Cameras,
+    /// Measure the model: load time, then inference latency over N runs
+    /// after a warm-up, and peak memory.
+    Bench {
+        #[arg(long, short, required_unless_present = "model")]
+        config: Option<PathBuf>,
+        /// Use this ONNX file (with the manifest and labels beside it)
+        /// instead of the config's model.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Inference threads (default: the config's, else one per core).
+        #[arg(long)]
+        threads: Option<usize>,
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        #[arg(long, short = 'n', default_value_t = 10)]
+        runs: usize,
+        /// Plain tract: skip lookout's own graph passes.
+        #[arg(long)]
+        no_passes: bool,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Include the first run's logits in the JSON (tools/bench compares
+        /// them with other runtimes on the same input).
+        #[arg(long, requires = "json")]
+        logits: bool,
+        /// After the timed runs, time every op over this many more runs and
+        /// print the most expensive op kinds.
+        #[arg(long, value_name = "RUNS")]
+        profile: Option<usize>,
+    },
 }
 
 /// An error on its way out of `main`: one line, one exit code.
@@ -118,6 +149,10 @@ fn main() -> ExitCode {
         Command::Classify { config, model, logits, images } => classify(&config, model.as_deref(), logits, &images),
         Command::CheckConfig { config } => check_config(&config),
         Command::Cameras => cameras(),
+        Command::Bench { config, model, threads, warmup, runs, no_passes, json, logits, profile } => {
+            let opts = BenchOptions { threads, warmup, runs, passes: !no_passes, json, logits, profile };
+            bench(config.as_deref(), model.as_deref(), &opts)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -390,6 +425,198 @@ fn classify(config: &Path, model: Option<&Path>, with_logits: bool, images: &[Pa
         Some(f) => Err(Fatal { code: f.code, message: format!("{failed} of {} images failed", images.len()) }),
         None => Ok(()),
     }
+}
+
+#[derive(serde::Serialize)]
+struct BenchReport {
+    model: String,
+    passes: bool,
+    threads: usize,
+    runs: usize,
+    /// ONNX parse, tract optimize, lookout passes, plan: seconds.
+    parse_s: f64,
+    optimize_s: f64,
+    passes_s: f64,
+    plan_s: f64,
+    /// From the start of loading to the first logits.
+    first_result_s: f64,
+    median_ms: f64,
+    min_ms: f64,
+    max_ms: f64,
+    /// Process CPU time over wall time during the timed runs: about the
+    /// number of busy cores, so it shows whether the thread pool is used.
+    cpu_busy: f64,
+    /// CPU seconds spent on the inference pool's threads over the whole
+    /// benchmark: 0 means tract never used the pool.
+    pool_cpu_s: f64,
+    peak_rss_mb: f64,
+    folded_constants: usize,
+    replaced_quantizers: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    logits: Option<Vec<f32>>,
+}
+
+struct BenchOptions {
+    threads: Option<usize>,
+    warmup: usize,
+    runs: usize,
+    passes: bool,
+    json: bool,
+    logits: bool,
+    profile: Option<usize>,
+}
+
+fn bench(config: Option<&Path>, model: Option<&Path>, opts: &BenchOptions) -> Result<(), Fatal> {
+    let mut cfg = match (config, model) {
+        (Some(c), None) => Config::load(c)?,
+        (Some(c), Some(m)) => Config::load(c)?.with_model(m)?,
+        (None, Some(m)) => {
+            // A throwaway config beside the model: its manifest and labels
+            // resolve as they would from a real one.
+            let m = std::path::absolute(m).map_err(|e| anyhow::anyhow!("{}: {e}", m.display()))?;
+            if !m.is_file() {
+                let message = format!("{}: no such model file (check --model)", m.display());
+                return Err(Fatal { code: exit::MODEL, message });
+            }
+            let dir = m.parent().unwrap_or(Path::new("/"));
+            let text = format!("[source]\nkind = \"files\"\npath = {dir:?}\n[model]\npath = {m:?}\n");
+            Config::parse(&text, &dir.join("bench.toml"))?
+        }
+        (None, None) => unreachable!("clap requires --config or --model"),
+    };
+    if let Some(t) = opts.threads {
+        cfg.model.threads = t;
+    }
+    let runs = opts.runs;
+    if runs == 0 {
+        return Err(Fatal { code: exit::CONFIG, message: "--runs must be at least 1".into() });
+    }
+    let start = Instant::now();
+    let options = LoadOptions { passes: opts.passes };
+    let mut classifier = TractClassifier::load_with(&cfg.model, &options)?;
+    // A fixed pseudo-random image in [-1, 1]: timing does not depend on
+    // the content, and the quantizers see a realistic spread of values.
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    for x in classifier.input_mut() {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        *x = (seed >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
+    }
+    let first_logits = classifier.infer()?;
+    let first_result = start.elapsed();
+    for _ in 1..opts.warmup {
+        classifier.infer()?;
+    }
+    let mut times = Vec::with_capacity(runs);
+    let (cpu0, wall0) = (process_cpu_seconds(), Instant::now());
+    for _ in 0..runs {
+        let t = Instant::now();
+        classifier.infer()?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let cpu_busy = (process_cpu_seconds() - cpu0) / wall0.elapsed().as_secs_f64();
+    times.sort_by(f64::total_cmp);
+    let load = classifier.load_report();
+    let report = BenchReport {
+        model: cfg.model.path.display().to_string(),
+        passes: opts.passes,
+        threads: load.threads,
+        runs,
+        parse_s: load.parse.as_secs_f64(),
+        optimize_s: load.optimize.as_secs_f64(),
+        passes_s: load.passes.as_secs_f64(),
+        plan_s: load.plan.as_secs_f64(),
+        first_result_s: first_result.as_secs_f64(),
+        median_ms: times[times.len() / 2],
+        min_ms: times[0],
+        max_ms: times[times.len() - 1],
+        cpu_busy,
+        pool_cpu_s: pool_cpu_seconds(),
+        peak_rss_mb: peak_rss_kb().unwrap_or(0) as f64 / 1024.0,
+        folded_constants: load.pass_report.folded,
+        replaced_quantizers: load.pass_report.quantizers,
+        logits: opts.logits.then_some(first_logits),
+    };
+    if opts.json {
+        println!("{}", serde_json::to_string(&report).map_err(|e| anyhow::anyhow!(e))?);
+    } else {
+        let r = &report;
+        println!("model         {}", r.model);
+        println!(
+            "passes        {} ({} constants folded, {} quantizers replaced)",
+            if r.passes { "on" } else { "off" },
+            r.folded_constants,
+            r.replaced_quantizers
+        );
+        println!(
+            "threads       {} ({:.2} cores busy while running; pool threads used {:.2} s of CPU)",
+            r.threads, r.cpu_busy, r.pool_cpu_s
+        );
+        println!(
+            "load          {:.2} s (parse {:.2}, optimize {:.2}, passes {:.2}, plan {:.2}); first result after {:.2} s",
+            r.parse_s + r.optimize_s + r.passes_s + r.plan_s,
+            r.parse_s,
+            r.optimize_s,
+            r.passes_s,
+            r.plan_s,
+            r.first_result_s
+        );
+        println!(
+            "latency       median {:.1} ms, min {:.1}, max {:.1} over {} runs",
+            r.median_ms, r.min_ms, r.max_ms, r.runs
+        );
+        println!("peak RSS      {:.0} MB", r.peak_rss_mb);
+    }
+    if let Some(n) = opts.profile.filter(|&n| n > 0) {
+        let ops = classifier.profile(n)?;
+        let total: f64 = ops.iter().map(|o| o.total.as_secs_f64()).sum();
+        eprintln!("profile over {n} runs: {:.1} ms per run in ops", total * 1e3 / n as f64);
+        for o in ops.iter().take(15) {
+            eprintln!(
+                "  {:>5.1} %  {:>8.2} ms/run  {:>5} calls/run  {}",
+                o.total.as_secs_f64() / total * 100.0,
+                o.total.as_secs_f64() * 1e3 / n as f64,
+                o.calls / n,
+                o.op
+            );
+        }
+    }
+    Ok(())
+}
+
+/// User plus system time of the whole process, from /proc (Linux reports
+/// it in USER_HZ = 100 ticks per second).
+fn process_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name, which may hold spaces.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// CPU time of the threads named after the inference pool.
+fn pool_cpu_seconds() -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0.0 };
+    tasks
+        .flatten()
+        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with(POOL_THREAD_PREFIX)))
+        .map(|t| {
+            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+            let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            (ticks(11) + ticks(12)) / 100.0
+        })
+        .sum()
+}
+
+/// VmHWM: the peak resident set size, in KiB.
+fn peak_rss_kb() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn version() -> &'static str {

@@ -4,11 +4,13 @@
 //! type stays in `tract.rs`.
 
 pub mod manifest;
+mod passes;
 mod tract;
 
 use std::path::{Path, PathBuf};
 
-pub use self::tract::{TractClassifier, TRACT_VERSION};
+pub use self::passes::PassReport;
+pub use self::tract::{LoadOptions, LoadReport, OpTime, TractClassifier, POOL_THREAD_PREFIX, TRACT_VERSION};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {

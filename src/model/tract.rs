@@ -3,11 +3,13 @@
 
 use std::io::Read;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::DimLike;
 use tract_onnx::tract_hir::infer::GenericFactoid;
 
+use super::passes::{self, PassReport};
 use super::{load_labels, Classifier, ModelError, ModelInfo};
 use crate::config::ModelConfig;
 
@@ -16,6 +18,41 @@ pub const TRACT_VERSION: &str = "0.23.9";
 
 type Plan = TypedSimplePlan;
 
+/// Name prefix of the inference pool's threads (`lookout-infer-0`, ...):
+/// 15 characters with the index, the most a Linux thread name holds, so
+/// `lookout bench` and `top -H` can tell them apart.
+pub const POOL_THREAD_PREFIX: &str = "lookout-infer";
+
+/// How to load a model; the default is what the daemon uses.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Run lookout's own passes (src/model/passes/) after tract's
+    /// optimizer. Off only to compare against plain tract.
+    pub passes: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { passes: true }
+    }
+}
+
+/// Where load time went, for the log and `lookout bench`.
+#[derive(Debug, Clone, Default)]
+pub struct LoadReport {
+    /// Reading the ONNX protobuf into tract's inference model.
+    pub parse: Duration,
+    /// Typing, decluttering and codegen (`into_optimized`).
+    pub optimize: Duration,
+    /// lookout's passes.
+    pub passes: Duration,
+    /// Building the plan and its state.
+    pub plan: Duration,
+    pub pass_report: PassReport,
+    /// Threads of the plan's pool (1 = no pool).
+    pub threads: usize,
+}
+
 pub struct TractClassifier {
     info: ModelInfo,
     state: TypedSimpleState,
@@ -23,10 +60,17 @@ pub struct TractClassifier {
     /// (0.6 MB at 224x224, microseconds next to inference).
     input: Vec<f32>,
     _plan: std::sync::Arc<Plan>,
+    report: LoadReport,
 }
 
 impl TractClassifier {
     pub fn load(cfg: &ModelConfig) -> Result<TractClassifier, ModelError> {
+        TractClassifier::load_with(cfg, &LoadOptions::default())
+    }
+
+    pub fn load_with(cfg: &ModelConfig, options: &LoadOptions) -> Result<TractClassifier, ModelError> {
+        let mut report = LoadReport::default();
+        let t = Instant::now();
         let path = cfg.path.as_path();
         let load_err = |reason: String| ModelError::Load { path: path.to_owned(), reason };
         let sha256 = match &cfg.manifest {
@@ -45,14 +89,23 @@ impl TractClassifier {
         let mut model = tract_onnx::onnx()
             .model_for_path(path)
             .map_err(|e| load_err(format!("{} (is it an ONNX file?)", root_cause(&e))))?;
+        report.parse = t.elapsed();
+        let t = Instant::now();
         let size = input_size(&model, path, cfg.input_size)?;
         model
             .set_input_fact(0, f32::fact([1, 3, size as usize, size as usize]).into())
             .map_err(|e| load_err(root_cause(&e)))?;
-        let model = model.into_optimized().map_err(|e| ModelError::Shape {
+        let mut model = model.into_optimized().map_err(|e| ModelError::Shape {
             path: path.to_owned(),
             reason: format!("does not accept a [1, 3, {size}, {size}] f32 input: {}", root_cause(&e)),
         })?;
+        report.optimize = t.elapsed();
+        if options.passes {
+            let t = Instant::now();
+            report.pass_report =
+                passes::run(&mut model).map_err(|e| load_err(format!("lookout pass: {}", root_cause(&e))))?;
+            report.passes = t.elapsed();
+        }
 
         let outputs = output_width(&model).ok_or_else(|| ModelError::Shape {
             path: path.to_owned(),
@@ -71,10 +124,14 @@ impl TractClassifier {
         };
         // A one-thread pool would silently run on rayon's global pool
         // (tract #2894), so one thread means no pool at all.
-        let executor = (threads > 1).then(|| tract_linalg::multithread::Executor::multithread(threads));
+        let executor = (threads > 1)
+            .then(|| tract_linalg::multithread::Executor::multithread_with_name(threads, POOL_THREAD_PREFIX));
+        report.threads = threads;
+        let t = Instant::now();
         let options = RunOptions { executor, ..Default::default() };
         let plan = model.into_runnable_with_options(&options).map_err(|e| load_err(root_cause(&e)))?;
         let state = plan.spawn().map_err(|e| load_err(root_cause(&e)))?;
+        report.plan = t.elapsed();
         let name = cfg
             .manifest
             .as_ref()
@@ -85,8 +142,46 @@ impl TractClassifier {
             state,
             input: vec![0.0; 3 * (size as usize).pow(2)],
             _plan: plan,
+            report,
         })
     }
+
+    pub fn load_report(&self) -> &LoadReport {
+        &self.report
+    }
+
+    /// Runs the current input `runs` times, timing every node; returns the
+    /// time per op kind, most expensive first (`lookout bench --profile`).
+    pub fn profile(&mut self, runs: usize) -> Result<Vec<OpTime>, ModelError> {
+        let run_err = |e: TractError| ModelError::Run(root_cause(&e));
+        let mut times: std::collections::HashMap<String, OpTime> = Default::default();
+        let size = self.info.input_size as usize;
+        for _ in 0..runs {
+            let input = Tensor::from_shape(&[1, 3, size, size], &self.input).map_err(run_err)?;
+            self.state
+                .run_plan_with_eval(tvec!(input.into_tvalue()), |ctx, state, node, inputs| {
+                    let t = Instant::now();
+                    let out = tract_onnx::tract_core::plan::eval(ctx, state, node, inputs);
+                    let name = node.op().name().to_string();
+                    let e = times.entry(name.clone()).or_insert(OpTime { op: name, ..Default::default() });
+                    e.total += t.elapsed();
+                    e.calls += 1;
+                    out
+                })
+                .map_err(run_err)?;
+        }
+        let mut v: Vec<OpTime> = times.into_values().collect();
+        v.sort_by(|a, b| b.total.cmp(&a.total));
+        Ok(v)
+    }
+}
+
+/// Time spent in one kind of op over a profile.
+#[derive(Debug, Clone, Default)]
+pub struct OpTime {
+    pub op: String,
+    pub total: Duration,
+    pub calls: usize,
 }
 
 impl Classifier for TractClassifier {

@@ -1,0 +1,27 @@
+//! lookout's own passes over tract's optimized model, through tract's
+//! public API only (model patches and ops of our own), so a tract upgrade
+//! touches this folder and `tract.rs` and nothing else.
+//!
+//! Each pass keeps the model's outputs: tests/inference.rs compares the
+//! model with and without them.
+
+mod fold;
+mod quantize;
+
+use tract_onnx::prelude::*;
+
+/// What the passes changed, for the load log and `lookout bench`.
+#[derive(Debug, Clone, Default)]
+pub struct PassReport {
+    /// Constant subgraphs evaluated once at load instead of every run.
+    pub folded: usize,
+    /// tract `DynamicQuantizeLinearU8` nodes replaced by ours.
+    pub quantizers: usize,
+}
+
+/// Runs every pass on a model tract has already optimized.
+pub(crate) fn run(model: &mut TypedModel) -> TractResult<PassReport> {
+    let folded = fold::fold_small_constants(model)?;
+    let quantizers = quantize::replace_dynamic_quantize(model)?;
+    Ok(PassReport { folded, quantizers })
+}

@@ -1,0 +1,164 @@
+//! Inference quality and lookout's graph passes: the int8 digits model
+//! against onnxruntime's logits on the same file, the passes against plain
+//! tract, and `lookout bench` through the built binary.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use lookout::config::Config;
+use lookout::frame::{Frame, PixelFormat};
+use lookout::model::{Classifier, LoadOptions, TractClassifier};
+use lookout::preprocess::{ColorRange, Preprocessor};
+
+struct Reference {
+    file: String,
+    /// onnxruntime 1.32's int8 logits, from the exporter.
+    ort_int8: Vec<f32>,
+}
+
+fn references() -> Vec<Reference> {
+    let dir = common::root().join("tests/fixtures/digits");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    v["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| Reference {
+            file: dir.join(i["file"].as_str().unwrap()).display().to_string(),
+            ort_int8: i["ort_int8_logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect(),
+        })
+        .collect()
+}
+
+fn load(model: &str, options: &LoadOptions) -> (TractClassifier, Preprocessor) {
+    let dir = tempfile::tempdir().unwrap();
+    let frames = common::root().join("tests/fixtures/digits/test");
+    let cfg = common::write_config(dir.path(), &common::digits_config(&frames, model, 1883, ""));
+    let mut cfg = Config::load(&cfg).unwrap();
+    // Two threads so the passes' parallel paths and tract's pool run.
+    cfg.model.threads = 2;
+    let classifier = TractClassifier::load_with(&cfg.model, options).unwrap();
+    let pre = Preprocessor::new(&cfg.model.preprocess, classifier.info().input_size, ColorRange::Full);
+    (classifier, pre)
+}
+
+fn logits(c: &mut TractClassifier, pre: &mut Preprocessor, file: &str) -> Vec<f32> {
+    let frame = Frame {
+        seq: 0,
+        captured_at: std::time::SystemTime::now(),
+        width: 0,
+        height: 0,
+        format: PixelFormat::Encoded,
+        data: std::fs::read(Path::new(file)).unwrap(),
+        origin: file.into(),
+    };
+    pre.run(&frame, c.input_mut()).unwrap();
+    c.infer().unwrap()
+}
+
+fn argmax(v: &[f32]) -> usize {
+    (0..v.len()).fold(0, |best, i| if v[i] > v[best] { i } else { best })
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
+}
+
+fn spec_logits() -> Vec<Vec<f32>> {
+    let path = common::root().join("tests/fixtures/digits/onnx-reference-int8.json");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    v["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect())
+        .collect()
+}
+
+/// lookout's int8 result is the ONNX specification's (the reference
+/// evaluator's logits, tools/bench/onnx_reference.py). onnxruntime's int8
+/// kernels are not: on this model they stray from the specification by as
+/// much as int8 strays from fp32, so against onnxruntime the test only holds
+/// the top-1 agreement it measured and reports the distance.
+#[test]
+fn int8_equals_the_onnx_specification_and_mostly_onnxruntime() {
+    let refs = references();
+    let spec = spec_logits();
+    assert!(refs.len() >= 300, "the reference set is the held-out split");
+    assert_eq!(spec.len(), refs.len());
+    let (mut c, mut pre) = load("digits-int8.onnx", &LoadOptions::default());
+    let (mut worst_spec, mut worst_ort, mut agree_ort) = (0f32, 0f32, 0);
+    for (r, spec) in refs.iter().zip(&spec) {
+        let got = logits(&mut c, &mut pre, &r.file);
+        assert_eq!(argmax(&got), argmax(spec), "{}: top-1 differs from the ONNX reference evaluator", r.file);
+        worst_spec = worst_spec.max(max_abs_diff(&got, spec));
+        worst_ort = worst_ort.max(max_abs_diff(&got, &r.ort_int8));
+        agree_ort += (argmax(&got) == argmax(&r.ort_int8)) as usize;
+    }
+    println!(
+        "lookout int8 on {} images: max abs logit difference {worst_spec:.2e} to the ONNX reference evaluator; \
+         to onnxruntime int8 {worst_ort:.3}, same top-1 on {agree_ort}",
+        refs.len()
+    );
+    assert!(worst_spec <= TOLERANCE_VS_SPEC, "max abs logit difference to the specification {worst_spec}");
+    // 395 of 397 measured; on both others lookout has the evaluator's top-1.
+    assert!(agree_ort * 100 >= refs.len() * 99, "top-1 agreement with onnxruntime {agree_ort}/{}", refs.len());
+}
+
+/// Measured 0.043 (onnxruntime: 1.66). The integer matmuls are exact, but
+/// f32 rounding in the layers around them (layer norm, softmax, erf) can put
+/// an activation one quantization step away from numpy's, which moves the
+/// logits by a few hundredths.
+const TOLERANCE_VS_SPEC: f32 = 0.1;
+
+#[test]
+fn passes_keep_the_outputs_of_plain_tract() {
+    let refs = references();
+    let (mut fast, mut pre) = load("digits-int8.onnx", &LoadOptions::default());
+    let (mut plain, mut pre_plain) = load("digits-int8.onnx", &LoadOptions { passes: false });
+    let report = fast.load_report().pass_report.clone();
+    assert!(report.quantizers > 0, "the int8 model has dynamic quantizers to replace: {report:?}");
+    assert_eq!(plain.load_report().pass_report.quantizers, 0);
+    let mut worst = 0f32;
+    // Every 8th image: the comparison is bit for bit, and a debug-build
+    // tract takes about half a second per image and model.
+    for r in refs.iter().step_by(8) {
+        let a = logits(&mut fast, &mut pre, &r.file);
+        let b = logits(&mut plain, &mut pre_plain, &r.file);
+        worst = worst.max(max_abs_diff(&a, &b));
+    }
+    println!("passes {report:?}: max abs logit difference to plain tract {worst:.3e}");
+    // The quantizer is bit-identical and folded sums are exact integers.
+    assert_eq!(worst, 0.0, "the passes changed the logits by up to {worst}");
+}
+
+#[test]
+fn bench_reports_latency_load_time_and_peak_rss() {
+    let mut cmd = common::lookout();
+    cmd.args(["bench", "--json", "--threads", "2", "--warmup", "1", "-n", "5", "--model"])
+        .arg(common::root().join("models/digits/digits-int8.onnx"));
+    let out = common::run_with_timeout(cmd, Duration::from_secs(120));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let f = |k: &str| r[k].as_f64().unwrap_or_else(|| panic!("{k} missing in {r}"));
+    assert!(f("min_ms") > 0.0 && f("min_ms") <= f("median_ms") && f("median_ms") <= f("max_ms"), "{r}");
+    assert!(f("first_result_s") >= f("parse_s") + f("optimize_s") + f("passes_s"), "{r}");
+    // The process maps at least the model and tract's code.
+    assert!(f("peak_rss_mb") > 1.0, "{r}");
+    assert_eq!(r["threads"], 2);
+    assert_eq!(r["runs"], 5);
+    assert_eq!(r["passes"], true);
+    assert!(f("replaced_quantizers") > 0.0, "{r}");
+
+    let mut cmd = common::lookout();
+    cmd.args(["bench", "--model", "/nonexistent/model.onnx"]);
+    let out = common::run_with_timeout(cmd, Duration::from_secs(30));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0));
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.contains("/nonexistent/model.onnx"), "{err}");
+}
