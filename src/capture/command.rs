@@ -131,7 +131,7 @@ fn read_stream(
             }
         };
         splitter.push(&buf[..n]);
-        while let Some(r) = splitter.next() {
+        while let Some(r) = splitter.next_frame() {
             match r {
                 Ok(data) => {
                     frames += 1;

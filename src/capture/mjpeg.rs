@@ -137,7 +137,7 @@ impl Splitter {
 
     /// The next complete frame, or the reason a broken one was dropped;
     /// `None` when more data is needed.
-    pub fn next(&mut self) -> Option<Result<Vec<u8>, &'static str>> {
+    pub fn next_frame(&mut self) -> Option<Result<Vec<u8>, &'static str>> {
         if self.waiting {
             return None;
         }
@@ -183,7 +183,7 @@ mod tests {
         let (mut frames, mut errors) = (vec![], vec![]);
         for c in stream.chunks(chunk) {
             s.push(c);
-            while let Some(r) = s.next() {
+            while let Some(r) = s.next_frame() {
                 match r {
                     Ok(f) => frames.push(f),
                     Err(e) => errors.push(e),
@@ -262,7 +262,7 @@ mod tests {
         let mut s = Splitter::default();
         for _ in 0..1000 {
             s.push(b"Setting pipeline to PLAYING ...\n");
-            assert!(s.next().is_none());
+            assert!(s.next_frame().is_none());
         }
         assert!(s.buf.is_empty());
     }
@@ -287,7 +287,7 @@ mod tests {
         let mut outcomes = 0;
         for c in bytes.chunks(37) {
             s.push(c);
-            while let Some(r) = s.next() {
+            while let Some(r) = s.next_frame() {
                 outcomes += 1;
                 assert!(outcomes < bytes.len(), "no progress");
                 if let Ok(f) = r {
