@@ -45,6 +45,7 @@ struct FileConfig {
     triggers: crate::triggers::TriggersConfig,
     #[serde(default)]
     thermal: crate::thermal::ThermalConfig,
+    #[serde(default)]
     health: HealthSection,
 }
 
