@@ -12,12 +12,17 @@
 //!   manifest defaults, then config overrides).
 //! - [`frame`]: [`Frame`], the one type every source produces: pixels in a
 //!   declared [`frame::PixelFormat`], a sequence number and a capture time.
-//! - [`capture`]: the `FrameSource` trait and its implementations (file and
-//!   directory replay).
+//! - [`capture`]: the `FrameSource` trait and its implementations: file and
+//!   directory replay, V4L2 cameras (nokhwa, behind the `camera` feature),
+//!   MJPEG pipes from a child program, HTTP snapshots; a supervisor that
+//!   reopens live sources with backoff, and frame health (stale, frozen,
+//!   dark).
 //! - [`preprocess`]: decode, centre crop, resize with the model's filter and
 //!   normalize, written straight into the model's NCHW input buffer.
-//! - [`model`]: the `Classifier` trait, the ONNX model manifest, labels, and
-//!   the tract implementation. Every tract type stays inside `model/`.
+//! - [`model`]: the `Classifier` trait, the ONNX model manifest, labels, the
+//!   tract implementation and lookout's own graph passes over tract's model
+//!   (constant folding past tract's budget, a fast DynamicQuantizeLinear).
+//!   Every tract type stays inside `model/`.
 //! - [`postprocess`]: softmax and top-k.
 //! - [`publish`]: the `Publisher` trait and the MQTT implementation (rumqttc on
 //!   its own thread; it owns reconnection and backoff), the SQLite outbox that
