@@ -4,11 +4,9 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use lookout::config::Config;
-use lookout::frame::{Frame, PixelFormat};
 use lookout::model::{Classifier, LoadOptions, TractClassifier};
 use lookout::preprocess::{ColorRange, Preprocessor};
 
@@ -45,24 +43,6 @@ fn load(model: &str, options: &LoadOptions) -> (TractClassifier, Preprocessor) {
     (classifier, pre)
 }
 
-fn logits(c: &mut TractClassifier, pre: &mut Preprocessor, file: &str) -> Vec<f32> {
-    let frame = Frame {
-        seq: 0,
-        captured_at: std::time::SystemTime::now(),
-        width: 0,
-        height: 0,
-        format: PixelFormat::Encoded,
-        data: std::fs::read(Path::new(file)).unwrap(),
-        origin: file.into(),
-    };
-    pre.run(&frame, c.input_mut()).unwrap();
-    c.infer().unwrap()
-}
-
-fn argmax(v: &[f32]) -> usize {
-    (0..v.len()).fold(0, |best, i| if v[i] > v[best] { i } else { best })
-}
-
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
@@ -93,11 +73,16 @@ fn int8_equals_the_onnx_specification_and_mostly_onnxruntime() {
     let (mut c, mut pre) = load("digits-int8.onnx", &LoadOptions::default());
     let (mut worst_spec, mut worst_ort, mut agree_ort) = (0f32, 0f32, 0);
     for (r, spec) in refs.iter().zip(&spec) {
-        let got = logits(&mut c, &mut pre, &r.file);
-        assert_eq!(argmax(&got), argmax(spec), "{}: top-1 differs from the ONNX reference evaluator", r.file);
+        let got = common::logits_of(&mut c, &mut pre, &r.file);
+        assert_eq!(
+            common::argmax(&got),
+            common::argmax(spec),
+            "{}: top-1 differs from the ONNX reference evaluator",
+            r.file
+        );
         worst_spec = worst_spec.max(max_abs_diff(&got, spec));
         worst_ort = worst_ort.max(max_abs_diff(&got, &r.ort_int8));
-        agree_ort += (argmax(&got) == argmax(&r.ort_int8)) as usize;
+        agree_ort += (common::argmax(&got) == common::argmax(&r.ort_int8)) as usize;
     }
     println!(
         "lookout int8 on {} images: max abs logit difference {worst_spec:.2e} to the ONNX reference evaluator; \
@@ -127,8 +112,8 @@ fn passes_keep_the_outputs_of_plain_tract() {
     // Every 8th image: the comparison is bit for bit, and a debug-build
     // tract takes about half a second per image and model.
     for r in refs.iter().step_by(8) {
-        let a = logits(&mut fast, &mut pre, &r.file);
-        let b = logits(&mut plain, &mut pre_plain, &r.file);
+        let a = common::logits_of(&mut fast, &mut pre, &r.file);
+        let b = common::logits_of(&mut plain, &mut pre_plain, &r.file);
         worst = worst.max(max_abs_diff(&a, &b));
     }
     println!("passes {report:?}: max abs logit difference to plain tract {worst:.3e}");

@@ -4,10 +4,7 @@
 
 mod common;
 
-use std::path::Path;
-
 use lookout::config::Config;
-use lookout::frame::{Frame, PixelFormat};
 use lookout::model::{Classifier, TractClassifier};
 use lookout::preprocess::{ColorRange, Preprocessor};
 
@@ -43,24 +40,6 @@ fn load(model: &str) -> (TractClassifier, Preprocessor) {
     (classifier, pre)
 }
 
-fn logits(c: &mut TractClassifier, pre: &mut Preprocessor, file: &str) -> Vec<f32> {
-    let frame = Frame {
-        seq: 0,
-        captured_at: std::time::SystemTime::now(),
-        width: 0,
-        height: 0,
-        format: PixelFormat::Encoded,
-        data: std::fs::read(Path::new(file)).unwrap(),
-        origin: file.into(),
-    };
-    pre.run(&frame, c.input_mut()).unwrap();
-    c.infer().unwrap()
-}
-
-fn argmax(v: &[f32]) -> usize {
-    (0..v.len()).fold(0, |best, i| if v[i] > v[best] { i } else { best })
-}
-
 #[test]
 fn tract_fp32_reproduces_the_pytorch_logits() {
     let refs = references();
@@ -68,12 +47,12 @@ fn tract_fp32_reproduces_the_pytorch_logits() {
     let (mut c, mut pre) = load("digits-fp32.onnx");
     let mut worst = 0f32;
     for r in &refs {
-        let got = logits(&mut c, &mut pre, &r.file);
+        let got = common::logits_of(&mut c, &mut pre, &r.file);
         let range = r.torch.iter().fold(f32::MIN, |a, &b| a.max(b)) - r.torch.iter().fold(f32::MAX, |a, &b| a.min(b));
         let err = got.iter().zip(&r.torch).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         worst = worst.max(err / range);
         assert!(err <= 1e-4 * range, "{}: max abs error {err} over logit range {range}", r.file);
-        assert_eq!(argmax(&got), argmax(&r.torch), "{}: top-1 differs from PyTorch", r.file);
+        assert_eq!(common::argmax(&got), common::argmax(&r.torch), "{}: top-1 differs from PyTorch", r.file);
     }
     println!("tract fp32 vs PyTorch on {} images: worst max-abs-error / logit range = {worst:.2e}", refs.len());
 }
@@ -85,8 +64,8 @@ fn tract_int8_agrees_with_fp32_on_the_held_out_set() {
     let (mut int8, mut pre8) = load("digits-int8.onnx");
     let (mut agree, mut right32, mut right8) = (0, 0, 0);
     for r in &refs {
-        let a = argmax(&logits(&mut fp32, &mut pre32, &r.file));
-        let b = argmax(&logits(&mut int8, &mut pre8, &r.file));
+        let a = common::argmax(&common::logits_of(&mut fp32, &mut pre32, &r.file));
+        let b = common::argmax(&common::logits_of(&mut int8, &mut pre8, &r.file));
         agree += (a == b) as usize;
         right32 += (a == r.label) as usize;
         right8 += (b == r.label) as usize;

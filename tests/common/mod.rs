@@ -355,3 +355,28 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// The model's logits for one image file, through the real decode and
+/// preprocessing path.
+pub fn logits_of(
+    c: &mut dyn lookout::model::Classifier,
+    pre: &mut lookout::preprocess::Preprocessor,
+    file: &str,
+) -> Vec<f32> {
+    let data = std::fs::read(Path::new(file)).unwrap();
+    let frame = lookout::frame::Frame {
+        seq: 0,
+        captured_at: std::time::SystemTime::now(),
+        width: 0,
+        height: 0,
+        format: lookout::frame::PixelFormat::Encoded,
+        data,
+        origin: file.into(),
+    };
+    pre.run(&frame, c.input_mut()).unwrap();
+    c.infer().unwrap()
+}
+
+pub fn argmax(v: &[f32]) -> usize {
+    (0..v.len()).fold(0, |best, i| if v[i] > v[best] { i } else { best })
+}
