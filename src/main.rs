@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use log::info;
@@ -12,7 +12,7 @@ use log::info;
 use lookout::capture::{self, CaptureError};
 use lookout::config::{Config, ConfigError};
 use lookout::daemon;
-use lookout::frame::{Frame, PixelFormat};
+use lookout::frame::Frame;
 use lookout::model::{Classifier, LoadOptions, ModelError, TractClassifier, POOL_THREAD_PREFIX, TRACT_VERSION};
 use lookout::postprocess::{top_k, Latency};
 use lookout::preprocess::{ColorRange, Preprocessor};
@@ -385,15 +385,7 @@ fn classify(config: &Path, model: Option<&Path>, with_logits: bool, images: &[Pa
                 continue;
             }
         };
-        let frame = Frame {
-            seq: 0,
-            captured_at: SystemTime::now(),
-            width: 0,
-            height: 0,
-            format: PixelFormat::Encoded,
-            data,
-            origin: image.display().to_string(),
-        };
+        let frame = Frame::encoded(0, data, image.display().to_string());
         let t0 = Instant::now();
         if let Err(e) = pre.run(&frame, classifier.input_mut()) {
             let f = Fatal { code: exit::DATA, message: format!("{}: {e}", image.display()) };

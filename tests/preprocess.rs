@@ -133,15 +133,7 @@ fn corrupt_jpegs_are_errors_not_gray_pictures() {
     let mut pre = Preprocessor::new(&PreprocessParams::default(), 112, ColorRange::Limited);
     let mut out = vec![0.0; pre.output_len()];
     let run = |pre: &mut Preprocessor, out: &mut [f32], data: Vec<u8>| {
-        let f = Frame {
-            seq: 0,
-            captured_at: SystemTime::now(),
-            width: 0,
-            height: 0,
-            format: PixelFormat::Encoded,
-            data,
-            origin: "test".into(),
-        };
+        let f = Frame::encoded(0, data, "test");
         pre.run(&f, out).map_err(|e| e.to_string())
     };
     // Cut in the middle of the scan.

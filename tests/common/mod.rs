@@ -364,15 +364,7 @@ pub fn logits_of(
     file: &str,
 ) -> Vec<f32> {
     let data = std::fs::read(Path::new(file)).unwrap();
-    let frame = lookout::frame::Frame {
-        seq: 0,
-        captured_at: std::time::SystemTime::now(),
-        width: 0,
-        height: 0,
-        format: lookout::frame::PixelFormat::Encoded,
-        data,
-        origin: file.into(),
-    };
+    let frame = lookout::frame::Frame::encoded(0, data, file);
     pre.run(&frame, c.input_mut()).unwrap();
     c.infer().unwrap()
 }
