@@ -13,7 +13,9 @@ use lookout::capture::{self, CaptureError};
 use lookout::config::{Config, ConfigError};
 use lookout::daemon;
 use lookout::frame::Frame;
-use lookout::model::{Classifier, LoadOptions, ModelError, TractClassifier, POOL_THREAD_PREFIX, TRACT_VERSION};
+use lookout::model::{
+    kernel_summary, Classifier, LoadOptions, ModelError, TractClassifier, POOL_THREAD_PREFIX, TRACT_VERSION,
+};
 use lookout::postprocess::{top_k, Latency};
 use lookout::preprocess::{ColorRange, Preprocessor};
 use lookout::publish::{MqttPublisher, NoPublisher, Publisher};
@@ -269,16 +271,7 @@ fn run(path: &Path) -> Result<(), Fatal> {
     // Before the model: loading a large one takes minutes on a Pi, a typo in
     // a group should not.
     let triggers = triggers(&cfg)?;
-    let t = Instant::now();
-    let mut classifier = TractClassifier::load(&cfg.model)?;
-    info!(
-        "model {} ({}x{}, {} classes) loaded in {:.1} s",
-        classifier.info().name,
-        classifier.info().input_size,
-        classifier.info().input_size,
-        classifier.info().labels.len(),
-        t.elapsed().as_secs_f64()
-    );
+    let mut classifier = load_model(&cfg)?;
     let source = capture::open(&cfg.source)?;
     info!("frames from {}", source.name());
     // Ready before connecting: a dead broker must not fail the start; the
@@ -362,12 +355,28 @@ struct ClassifyLine<'a> {
     logits: Option<&'a [f32]>,
 }
 
+fn load_model(cfg: &Config) -> Result<TractClassifier, Fatal> {
+    let t = Instant::now();
+    let classifier = TractClassifier::load(&cfg.model)?;
+    let info = classifier.info();
+    info!(
+        "model {} ({}x{}, {} classes) loaded in {:.1} s; matmul kernels: {}",
+        info.name,
+        info.input_size,
+        info.input_size,
+        info.labels.len(),
+        t.elapsed().as_secs_f64(),
+        kernel_summary(&classifier.load_report().kernels)
+    );
+    Ok(classifier)
+}
+
 fn classify(config: &Path, model: Option<&Path>, with_logits: bool, images: &[PathBuf]) -> Result<(), Fatal> {
     let mut cfg = Config::load(config)?;
     if let Some(m) = model {
         cfg = cfg.with_model(m)?;
     }
-    let mut classifier = TractClassifier::load(&cfg.model)?;
+    let mut classifier = load_model(&cfg)?;
     let size = classifier.info().input_size;
     let labels = classifier.info().labels.clone();
     let mut pre = Preprocessor::new(&cfg.model.preprocess, size, ColorRange::default());
@@ -559,6 +568,7 @@ fn bench(config: Option<&Path>, model: Option<&Path>, opts: &BenchOptions) -> Re
             r.median_ms, r.min_ms, r.max_ms, r.runs
         );
         println!("peak RSS      {:.0} MB", r.peak_rss_mb);
+        println!("kernels       {}", kernel_summary(&load.kernels));
     }
     if let Some(n) = opts.profile.filter(|&n| n > 0) {
         let ops = classifier.profile(n)?;

@@ -10,7 +10,9 @@ mod tract;
 use std::path::{Path, PathBuf};
 
 pub use self::passes::PassReport;
-pub use self::tract::{LoadOptions, LoadReport, OpTime, TractClassifier, POOL_THREAD_PREFIX, TRACT_VERSION};
+pub use self::tract::{
+    kernel_summary, LoadOptions, LoadReport, OpTime, TractClassifier, POOL_THREAD_PREFIX, TRACT_VERSION,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {

@@ -51,6 +51,10 @@ pub struct LoadReport {
     pub pass_report: PassReport,
     /// Threads of the plan's pool (1 = no pool).
     pub threads: usize,
+    /// The matrix-multiplication kernels tract picked for this CPU, with
+    /// how many matmuls may use each (`arm64simd_mmm_i32_8x8` is the int8
+    /// SMLAL kernel of a Pi 4's Cortex-A72, `arm64dotprod_*` the SDOT one).
+    pub kernels: Vec<(String, usize)>,
 }
 
 pub struct TractClassifier {
@@ -107,6 +111,7 @@ impl TractClassifier {
             report.passes = t.elapsed();
         }
 
+        report.kernels = matmul_kernels(&model);
         let outputs = output_width(&model).ok_or_else(|| ModelError::Shape {
             path: path.to_owned(),
             reason: format!(
@@ -202,6 +207,23 @@ impl Classifier for TractClassifier {
             out[0].try_as_plain_ram().and_then(|v| v.as_slice::<f32>().map(<[f32]>::to_vec)).map_err(run_err)?;
         Ok(logits)
     }
+}
+
+fn matmul_kernels(model: &TypedModel) -> Vec<(String, usize)> {
+    use tract_onnx::tract_core::ops::matmul::optimized::OptMatMul;
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    for op in model.nodes().iter().filter_map(|n| n.op_as::<OptMatMul>()) {
+        let names: std::collections::BTreeSet<&str> = op.mmm.iter().map(|k| k.name()).collect();
+        for name in names {
+            *counts.entry(name.to_owned()).or_default() += 1;
+        }
+    }
+    counts.into_iter().collect()
+}
+
+/// Kernel names and counts as one log-friendly string.
+pub fn kernel_summary(kernels: &[(String, usize)]) -> String {
+    kernels.iter().map(|(k, n)| format!("{k} x{n}")).collect::<Vec<_>>().join(", ")
 }
 
 /// The square input side: the ONNX file's if it is fixed, else the config's.
