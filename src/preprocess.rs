@@ -136,13 +136,13 @@ pub struct Preprocessor {
     /// `x * scale + offset == (x / 255 - mean) / std`, per channel.
     scale: [f32; 3],
     offset: [f32; 3],
-    /// Colour-converted crop of YUV frames, and decoded JPEG/PNG frames.
+    /// Colour-converted crop of YUV frames (or YUYV's luma), and decoded
+    /// JPEG/PNG frames.
     rgb: Vec<u8>,
     resized: fr::images::Image<'static>,
     resized_gray: fr::images::Image<'static>,
-    /// Resized planes of YUV frames: YUYV as (Y, U|V) and (Y0, U, Y1, V)
-    /// pixels, NV12's interleaved chroma (its luma goes to resized_gray).
-    yuv_luma: fr::images::Image<'static>,
+    /// Resized chroma of YUV frames: YUYV's as (Y0, U, Y1, V) pixels,
+    /// NV12's interleaved plane (their luma goes to resized_gray).
     yuv_chroma4: fr::images::Image<'static>,
     yuv_chroma2: fr::images::Image<'static>,
     resizer: fr::Resizer,
@@ -163,7 +163,6 @@ impl Preprocessor {
             rgb: Vec::new(),
             resized: fr::images::Image::new(size, size, fr::PixelType::U8x3),
             resized_gray: fr::images::Image::new(size, size, fr::PixelType::U8),
-            yuv_luma: fr::images::Image::new(size, size, fr::PixelType::U8x2),
             yuv_chroma4: fr::images::Image::new(size, size, fr::PixelType::U8x4),
             yuv_chroma2: fr::images::Image::new(size, size, fr::PixelType::U8x2),
             resizer: fr::Resizer::new(),
@@ -279,12 +278,18 @@ impl Preprocessor {
             };
         let image = |w, h, data, t| fr::images::ImageRef::new(w, h, data, t).map_err(|e| err(&e));
         let (luma, luma_step, chroma, chroma_step) = if frame.format == PixelFormat::Yuyv {
-            // As 2-byte pixels (Y, U or V) channel 0 is full-resolution
-            // luma; as 4-byte pixels (Y0, U, Y1, V), channels 1 and 3 are
-            // the pair's chroma.
-            resize(image(w, h, d, fr::PixelType::U8x2)?, (left, top, side, side), &mut self.yuv_luma)?;
+            // The crop's luma is copied out (1.2 MB at 1080 lines) rather
+            // than resized as 2-byte (Y, U|V) pixels, which filters the
+            // chroma bytes for nothing. As 4-byte pixels (Y0, U, Y1, V),
+            // channels 1 and 3 are the pair's chroma.
+            let (x0, n) = (left as usize * 2, side as usize * 2);
+            self.rgb.clear();
+            for line in d.chunks_exact(w as usize * 2).skip(top as usize).take(side as usize) {
+                self.rgb.extend(line[x0..x0 + n].chunks_exact(2).map(|p| p[0]));
+            }
+            resize(image(side, side, &self.rgb, fr::PixelType::U8)?, (0, 0, side, side), &mut self.resized_gray)?;
             resize(image(w / 2, h, d, fr::PixelType::U8x4)?, (left / 2, top, side / 2, side), &mut self.yuv_chroma4)?;
-            (self.yuv_luma.buffer(), 2, &self.yuv_chroma4.buffer()[1..], 2)
+            (self.resized_gray.buffer(), 1, &self.yuv_chroma4.buffer()[1..], 2)
         } else {
             let (y_plane, uv_plane) = d.split_at(w as usize * h as usize);
             resize(image(w, h, y_plane, fr::PixelType::U8)?, (left, top, side, side), &mut self.resized_gray)?;
