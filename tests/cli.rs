@@ -164,3 +164,25 @@ fn bad_images_are_named_and_the_good_ones_still_classified() {
     assert_eq!(code, 66, "{err}");
     assert!(err.contains("absent.jpg: cannot read image"), "{err}");
 }
+
+#[test]
+fn the_packaged_config_is_valid_once_the_model_is_in_place() {
+    let packaged = root().join("config/packaged.toml");
+    let (code, err) = check_config(&packaged);
+    assert_eq!(code, 78, "{err}");
+    assert!(error_line(&err).contains("/usr/local/share/lookout/models/d2v-large-int8.onnx does not exist"), "{err}");
+
+    // What README.md tells the user to do: copy an export, point at it.
+    let d = tempfile::tempdir().unwrap();
+    let models = root().join("models/digits");
+    let text = std::fs::read_to_string(&packaged)
+        .unwrap()
+        .replace("[device]\n", "[device]\nstate_dir = \"state\"\n")
+        .replace(
+            "/usr/local/share/lookout/models/d2v-large-int8.onnx",
+            &models.join("digits-int8.onnx").display().to_string(),
+        )
+        .replace("/usr/share/lookout/imagenet-1k/labels.txt", &models.join("labels.txt").display().to_string());
+    let (code, err) = check_config(&write_config(d.path(), &text));
+    assert_eq!(code, 0, "{err}");
+}
