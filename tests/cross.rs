@@ -1,0 +1,126 @@
+//! The ARM builds give this build's answers, under qemu-user.
+//!
+//! `cross/build.sh aarch64 armv7` leaves target/<triple>/<profile>/lookout;
+//! each runs `lookout classify --logits` on the digits model and must give
+//! the same top-1 and logits within 2 % of their range as the x86_64 build.
+//! The CPU model decides tract's int8 kernel: a Cortex-A72 (Pi 4) has no
+//! dot product and gets the SMLAL kernel, a Cortex-A76 (Pi 5) the SDOT
+//! one; the log line naming the kernels shows which was picked.
+//!
+//! `cross/test.sh` builds the binaries and runs this with LOOKOUT_CROSS
+//! naming the triples it built, whose binaries then must exist; without
+//! it, binaries that are missing are reported as skipped.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+struct Variant {
+    triple: &'static str,
+    qemu: &'static str,
+    sysroot: &'static str,
+    cpu: &'static str,
+    env: &'static [(&'static str, &'static str)],
+    /// The int8 kernel tract must pick, and one it must not.
+    kernel: &'static str,
+    not_kernel: &'static str,
+}
+
+const VARIANTS: &[Variant] = &[
+    Variant {
+        triple: "aarch64-unknown-linux-gnu",
+        qemu: "qemu-aarch64",
+        sysroot: "/usr/aarch64-linux-gnu",
+        cpu: "cortex-a72",
+        env: &[],
+        kernel: "arm64simd_mmm_i32_8x8 ",
+        not_kernel: "_dot",
+    },
+    Variant {
+        triple: "aarch64-unknown-linux-gnu",
+        qemu: "qemu-aarch64",
+        sysroot: "/usr/aarch64-linux-gnu",
+        cpu: "cortex-a76",
+        env: &[],
+        kernel: "arm64simd_mmm_i32_8x8_dot ",
+        not_kernel: "arm64simd_mmm_i32_8x8 ",
+    },
+    // qemu 7.2 shows the host's /proc/cpuinfo, where tract looks for NEON
+    // on 32-bit ARM; every Pi since the 2 has it, so it is forced on here.
+    Variant {
+        triple: "armv7-unknown-linux-gnueabihf",
+        qemu: "qemu-arm",
+        sysroot: "/usr/arm-linux-gnueabihf",
+        cpu: "cortex-a15",
+        env: &[("TRACT_CPU_ARM32_NEON", "true")],
+        kernel: "armv7neon_mmm_i32_8x4 ",
+        not_kernel: "armvfpv2",
+    },
+];
+
+const IMAGES: &[&str] = &["0-zero.jpg", "3-three.jpg", "7-seven.jpg"];
+
+/// (label, logits) per image, and the log.
+fn classify(mut cmd: Command, config: &std::path::Path) -> (Vec<(String, Vec<f32>)>, String) {
+    let samples = root().join("models/digits/samples");
+    cmd.env("RUST_LOG", "info").arg("classify").arg("--config").arg(config).arg("--logits");
+    cmd.args(IMAGES.iter().map(|i| samples.join(i)));
+    let out = run_with_timeout(cmd, Duration::from_secs(600));
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{log}");
+    let results = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let logits = v["logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+            (v["label"].as_str().unwrap().to_owned(), logits)
+        })
+        .collect();
+    (results, log)
+}
+
+#[test]
+fn arm_builds_under_qemu_match_x86_64() {
+    let required = std::env::var("LOOKOUT_CROSS").unwrap_or_default();
+    let profile = std::env::var("LOOKOUT_CROSS_PROFILE").unwrap_or_else(|_| "release".into());
+    let binary = |triple: &str| root().join("target").join(triple).join(&profile).join("lookout");
+    for triple in required.split_whitespace() {
+        assert!(binary(triple).is_file(), "LOOKOUT_CROSS names {triple} but {:?} is missing", binary(triple));
+    }
+    let (present, missing): (Vec<&Variant>, Vec<&Variant>) = VARIANTS.iter().partition(|v| binary(v.triple).is_file());
+    for v in &missing {
+        eprintln!("skipping {} on {}: no {:?} (cross/build.sh)", v.triple, v.cpu, binary(v.triple));
+    }
+    if present.is_empty() {
+        return;
+    }
+
+    let d = tempfile::tempdir().unwrap();
+    let config =
+        write_config(d.path(), &digits_config(&root().join("models/digits/samples"), "digits-int8.onnx", 1883, ""));
+    let (expected, _) = classify(lookout(), &config);
+    assert_eq!(expected.len(), IMAGES.len());
+
+    for v in present {
+        let mut cmd = Command::new(v.qemu);
+        cmd.args(["-cpu", v.cpu, "-L", v.sysroot]).arg(binary(v.triple)).envs(v.env.iter().copied());
+        let (got, log) = classify(cmd, &config);
+        let what = format!("{} on {}", v.triple, v.cpu);
+        let kernels = log.lines().find(|l| l.contains("matmul kernels:")).unwrap_or_else(|| panic!("{what}: {log}"));
+        // Entries read "name xN", so "8x8 " cannot match "8x8_dot x2".
+        assert!(kernels.contains(v.kernel) && !kernels.contains(v.not_kernel), "{what}: {kernels}");
+        assert_eq!(got.len(), expected.len(), "{what}");
+        let mut worst = 0f32;
+        for ((label, logits), (want_label, want)) in got.iter().zip(&expected) {
+            assert_eq!(label, want_label, "{what}");
+            let range = want.iter().fold(f32::MIN, |a, &b| a.max(b)) - want.iter().fold(f32::MAX, |a, &b| a.min(b));
+            let diff = logits.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(diff <= 0.02 * range, "{what}: max abs logit difference {diff} over a range of {range}");
+            worst = worst.max(diff);
+        }
+        eprintln!("{what}: same top-1 on {} images, max abs logit difference {worst:.2e}; {kernels}", got.len());
+    }
+}
