@@ -143,6 +143,7 @@ impl MqttPublisher {
             cursor: None,
             replay_upto: None,
             last_commit: Instant::now() - m.outbox_commit_interval,
+            commit_failing: false,
             health: Health::new(),
             closing: None,
         };
@@ -274,6 +275,8 @@ struct Driver {
     /// up: they are late and go out with `replayed: true`.
     replay_upto: Option<u64>,
     last_commit: Instant,
+    /// The last commit failed; reported when it starts and when it ends.
+    commit_failing: bool,
     health: Health,
     /// Set by `close`: finish by this deadline.
     closing: Option<Instant>,
@@ -356,9 +359,7 @@ impl Driver {
                 }
             }
         }
-        if let Err(e) = self.outbox.commit() {
-            warn!("{e}");
-        }
+        self.commit();
         self.diagnostics();
         let depth = self.outbox.depth();
         if depth > 0 {
@@ -367,11 +368,36 @@ impl Driver {
     }
 
     fn commit_and_send(&mut self) {
-        if let Err(e) = self.outbox.commit() {
-            warn!("{e}; retrying at the next commit");
-        }
+        self.commit();
         self.last_commit = Instant::now();
         self.send_rows();
+    }
+
+    /// Commits the outbox. A failure (a full disk, most likely) is reported
+    /// once, when it starts, and again when it ends: the commit is retried
+    /// at every interval, and results wait in memory meanwhile.
+    fn commit(&mut self) {
+        let result = self.outbox.commit();
+        let dropped = self.outbox.take_dropped_in_memory();
+        if dropped > 0 {
+            warn!("MQTT outbox: dropped the {dropped} oldest results waiting in memory (mqtt.outbox_max_rows/_bytes)");
+        }
+        match result {
+            Err(e) if !self.commit_failing => {
+                warn!(
+                    "{e}: results cannot be written to disk (free space on its filesystem, or make device.state_dir \
+                     writable); they wait in memory, within mqtt.outbox_max_rows, and are retried every {:.1} s",
+                    self.commit_interval.as_secs_f64()
+                );
+                self.commit_failing = true;
+            }
+            Err(e) => debug!("{e}; {} results wait in memory", self.outbox.pending()),
+            Ok(()) if self.commit_failing => {
+                info!("MQTT outbox {}: written again", self.outbox.path().display());
+                self.commit_failing = false;
+            }
+            Ok(()) => {}
+        }
     }
 
     /// Hands committed rows to rumqttc while the window has room.
@@ -485,9 +511,7 @@ impl Driver {
         self.health.last_error = None;
         // Deletes of rows acknowledged before the outage land first, so they
         // are not sent again.
-        if let Err(e) = self.outbox.commit() {
-            warn!("{e}");
-        }
+        self.commit();
         self.last_commit = Instant::now();
         self.cursor = None;
         self.replay_upto = self.outbox.newest().unwrap_or(None);
