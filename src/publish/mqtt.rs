@@ -360,6 +360,9 @@ impl Driver {
             }
         }
         self.commit();
+        if self.outbox.pending() > 0 {
+            warn!("MQTT: {} results could not be written to the outbox and are lost", self.outbox.pending());
+        }
         self.diagnostics();
         let depth = self.outbox.depth();
         if depth > 0 {
