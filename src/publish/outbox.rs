@@ -76,10 +76,10 @@ impl Outbox {
              CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value);",
         )
         .map_err(err)?;
-        let meta_int = |key: &str| -> Result<u64, rusqlite::Error> {
+        let meta_int = |key: &str| -> Result<i64, rusqlite::Error> {
             let v: Option<i64> =
                 conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?;
-            Ok(v.unwrap_or(0) as u64)
+            Ok(v.unwrap_or(0))
         };
         let stored_next = meta_int("next_seq").map_err(err)?;
         let dropped = meta_int("dropped").map_err(err)?;
@@ -87,7 +87,18 @@ impl Outbox {
             .query_row("SELECT value FROM meta WHERE key = 'last_state'", [], |r| r.get(0))
             .optional()
             .map_err(err)?;
-        let max_seq: Option<i64> = conn.query_row("SELECT max(seq) FROM outbox", [], |r| r.get(0)).map_err(err)?;
+        let (min_seq, max_seq): (Option<i64>, Option<i64>) =
+            conn.query_row("SELECT min(seq), max(seq) FROM outbox", [], |r| Ok((r.get(0)?, r.get(1)?))).map_err(err)?;
+        // lookout never writes these; a damaged or hand-edited file would
+        // overflow the counters (a panic, or in release a seq reused).
+        let in_range = |v: i64| (0..i64::MAX).contains(&v);
+        let damaged = [("next_seq", Some(stored_next)), ("dropped", Some(dropped)), ("seq", min_seq), ("seq", max_seq)]
+            .into_iter()
+            .find_map(|(what, v)| v.filter(|v| !in_range(*v)).map(|v| format!("{what} {v} is out of range")));
+        if let Some(reason) = damaged {
+            return Err(PublishError::Outbox { path, reason: format!("{reason} (the file is damaged)") });
+        }
+        let (stored_next, dropped) = (stored_next as u64, dropped as u64);
         let mut outbox = Outbox {
             conn,
             path: path.clone(),
@@ -367,6 +378,22 @@ mod tests {
         assert_eq!(seqs(&o), vec![3, 4, 5]);
         drop(o);
         assert_eq!(Outbox::open(d.path(), 3, 1 << 20).unwrap().dropped(), 3, "in-memory drops are persisted");
+    }
+
+    #[test]
+    fn out_of_range_stored_numbers_are_a_named_error_not_an_overflow() {
+        for (sql, what) in [
+            ("INSERT INTO outbox VALUES (-1, x'00')", "seq -1"),
+            ("INSERT INTO outbox VALUES (9223372036854775807, x'00')", "seq 9223372036854775807"),
+            ("INSERT INTO meta VALUES ('next_seq', -5)", "next_seq -5"),
+            ("INSERT INTO meta VALUES ('dropped', -1)", "dropped -1"),
+        ] {
+            let d = tempfile::tempdir().unwrap();
+            drop(Outbox::open(d.path(), 10, 1 << 20).unwrap());
+            Connection::open(d.path().join(FILE)).unwrap().execute_batch(sql).unwrap();
+            let e = Outbox::open(d.path(), 10, 1 << 20).err().unwrap().to_string();
+            assert!(e.contains(what) && e.contains("move the file away"), "{sql}: {e}");
+        }
     }
 
     #[test]
