@@ -3,8 +3,10 @@
 //! while the test samples its memory and open file descriptors. Passes
 //! when every result arrived and neither grew after the warm-up.
 //!
-//! The full run (20,000 results, figures in BENCHMARKS.md):
-//!   cargo test --release --test soak -- --ignored --nocapture
+//! The full run (20,000 results, figures in BENCHMARKS.md), against a
+//! release build of lookout (the harness itself may stay a debug build):
+//!   cargo build --release
+//!   LOOKOUT_BIN=target/release/lookout cargo test --test soak -- --ignored --nocapture
 //! SOAK_RESULTS and SOAK_RESTART_EVERY change its size. The short version
 //! below runs with the other tests.
 
@@ -53,6 +55,7 @@ struct Report {
 /// Runs the daemon until `n` results arrived, restarting the broker after
 /// every `restart_every`, and checks that every seq arrived.
 fn soak(dir: &Path, n: usize, restart_every: usize) -> Report {
+    eprintln!("soak: {:?}, {n} results, broker restarted every {restart_every}", lookout().get_program());
     let mut broker = Broker::start_persistent();
     let sub = Listener::persistent(broker.port, TOPIC, "soak-subscriber");
     let models = root().join("models/digits");
@@ -165,7 +168,7 @@ fn short_soak_delivers_every_result_across_a_broker_restart() {
 }
 
 #[test]
-#[ignore = "minutes; run with --release (see the module doc)"]
+#[ignore = "minutes; run against a release build (see the module doc)"]
 fn soak_20000_results() {
     let env = |k: &str, default: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
     let d = tempfile::tempdir().unwrap();
