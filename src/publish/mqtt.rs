@@ -574,7 +574,7 @@ impl Driver {
 }
 
 /// Adds `"replayed": true` to a stored result.
-fn mark_replayed(payload: &[u8]) -> Vec<u8> {
+pub fn mark_replayed(payload: &[u8]) -> Vec<u8> {
     match serde_json::from_slice::<Value>(payload) {
         Ok(Value::Object(mut map)) => {
             map.insert("replayed".into(), Value::Bool(true));
