@@ -425,7 +425,8 @@ fn decode_into(data: &[u8], rgb: &mut Vec<u8>) -> Result<(u32, u32), PreprocessE
     // Without the marker, running out of data is an error instead; only the
     // last row of blocks can read ahead into the end of the buffer, so a
     // whole frame still decodes. Progressive JPEGs need their markers kept.
-    if !is_sequential(data) {
+    let sequential = is_sequential(data);
+    if !sequential {
         scan_end = data.len();
     }
     let data = &data[..scan_end];
@@ -438,6 +439,18 @@ fn decode_into(data: &[u8], rgb: &mut Vec<u8>) -> Result<(u32, u32), PreprocessE
     let (w, h) = dec.dimensions().unwrap_or((0, 0));
     if w == 0 || h == 0 {
         return Err(PreprocessError::Empty { width: w as u32, height: h as u32, len: data.len() });
+    }
+    // Every 8x8 block of a sequential scan costs at least two bits (a DC
+    // code and an end-of-block code), so a header declaring more pixels
+    // than 256 per byte lies; believing it would allocate up to 800 MB for
+    // a 700-byte frame (16000x16000, within zune-jpeg's limits) before
+    // failing. Progressive scans can skip runs of blocks, so they are not
+    // bounded this way.
+    if sequential && w * h > 256 * data.len() {
+        return Err(PreprocessError::Decode(format!(
+            "corrupt JPEG: its header declares {w}x{h} pixels, more than {} bytes can hold",
+            data.len()
+        )));
     }
     rgb.resize(dec.output_buffer_size().unwrap_or(w * h * 3), 0);
     dec.decode_into(rgb).map_err(bad)?;
@@ -787,5 +800,27 @@ mod tests {
         assert_eq!(decode(&data).unwrap().dimensions(), (128, 96));
         let e = decode(&data[..data.len() / 2]).unwrap_err().to_string();
         assert!(e.contains("truncated JPEG"), "{e}");
+    }
+
+    /// A 128x96 sample whose header claims `side`x`side`.
+    fn claiming(side: u16) -> Vec<u8> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/digits/samples/7-seven.jpg");
+        let mut data = std::fs::read(path).unwrap();
+        let sof = data.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+        data[sof + 5..sof + 9].copy_from_slice(&[side.to_be_bytes(), side.to_be_bytes()].concat());
+        data
+    }
+
+    #[test]
+    fn a_header_declaring_more_pixels_than_the_data_can_hold_is_refused_before_allocating() {
+        let mut rgb = vec![];
+        let data = claiming(16000);
+        let e = decode_into(&data, &mut rgb).unwrap_err().to_string();
+        assert!(e.contains("declares 16000x16000 pixels"), "{e}");
+        assert_eq!(rgb.capacity(), 0, "nothing allocated for the claimed size");
+        // A claim the data could hold goes on to the decoder, which finds
+        // the scan too short.
+        let e = decode_into(&claiming(160), &mut rgb).unwrap_err().to_string();
+        assert!(e.contains("corrupt JPEG") && !e.contains("declares"), "{e}");
     }
 }

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use discovery::discovery_payload;
-pub use mqtt::MqttPublisher;
+pub use mqtt::{mark_replayed, MqttPublisher};
 
 use crate::daemon::Stats;
 use crate::postprocess::Classification;

@@ -143,6 +143,7 @@ impl MqttPublisher {
             cursor: None,
             replay_upto: None,
             last_commit: Instant::now() - m.outbox_commit_interval,
+            commit_failing: false,
             health: Health::new(),
             closing: None,
         };
@@ -274,6 +275,8 @@ struct Driver {
     /// up: they are late and go out with `replayed: true`.
     replay_upto: Option<u64>,
     last_commit: Instant,
+    /// The last commit failed; reported when it starts and when it ends.
+    commit_failing: bool,
     health: Health,
     /// Set by `close`: finish by this deadline.
     closing: Option<Instant>,
@@ -356,8 +359,9 @@ impl Driver {
                 }
             }
         }
-        if let Err(e) = self.outbox.commit() {
-            warn!("{e}");
+        self.commit();
+        if self.outbox.pending() > 0 {
+            warn!("MQTT: {} results could not be written to the outbox and are lost", self.outbox.pending());
         }
         self.diagnostics();
         let depth = self.outbox.depth();
@@ -367,11 +371,36 @@ impl Driver {
     }
 
     fn commit_and_send(&mut self) {
-        if let Err(e) = self.outbox.commit() {
-            warn!("{e}; retrying at the next commit");
-        }
+        self.commit();
         self.last_commit = Instant::now();
         self.send_rows();
+    }
+
+    /// Commits the outbox. A failure (a full disk, most likely) is reported
+    /// once, when it starts, and again when it ends: the commit is retried
+    /// at every interval, and results wait in memory meanwhile.
+    fn commit(&mut self) {
+        let result = self.outbox.commit();
+        let dropped = self.outbox.take_dropped_in_memory();
+        if dropped > 0 {
+            warn!("MQTT outbox: dropped the {dropped} oldest results waiting in memory (mqtt.outbox_max_rows/_bytes)");
+        }
+        match result {
+            Err(e) if !self.commit_failing => {
+                warn!(
+                    "{e}: results cannot be written to disk (free space on its filesystem, or make device.state_dir \
+                     writable); they wait in memory, within mqtt.outbox_max_rows, and are retried every {:.1} s",
+                    self.commit_interval.as_secs_f64()
+                );
+                self.commit_failing = true;
+            }
+            Err(e) => debug!("{e}; {} results wait in memory", self.outbox.pending()),
+            Ok(()) if self.commit_failing => {
+                info!("MQTT outbox {}: written again", self.outbox.path().display());
+                self.commit_failing = false;
+            }
+            Ok(()) => {}
+        }
     }
 
     /// Hands committed rows to rumqttc while the window has room.
@@ -485,9 +514,7 @@ impl Driver {
         self.health.last_error = None;
         // Deletes of rows acknowledged before the outage land first, so they
         // are not sent again.
-        if let Err(e) = self.outbox.commit() {
-            warn!("{e}");
-        }
+        self.commit();
         self.last_commit = Instant::now();
         self.cursor = None;
         self.replay_upto = self.outbox.newest().unwrap_or(None);
@@ -547,7 +574,7 @@ impl Driver {
 }
 
 /// Adds `"replayed": true` to a stored result.
-fn mark_replayed(payload: &[u8]) -> Vec<u8> {
+pub fn mark_replayed(payload: &[u8]) -> Vec<u8> {
     match serde_json::from_slice::<Value>(payload) {
         Ok(Value::Object(mut map)) => {
             map.insert("replayed".into(), Value::Bool(true));
@@ -604,6 +631,18 @@ mod tests {
         b.reset();
         assert_eq!(b.next(0.0), ms(50));
         assert_eq!(b.next(0.5), ms(150));
+    }
+
+    /// Found by fuzz/fuzz_targets/mqtt_payload.rs: without serde_json's
+    /// `float_roundtrip`, re-parsing a stored result changed a long number
+    /// in its last digit, so the replayed copy differed from the original.
+    #[test]
+    fn replaying_keeps_every_number_exactly() {
+        let n = format!("{}34.64667", "1".repeat(112));
+        let original: Value = serde_json::from_str(&format!("{{\"x\":{n}}}")).unwrap();
+        let marked: Value = serde_json::from_slice(&mark_replayed(format!("{{\"x\":{n}}}").as_bytes())).unwrap();
+        assert_eq!(marked["x"], original["x"]);
+        assert_eq!(marked["x"].as_f64().unwrap(), n.parse::<f64>().unwrap());
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! MQTT after its commit, so a crash never publishes a `seq` that the next
 //! run would reuse.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -30,14 +30,18 @@ pub struct Outbox {
     path: PathBuf,
     max_rows: u64,
     max_bytes: u64,
-    /// Results waiting for the next commit.
-    pending: Vec<(u64, Vec<u8>)>,
+    /// Results waiting for the next commit. While commits fail (a full
+    /// disk) they stay here, within the same bounds as the rows on disk.
+    pending: VecDeque<(u64, Vec<u8>)>,
+    pending_bytes: u64,
     /// Acknowledged rows waiting for the next commit to delete them; skipped
     /// by [`Outbox::after`] meanwhile so they are not sent twice.
     acked: BTreeSet<u64>,
     next_seq: u64,
     /// Rows dropped because the outbox was full, over its whole life.
     dropped: u64,
+    /// Of those, results dropped from `pending` since the last look.
+    dropped_in_memory: u64,
     depth: u64,
     bytes: u64,
     /// The newest result, re-published as the retained state after every
@@ -72,10 +76,10 @@ impl Outbox {
              CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value);",
         )
         .map_err(err)?;
-        let meta_int = |key: &str| -> Result<u64, rusqlite::Error> {
+        let meta_int = |key: &str| -> Result<i64, rusqlite::Error> {
             let v: Option<i64> =
                 conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?;
-            Ok(v.unwrap_or(0) as u64)
+            Ok(v.unwrap_or(0))
         };
         let stored_next = meta_int("next_seq").map_err(err)?;
         let dropped = meta_int("dropped").map_err(err)?;
@@ -83,16 +87,29 @@ impl Outbox {
             .query_row("SELECT value FROM meta WHERE key = 'last_state'", [], |r| r.get(0))
             .optional()
             .map_err(err)?;
-        let max_seq: Option<i64> = conn.query_row("SELECT max(seq) FROM outbox", [], |r| r.get(0)).map_err(err)?;
+        let (min_seq, max_seq): (Option<i64>, Option<i64>) =
+            conn.query_row("SELECT min(seq), max(seq) FROM outbox", [], |r| Ok((r.get(0)?, r.get(1)?))).map_err(err)?;
+        // lookout never writes these; a damaged or hand-edited file would
+        // overflow the counters (a panic, or in release a seq reused).
+        let in_range = |v: i64| (0..i64::MAX).contains(&v);
+        let damaged = [("next_seq", Some(stored_next)), ("dropped", Some(dropped)), ("seq", min_seq), ("seq", max_seq)]
+            .into_iter()
+            .find_map(|(what, v)| v.filter(|v| !in_range(*v)).map(|v| format!("{what} {v} is out of range")));
+        if let Some(reason) = damaged {
+            return Err(PublishError::Outbox { path, reason: format!("{reason} (the file is damaged)") });
+        }
+        let (stored_next, dropped) = (stored_next as u64, dropped as u64);
         let mut outbox = Outbox {
             conn,
             path: path.clone(),
             max_rows,
             max_bytes,
-            pending: vec![],
+            pending: VecDeque::new(),
+            pending_bytes: 0,
             acked: BTreeSet::new(),
             next_seq: stored_next.max(max_seq.map_or(0, |s| s as u64 + 1)),
             dropped,
+            dropped_in_memory: 0,
             depth: 0,
             bytes: 0,
             last_state,
@@ -113,7 +130,26 @@ impl Outbox {
     pub fn push(&mut self, seq: u64, payload: Vec<u8>) {
         self.next_seq = self.next_seq.max(seq + 1);
         self.last_state = Some(payload.clone());
-        self.pending.push((seq, payload));
+        self.pending_bytes += payload.len() as u64;
+        self.pending.push_back((seq, payload));
+        // Only reached while commits fail: the oldest go first, as on disk.
+        while self.pending.len() as u64 > self.max_rows || self.pending_bytes > self.max_bytes {
+            let Some((_, old)) = self.pending.pop_front() else { break };
+            self.pending_bytes -= old.len() as u64;
+            self.dropped += 1;
+            self.dropped_in_memory += 1;
+        }
+    }
+
+    /// Results not yet written to disk.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Results dropped from memory because commits kept failing; the
+    /// counter restarts at each call.
+    pub fn take_dropped_in_memory(&mut self) -> u64 {
+        std::mem::take(&mut self.dropped_in_memory)
     }
 
     pub fn ack(&mut self, seq: u64) {
@@ -211,6 +247,7 @@ impl Outbox {
         }
         self.dropped += dropped;
         self.pending.clear();
+        self.pending_bytes = 0;
         self.acked.clear();
         (self.depth, self.bytes) = (rows, bytes);
         Ok(())
@@ -316,6 +353,47 @@ mod tests {
         assert_eq!((seqs(&o), o.dropped(), o.bytes()), (vec![1, 2, 3, 4], 1, 4000));
         drop(o);
         assert_eq!(Outbox::open(d.path(), 3, 1 << 20).unwrap().dropped(), 2, "the drop count is persisted");
+    }
+
+    #[test]
+    fn results_wait_in_memory_within_the_bounds_while_commits_fail() {
+        let d = tempfile::tempdir().unwrap();
+        let mut o = Outbox::open(d.path(), 3, 1 << 20).unwrap();
+        o.push(0, b"a".to_vec());
+        o.commit().unwrap();
+        // A commit that cannot write, as on a full disk.
+        o.conn.execute_batch("PRAGMA query_only = ON").unwrap();
+        for s in 1..6 {
+            o.push(s, vec![b'x'; 10]);
+        }
+        let e = o.commit().unwrap_err().to_string();
+        assert!(e.contains("outbox.sqlite"), "{e}");
+        assert_eq!(o.pending(), 3, "the oldest went beyond max_rows");
+        assert_eq!((o.dropped(), o.take_dropped_in_memory(), o.take_dropped_in_memory()), (2, 2, 0));
+        assert_eq!(seqs(&o), vec![0], "nothing uncommitted is sendable");
+
+        o.conn.execute_batch("PRAGMA query_only = OFF").unwrap();
+        o.commit().unwrap();
+        assert_eq!((o.pending(), o.dropped()), (0, 3), "the disk bound drops row 0 too");
+        assert_eq!(seqs(&o), vec![3, 4, 5]);
+        drop(o);
+        assert_eq!(Outbox::open(d.path(), 3, 1 << 20).unwrap().dropped(), 3, "in-memory drops are persisted");
+    }
+
+    #[test]
+    fn out_of_range_stored_numbers_are_a_named_error_not_an_overflow() {
+        for (sql, what) in [
+            ("INSERT INTO outbox VALUES (-1, x'00')", "seq -1"),
+            ("INSERT INTO outbox VALUES (9223372036854775807, x'00')", "seq 9223372036854775807"),
+            ("INSERT INTO meta VALUES ('next_seq', -5)", "next_seq -5"),
+            ("INSERT INTO meta VALUES ('dropped', -1)", "dropped -1"),
+        ] {
+            let d = tempfile::tempdir().unwrap();
+            drop(Outbox::open(d.path(), 10, 1 << 20).unwrap());
+            Connection::open(d.path().join(FILE)).unwrap().execute_batch(sql).unwrap();
+            let e = Outbox::open(d.path(), 10, 1 << 20).err().unwrap().to_string();
+            assert!(e.contains(what) && e.contains("move the file away"), "{sql}: {e}");
+        }
     }
 
     #[test]

@@ -14,8 +14,11 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The binary under test; `LOOKOUT_BIN` points the tests at another build
+/// (the soak runs the release binary from a debug test harness).
 pub fn lookout() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_lookout"));
+    let bin = std::env::var_os("LOOKOUT_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_lookout").into());
+    let mut c = Command::new(bin);
     c.env("RUST_LOG", "info");
     c
 }
@@ -320,6 +323,10 @@ impl Daemon {
             assert!(Instant::now() < deadline, "fewer than {n} results within {limit:?}:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn is_running(&mut self) -> bool {
