@@ -13,7 +13,7 @@ sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
 
 found=0
 for arch in arm64:aarch64-unknown-linux-gnu armhf:armv7-unknown-linux-gnueabihf amd64:x86_64-unknown-linux-gnu; do
-  deb=$(ls target/"${arch#*:}"/debian/lookout_*_"${arch%%:*}".deb 2>/dev/null | tail -n1)
+  deb=$(ls target/"${arch#*:}"/debian/lookout_*_"${arch%%:*}".deb 2>/dev/null | tail -n1 || true)
   [ -n "$deb" ] || continue
   found=$((found + 1))
   info=$(dpkg-deb --info "$deb")
@@ -21,7 +21,7 @@ for arch in arm64:aarch64-unknown-linux-gnu armhf:armv7-unknown-linux-gnueabihf 
   echo "$info" | grep -q "Architecture: ${arch%%:*}" || fail "$deb: not Architecture: ${arch%%:*}"
   # cross/build.sh links against glibc 2.17, so the dependency must not
   # demand Debian 12's.
-  libc=$(echo "$info" | grep -o 'libc6 (>= [0-9.]*)' | grep -o '[0-9][0-9.]*' || true)
+  libc=$(echo "$info" | sed -n 's/.*libc6 (>= \([0-9.]*\)).*/\1/p')
   [ -n "$libc" ] || fail "$deb: no libc6 dependency: $(echo "$info" | grep Depends)"
   if [ "${CHECK_DEB_HOST_GLIBC:-}" != "${arch%%:*}" ]; then
     [ "$(printf '%s\n2.31\n' "$libc" | sort -V | tail -n1)" = 2.31 ] || fail "$deb: depends on libc6 >= $libc (> 2.31)"
@@ -36,7 +36,7 @@ for arch in arm64:aarch64-unknown-linux-gnu armhf:armv7-unknown-linux-gnueabihf 
 done
 
 [ $found -gt 0 ] || fail "no packages in target/*/debian/ (cross/build.sh --deb TARGET)"
-deb=$(ls target/x86_64-unknown-linux-gnu/debian/lookout_*_amd64.deb 2>/dev/null | tail -n1)
+deb=$(ls target/x86_64-unknown-linux-gnu/debian/lookout_*_amd64.deb 2>/dev/null | tail -n1 || true)
 [ -n "$deb" ] || fail "no amd64 package to install (cross/build.sh --deb x86_64)"
 $sudo dpkg -i "$deb" >/dev/null
 trap '$sudo dpkg --purge lookout >/dev/null' EXIT
