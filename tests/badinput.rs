@@ -255,9 +255,7 @@ fn bad_frames_in_run_are_named_and_skipped_and_every_good_result_arrives() {
 fn a_refused_connection_keeps_results_in_the_outbox_until_a_broker_appears() {
     let mut broker = Broker::start_persistent();
     let sub = Listener::persistent(broker.port, result_topic(), "test-refused");
-    // Mosquitto saves the subscriber's session every second.
-    std::thread::sleep(Duration::from_millis(1500));
-    broker.kill();
+    broker.stop();
     let d = tempfile::tempdir().unwrap();
     let mut lookout = Daemon::start(&looping_config(d.path(), broker.port), &[]);
     lookout.wait_results(15, MIN * 2);
@@ -277,8 +275,7 @@ fn a_refused_connection_keeps_results_in_the_outbox_until_a_broker_appears() {
 fn a_broker_that_accepts_and_never_answers_is_retried_with_backoff_and_results_arrive_later() {
     let mut broker = Broker::start_persistent();
     let sub = Listener::persistent(broker.port, result_topic(), "test-silent");
-    std::thread::sleep(Duration::from_millis(1500));
-    broker.kill();
+    broker.stop();
     let silent = Silent::bind(broker.port);
     let d = tempfile::tempdir().unwrap();
     let cfg = looping_config(d.path(), broker.port);
