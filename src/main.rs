@@ -83,9 +83,13 @@ enum Command {
         warmup: usize,
         #[arg(long, short = 'n', default_value_t = 10)]
         runs: usize,
-        /// Plain tract: skip lookout's own graph passes.
+        /// Plain tract: skip lookout's own graph passes and int8 kernels.
         #[arg(long)]
         no_passes: bool,
+        /// Keep lookout's passes but run int8 layers with tract's kernels
+        /// instead of lookout's.
+        #[arg(long)]
+        tract_int8: bool,
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
@@ -151,8 +155,9 @@ fn main() -> ExitCode {
         Command::Classify { config, model, logits, images } => classify(&config, model.as_deref(), logits, &images),
         Command::CheckConfig { config } => check_config(&config),
         Command::Cameras => cameras(),
-        Command::Bench { config, model, threads, warmup, runs, no_passes, json, logits, profile } => {
-            let opts = BenchOptions { threads, warmup, runs, passes: !no_passes, json, logits, profile };
+        Command::Bench { config, model, threads, warmup, runs, no_passes, tract_int8, json, logits, profile } => {
+            let load = LoadOptions { passes: !no_passes, lookout_int8: !no_passes && !tract_int8 };
+            let opts = BenchOptions { threads, warmup, runs, load, json, logits, profile };
             bench(config.as_deref(), model.as_deref(), &opts)
         }
     };
@@ -453,6 +458,10 @@ struct BenchReport {
     peak_rss_mb: f64,
     folded_constants: usize,
     replaced_quantizers: usize,
+    /// Quantized linear layers run by lookout's int8 kernel, and the bytes
+    /// their packed weights take.
+    lookout_int8_layers: usize,
+    packed_weights_mb: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     logits: Option<Vec<f32>>,
 }
@@ -461,7 +470,7 @@ struct BenchOptions {
     threads: Option<usize>,
     warmup: usize,
     runs: usize,
-    passes: bool,
+    load: LoadOptions,
     json: bool,
     logits: bool,
     profile: Option<usize>,
@@ -493,8 +502,7 @@ fn bench(config: Option<&Path>, model: Option<&Path>, opts: &BenchOptions) -> Re
         return Err(Fatal { code: exit::CONFIG, message: "--runs must be at least 1".into() });
     }
     let start = Instant::now();
-    let options = LoadOptions { passes: opts.passes };
-    let mut classifier = TractClassifier::load_with(&cfg.model, &options)?;
+    let mut classifier = TractClassifier::load_with(&cfg.model, &opts.load)?;
     // A fixed pseudo-random image in [-1, 1]: timing does not depend on
     // the content, and the quantizers see a realistic spread of values.
     let mut seed = 0x2545_f491_4f6c_dd1du64;
@@ -521,7 +529,7 @@ fn bench(config: Option<&Path>, model: Option<&Path>, opts: &BenchOptions) -> Re
     let load = classifier.load_report();
     let report = BenchReport {
         model: cfg.model.path.display().to_string(),
-        passes: opts.passes,
+        passes: opts.load.passes,
         threads: load.threads,
         runs,
         parse_s: load.parse.as_secs_f64(),
@@ -537,6 +545,8 @@ fn bench(config: Option<&Path>, model: Option<&Path>, opts: &BenchOptions) -> Re
         peak_rss_mb: peak_rss_kb().unwrap_or(0) as f64 / 1024.0,
         folded_constants: load.pass_report.folded,
         replaced_quantizers: load.pass_report.quantizers,
+        lookout_int8_layers: load.pass_report.fused.layers,
+        packed_weights_mb: load.pass_report.fused.packed_bytes as f64 / 1e6,
         logits: opts.logits.then_some(first_logits),
     };
     if opts.json {
@@ -545,8 +555,10 @@ fn bench(config: Option<&Path>, model: Option<&Path>, opts: &BenchOptions) -> Re
         let r = &report;
         println!("model         {}", r.model);
         println!(
-            "passes        {} ({} constants folded, {} quantizers replaced)",
+            "passes        {} ({} int8 layers on lookout's kernel, {:.0} MB packed; {} constants folded, {} quantizers replaced)",
             if r.passes { "on" } else { "off" },
+            r.lookout_int8_layers,
+            r.packed_weights_mb,
             r.folded_constants,
             r.replaced_quantizers
         );

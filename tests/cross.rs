@@ -3,9 +3,10 @@
 //! `cross/build.sh aarch64 armv7` leaves target/<triple>/<profile>/lookout;
 //! each runs `lookout classify --logits` on the digits model and must give
 //! the same top-1 and logits within 2 % of their range as the x86_64 build.
-//! The CPU model decides tract's int8 kernel: a Cortex-A72 (Pi 4) has no
-//! dot product and gets the SMLAL kernel, a Cortex-A76 (Pi 5) the SDOT
-//! one; the log line naming the kernels shows which was picked.
+//! The CPU model decides the int8 kernel: a Cortex-A72 (Pi 4) has no dot
+//! product, so lookout leaves its int8 layers to tract, which picks its
+//! SMLAL kernel; a Cortex-A76 (Pi 5) runs them on lookout's own `sdot`
+//! kernel. The log line naming the kernels shows which was picked.
 //!
 //! `cross/test.sh` builds the binaries and runs this with LOOKOUT_CROSS
 //! naming the triples it built, whose binaries then must exist; without
@@ -24,7 +25,7 @@ struct Variant {
     sysroot: &'static str,
     cpu: &'static str,
     env: &'static [(&'static str, &'static str)],
-    /// The int8 kernel tract must pick, and one it must not.
+    /// The int8 kernel that must be picked, and one that must not.
     kernel: &'static str,
     not_kernel: &'static str,
 }
@@ -37,7 +38,7 @@ const VARIANTS: &[Variant] = &[
         cpu: "cortex-a72",
         env: &[],
         kernel: "arm64simd_mmm_i32_8x8 ",
-        not_kernel: "_dot",
+        not_kernel: "lookout_",
     },
     Variant {
         triple: "aarch64-unknown-linux-gnu",
@@ -45,8 +46,8 @@ const VARIANTS: &[Variant] = &[
         sysroot: "/usr/aarch64-linux-gnu",
         cpu: "cortex-a76",
         env: &[],
-        kernel: "arm64simd_mmm_i32_8x8_dot ",
-        not_kernel: "arm64simd_mmm_i32_8x8 ",
+        kernel: "lookout_arm64dot_i8i8_4x16 ",
+        not_kernel: "arm64simd_mmm_i32_8x8",
     },
     // qemu 7.2 shows the host's /proc/cpuinfo, where tract looks for NEON
     // on 32-bit ARM; every Pi since the 2 has it, so it is forced on here.

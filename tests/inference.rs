@@ -100,13 +100,19 @@ fn int8_equals_the_onnx_specification_and_mostly_onnxruntime() {
 /// logits by a few hundredths.
 const TOLERANCE_VS_SPEC: f32 = 0.1;
 
+/// tract's int8 path with lookout's graph passes, as CPUs without a
+/// lookout int8 kernel run it.
+const TRACT_INT8_WITH_PASSES: LoadOptions = LoadOptions { passes: true, lookout_int8: false };
+const PLAIN_TRACT: LoadOptions = LoadOptions { passes: false, lookout_int8: false };
+
 #[test]
 fn passes_keep_the_outputs_of_plain_tract() {
     let refs = references();
-    let (mut fast, mut pre) = load("digits-int8.onnx", &LoadOptions::default());
-    let (mut plain, mut pre_plain) = load("digits-int8.onnx", &LoadOptions { passes: false });
+    let (mut fast, mut pre) = load("digits-int8.onnx", &TRACT_INT8_WITH_PASSES);
+    let (mut plain, mut pre_plain) = load("digits-int8.onnx", &PLAIN_TRACT);
     let report = fast.load_report().pass_report.clone();
     assert!(report.quantizers > 0, "the int8 model has dynamic quantizers to replace: {report:?}");
+    assert_eq!(report.fused.layers, 0);
     assert_eq!(plain.load_report().pass_report.quantizers, 0);
     let mut worst = 0f32;
     // Every 8th image: the comparison is bit for bit, and a debug-build
@@ -119,6 +125,35 @@ fn passes_keep_the_outputs_of_plain_tract() {
     println!("passes {report:?}: max abs logit difference to plain tract {worst:.3e}");
     // The quantizer is bit-identical and folded sums are exact integers.
     assert_eq!(worst, 0.0, "the passes changed the logits by up to {worst}");
+}
+
+/// lookout's int8 layers (src/model/qlinear.rs) against tract's int8 path
+/// on the same file: the same integers, and the same f32 epilogue (ONNX's
+/// Cast, Mul, Add), so the logits are bit for bit the same.
+#[test]
+fn lookout_int8_layers_agree_with_tracts_int8_path() {
+    let Some(kernel) = lookout::model::lookout_int8_kernel() else {
+        eprintln!("no lookout int8 kernel on this CPU: tract's path is the only one (tested above)");
+        return;
+    };
+    let refs = references();
+    let (mut fast, mut pre) = load("digits-int8.onnx", &LoadOptions::default());
+    let (mut plain, mut pre_plain) = load("digits-int8.onnx", &PLAIN_TRACT);
+    let report = fast.load_report();
+    // 17 quantizers feeding 25 matmuls (tests in src/model/qlinear.rs).
+    assert_eq!((report.pass_report.fused.groups, report.pass_report.fused.layers), (17, 25), "{report:?}");
+    assert!(report.kernels.iter().any(|(k, n)| k == kernel && *n == 25), "{:?}", report.kernels);
+    let (mut worst, mut same) = (0f32, 0);
+    let sample: Vec<&Reference> = refs.iter().step_by(4).collect();
+    for r in &sample {
+        let a = common::logits_of(&mut fast, &mut pre, &r.file);
+        let b = common::logits_of(&mut plain, &mut pre_plain, &r.file);
+        worst = worst.max(max_abs_diff(&a, &b));
+        same += (common::argmax(&a) == common::argmax(&b)) as usize;
+    }
+    println!("{kernel}: max abs logit difference to tract's int8 {worst:.3e}, same top-1 on {same}/{}", sample.len());
+    assert_eq!(same, sample.len());
+    assert_eq!(worst, 0.0, "max abs logit difference to tract's int8 path {worst}");
 }
 
 #[test]
@@ -137,7 +172,12 @@ fn bench_reports_latency_load_time_and_peak_rss() {
     assert_eq!(r["threads"], 2);
     assert_eq!(r["runs"], 5);
     assert_eq!(r["passes"], true);
-    assert!(f("replaced_quantizers") > 0.0, "{r}");
+    // Every int8 layer runs on lookout's kernel, or tract's quantizers are
+    // replaced where this CPU has none.
+    match lookout::model::lookout_int8_kernel() {
+        Some(_) => assert_eq!(f("lookout_int8_layers"), 25.0, "{r}"),
+        None => assert!(f("replaced_quantizers") > 0.0, "{r}"),
+    }
 
     let mut cmd = common::lookout();
     cmd.args(["bench", "--model", "/nonexistent/model.onnx"]);

@@ -4,14 +4,18 @@
 //! type stays in `tract.rs`.
 
 pub mod manifest;
+mod onnx;
 mod passes;
+mod qgemm;
+pub mod qlinear;
 mod tract;
 
 use std::path::{Path, PathBuf};
 
 pub use self::passes::PassReport;
 pub use self::tract::{
-    kernel_summary, LoadOptions, LoadReport, OpTime, TractClassifier, POOL_THREAD_PREFIX, TRACT_VERSION,
+    kernel_summary, lookout_int8_kernel, LoadOptions, LoadReport, OpTime, TractClassifier, POOL_THREAD_PREFIX,
+    TRACT_VERSION,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -9,7 +9,10 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::DimLike;
 use tract_onnx::tract_hir::infer::GenericFactoid;
 
+use super::onnx::LazyModel;
 use super::passes::{self, PassReport};
+use super::qgemm::Kernel;
+use super::qlinear::{self, QLinear};
 use super::{load_labels, Classifier, ModelError, ModelInfo};
 use crate::config::ModelConfig;
 
@@ -29,12 +32,21 @@ pub struct LoadOptions {
     /// Run lookout's own passes (src/model/passes/) after tract's
     /// optimizer. Off only to compare against plain tract.
     pub passes: bool,
+    /// Run ONNX's quantized linear layers with lookout's int8 kernel
+    /// (src/model/qlinear.rs) where this CPU has one. Off to compare with
+    /// tract's int8 path.
+    pub lookout_int8: bool,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { passes: true }
+        LoadOptions { passes: true, lookout_int8: true }
     }
+}
+
+/// The name of lookout's int8 kernel for this CPU, if it has one.
+pub fn lookout_int8_kernel() -> Option<&'static str> {
+    Kernel::detect().map(Kernel::name)
 }
 
 /// Where load time went, for the log and `lookout bench`.
@@ -63,6 +75,10 @@ pub struct TractClassifier {
     /// NCHW input, written by preprocessing; copied into a tensor per run
     /// (0.6 MB at 224x224, microseconds next to inference).
     input: Vec<f32>,
+    /// The plan's pool. A run happens on one of its threads, so the
+    /// parallel parts of ops share the cores with the sequential ones
+    /// instead of spinning beside them on top of the caller's thread.
+    pool: Option<std::sync::Arc<rayon::ThreadPool>>,
     _plan: std::sync::Arc<Plan>,
     report: LoadReport,
 }
@@ -90,9 +106,29 @@ impl TractClassifier {
         };
         let labels = load_labels(&cfg.labels)?;
 
-        let mut model = tract_onnx::onnx()
-            .model_for_path(path)
+        let lazy = LazyModel::open(path).map_err(|e| load_err(format!("{e} (is it an ONNX file?)")))?;
+        // lookout's int8 layers where it has a kernel for this CPU; tract's
+        // own int8 path elsewhere (and when the passes are off).
+        let kernel = if options.lookout_int8 { Kernel::detect() } else { None };
+        let (proto, weights, rewritten) = match kernel {
+            Some(kernel) => qlinear::rewrite(lazy, kernel).map_err(|e| load_err(root_cause(&e)))?,
+            None => {
+                let proto = lazy.into_proto(&Default::default()).map_err(|e| load_err(e.to_string()))?;
+                (proto, Default::default(), Default::default())
+            }
+        };
+        let mut onnx = tract_onnx::onnx();
+        onnx.op_register.insert(qlinear::OP_TYPE, qlinear::parse_node);
+        let parsed = onnx
+            .parse(&proto, path.parent().and_then(Path::to_str))
             .map_err(|e| load_err(format!("{} (is it an ONNX file?)", root_cause(&e))))?;
+        drop(proto);
+        if let Some(name) = parsed.unresolved_inputs.first() {
+            return Err(load_err(format!("no node or initializer produces {name:?}")));
+        }
+        let mut model = parsed.model;
+        qlinear::attach(&mut model, weights).map_err(|e| load_err(root_cause(&e)))?;
+        report.pass_report.fused = rewritten;
         report.parse = t.elapsed();
         let t = Instant::now();
         let size = input_size(&model, path, cfg.input_size)?;
@@ -106,8 +142,10 @@ impl TractClassifier {
         report.optimize = t.elapsed();
         if options.passes {
             let t = Instant::now();
+            let fused = std::mem::take(&mut report.pass_report.fused);
             report.pass_report =
                 passes::run(&mut model).map_err(|e| load_err(format!("lookout pass: {}", root_cause(&e))))?;
+            report.pass_report.fused = fused;
             report.passes = t.elapsed();
         }
 
@@ -132,6 +170,10 @@ impl TractClassifier {
         let executor = (threads > 1)
             .then(|| tract_linalg::multithread::Executor::multithread_with_name(threads, POOL_THREAD_PREFIX));
         report.threads = threads;
+        let pool = match &executor {
+            Some(tract_linalg::multithread::Executor::MultiThread(pool)) => Some(pool.clone()),
+            _ => None,
+        };
         let t = Instant::now();
         let options = RunOptions { executor, ..Default::default() };
         let plan = model.into_runnable_with_options(&options).map_err(|e| load_err(root_cause(&e)))?;
@@ -146,6 +188,7 @@ impl TractClassifier {
             info: ModelInfo { name, sha256, input_size: size, labels },
             state,
             input: vec![0.0; 3 * (size as usize).pow(2)],
+            pool,
             _plan: plan,
             report,
         })
@@ -163,8 +206,9 @@ impl TractClassifier {
         let size = self.info.input_size as usize;
         for _ in 0..runs {
             let input = Tensor::from_shape(&[1, 3, size, size], &self.input).map_err(run_err)?;
-            self.state
-                .run_plan_with_eval(tvec!(input.into_tvalue()), |ctx, state, node, inputs| {
+            let (state, times) = (&mut self.state, &mut times);
+            let run = move || {
+                state.run_plan_with_eval(tvec!(input.into_tvalue()), |ctx, state, node, inputs| {
                     let t = Instant::now();
                     let out = tract_onnx::tract_core::plan::eval(ctx, state, node, inputs);
                     let name = node.op().name().to_string();
@@ -173,10 +217,15 @@ impl TractClassifier {
                     e.calls += 1;
                     out
                 })
-                .map_err(run_err)?;
+            };
+            match &self.pool {
+                Some(pool) => pool.install(run),
+                None => run(),
+            }
+            .map_err(run_err)?;
         }
         let mut v: Vec<OpTime> = times.into_values().collect();
-        v.sort_by(|a, b| b.total.cmp(&a.total));
+        v.sort_by_key(|o| std::cmp::Reverse(o.total));
         Ok(v)
     }
 }
@@ -202,7 +251,13 @@ impl Classifier for TractClassifier {
         let run_err = |e: TractError| ModelError::Run(root_cause(&e));
         let size = self.info.input_size as usize;
         let input = Tensor::from_shape(&[1, 3, size, size], &self.input).map_err(run_err)?;
-        let out = self.state.run(tvec!(input.into_tvalue())).map_err(run_err)?;
+        let state = &mut self.state;
+        let run = move || state.run(tvec!(input.into_tvalue()));
+        let out = match &self.pool {
+            Some(pool) => pool.install(run),
+            None => run(),
+        }
+        .map_err(run_err)?;
         let logits =
             out[0].try_as_plain_ram().and_then(|v| v.as_slice::<f32>().map(<[f32]>::to_vec)).map_err(run_err)?;
         Ok(logits)
@@ -212,10 +267,14 @@ impl Classifier for TractClassifier {
 fn matmul_kernels(model: &TypedModel) -> Vec<(String, usize)> {
     use tract_onnx::tract_core::ops::matmul::optimized::OptMatMul;
     let mut counts = std::collections::BTreeMap::<String, usize>::new();
-    for op in model.nodes().iter().filter_map(|n| n.op_as::<OptMatMul>()) {
-        let names: std::collections::BTreeSet<&str> = op.mmm.iter().map(|k| k.name()).collect();
-        for name in names {
-            *counts.entry(name.to_owned()).or_default() += 1;
+    for node in model.nodes() {
+        if let Some(op) = node.op_as::<OptMatMul>() {
+            let names: std::collections::BTreeSet<&str> = op.mmm.iter().map(|k| k.name()).collect();
+            for name in names {
+                *counts.entry(name.to_owned()).or_default() += 1;
+            }
+        } else if let Some(op) = node.op_as::<QLinear>() {
+            *counts.entry(op.kernel_name().to_owned()).or_default() += op.layers();
         }
     }
     counts.into_iter().collect()

@@ -165,14 +165,16 @@ impl Broker {
         b
     }
 
-    /// Persistence on, saved every second, so a subscriber's session and
-    /// subscription survive a SIGKILL of the broker; no queue limit for
-    /// offline persistent subscribers.
+    /// Persistence on and saved after every change (a subscription, a
+    /// queued message), so a subscriber's session survives a SIGKILL of the
+    /// broker however soon it comes; a time-based autosave lost sessions
+    /// made less than a second before the kill. No queue limit for offline
+    /// persistent subscribers.
     pub fn start_persistent() -> Broker {
         Broker::start_with(|dir, port| {
             format!(
                 "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n\
-                 autosave_interval 1\nmax_queued_messages 0\nmax_inflight_messages 0\n",
+                 autosave_interval 1\nautosave_on_changes true\nmax_queued_messages 0\nmax_inflight_messages 0\n",
                 dir.display()
             )
         })

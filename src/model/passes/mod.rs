@@ -17,11 +17,14 @@ pub struct PassReport {
     pub folded: usize,
     /// tract `DynamicQuantizeLinearU8` nodes replaced by ours.
     pub quantizers: usize,
+    /// ONNX quantized linear layers run by lookout's int8 kernel
+    /// (`model/qlinear.rs`, applied before tract parses the graph).
+    pub fused: crate::model::qlinear::Rewritten,
 }
 
 /// Runs every pass on a model tract has already optimized.
 pub(crate) fn run(model: &mut TypedModel) -> TractResult<PassReport> {
     let folded = fold::fold_small_constants(model)?;
     let quantizers = quantize::replace_dynamic_quantize(model)?;
-    Ok(PassReport { folded, quantizers })
+    Ok(PassReport { folded, quantizers, ..Default::default() })
 }

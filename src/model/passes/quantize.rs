@@ -4,11 +4,13 @@
 //! scalar quantize loop; in an int8 transformer it runs before every matmul
 //! and took a fifth of the time. This op gives the same bytes: the same
 //! min/max (starting from 0, NaN ignored), the same scale and zero point
-//! formulas, and `x / scale` rounded half to even. Both loops are written so
-//! the compiler vectorises them, and large tensors are split across the
-//! plan's thread pool.
+//! formulas, and `x / scale` rounded half to even (the routines in
+//! `model/qgemm`, which lookout's own int8 layers quantize with too), and
+//! large tensors are split across the plan's thread pool.
 
 use tract_linalg::multithread::{current_tract_executor, Executor};
+
+use crate::model::qgemm;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
@@ -36,9 +38,8 @@ impl EvalOp for DynamicQuantizeU8 {
         let input = inputs[0].cast_to::<f32>()?;
         let xs = input.try_as_plain_ram()?.as_slice::<f32>()?;
         let mut out = unsafe { Tensor::uninitialized_dt(u8::datum_type(), input.shape())? };
-        let mut plain = out.try_as_plain_ram_mut()?;
-        let (scale, zero_point) = quantize(xs, plain.as_slice_mut::<u8>()?, &current_tract_executor());
-        drop(plain);
+        let (scale, zero_point) =
+            quantize(xs, out.try_as_plain_ram_mut()?.as_slice_mut::<u8>()?, &current_tract_executor());
         Ok(tvec!(out.into_tvalue(), tensor0(scale).into_tvalue(), tensor0(zero_point).into_tvalue()))
     }
 }
@@ -68,79 +69,20 @@ pub(crate) fn replace_dynamic_quantize(model: &mut TypedModel) -> TractResult<us
 
 /// Quantizes `xs` into `ys`; returns (scale, zero point) as ONNX defines them.
 pub(crate) fn quantize(xs: &[f32], ys: &mut [u8], executor: &Executor) -> (f32, u8) {
-    let pool = match executor {
-        Executor::MultiThread(pool) if xs.len() >= PARALLEL_MIN && pool.current_num_threads() > 1 => Some(pool),
-        _ => None,
-    };
-    let Some(pool) = pool else {
-        let (min, max) = min_max(xs);
-        let (scale, zp) = scale_and_zero_point(min, max);
-        quantize_with(xs, ys, scale, zp);
-        return (scale, zp);
-    };
-    let chunk = xs.len().div_ceil(pool.current_num_threads());
-    let mut ranges = vec![(0f32, 0f32); xs.len().div_ceil(chunk)];
-    pool.scope(|s| {
-        for (r, xs) in ranges.iter_mut().zip(xs.chunks(chunk)) {
-            s.spawn(move |_| *r = min_max(xs));
+    let (min, max) = qgemm::parallel_min_max(xs, executor, qgemm::min_max);
+    let (scale, zp) = qgemm::scale_and_zero_point(min, max);
+    match executor {
+        Executor::MultiThread(pool) if xs.len() >= PARALLEL_MIN && pool.current_num_threads() > 1 => {
+            let chunk = xs.len().div_ceil(pool.current_num_threads());
+            pool.scope(|s| {
+                for (xs, ys) in xs.chunks(chunk).zip(ys.chunks_mut(chunk)) {
+                    s.spawn(move |_| qgemm::quantize_into(xs, ys, scale, zp));
+                }
+            });
         }
-    });
-    let (min, max) =
-        ranges.iter().fold((0f32, 0f32), |(a, b), &(c, d)| (if c < a { c } else { a }, if d > b { d } else { b }));
-    let (scale, zp) = scale_and_zero_point(min, max);
-    pool.scope(|s| {
-        for (xs, ys) in xs.chunks(chunk).zip(ys.chunks_mut(chunk)) {
-            s.spawn(move |_| quantize_with(xs, ys, scale, zp));
-        }
-    });
+        _ => qgemm::quantize_into(xs, ys, scale, zp),
+    }
     (scale, zp)
-}
-
-/// The range extended to include 0, ignoring NaN like tract's fold does.
-fn min_max(xs: &[f32]) -> (f32, f32) {
-    const LANES: usize = 16;
-    let mut mins = [0f32; LANES];
-    let mut maxs = [0f32; LANES];
-    let mut blocks = xs.chunks_exact(LANES);
-    for block in &mut blocks {
-        for i in 0..LANES {
-            // `if x < m` (not f32::min) so NaN keeps the old value and the
-            // loop maps to packed min/max instructions.
-            mins[i] = if block[i] < mins[i] { block[i] } else { mins[i] };
-            maxs[i] = if block[i] > maxs[i] { block[i] } else { maxs[i] };
-        }
-    }
-    let mut min = 0f32;
-    let mut max = 0f32;
-    for &x in mins.iter().chain(blocks.remainder()) {
-        min = if x < min { x } else { min };
-    }
-    for &x in maxs.iter().chain(blocks.remainder()) {
-        max = if x > max { x } else { max };
-    }
-    (min, max)
-}
-
-/// Copied from tract-onnx's `scale_and_zero_point` so both agree exactly.
-fn scale_and_zero_point(min: f32, max: f32) -> (f32, u8) {
-    let scale = (max - min) / u8::MAX as f32;
-    let zero_point = (-min / scale).round_ties_even().clamp(0.0, 255.0);
-    (scale, zero_point as u8)
-}
-
-fn quantize_with(xs: &[f32], ys: &mut [u8], scale: f32, zero_point: u8) {
-    // Adding then subtracting 1.5 * 2^23 rounds any |y| < 2^22 half to even
-    // in the default rounding mode, without an SSE4.1 `roundps`; values are
-    // clamped first because everything beyond +-1024 saturates anyway.
-    const MAGIC: f32 = 12_582_912.0;
-    let zp = zero_point as f32;
-    for (x, y) in xs.iter().zip(ys.iter_mut()) {
-        let q = *x / scale;
-        // NaN becomes the zero point, as `NaN as i32 == 0` does in tract.
-        let q = if q.is_nan() { 0.0 } else { q.clamp(-1024.0, 1024.0) };
-        let q = (q + MAGIC) - MAGIC + zp;
-        *y = q.clamp(0.0, 255.0) as u8;
-    }
 }
 
 #[cfg(test)]
@@ -159,7 +101,7 @@ mod tests {
             }
         });
         let scale = (max - min) / 255.0;
-        let zp = (-min / scale).round_ties_even().max(0.0).min(255.0) as u8;
+        let zp = (-min / scale).round_ties_even().clamp(0.0, 255.0) as u8;
         let ys = xs.iter().map(|x| (((x / scale).round_ties_even() as i32) + zp as i32).clamp(0, 255) as u8).collect();
         (ys, scale, zp)
     }

@@ -1,0 +1,308 @@
+//! Reads an ONNX file without holding it in memory twice.
+//!
+//! tract decodes the whole protobuf (every weight copied out of the file)
+//! and then copies every weight again into its own tensors: for a 368 MB
+//! model that is over 1.4 GB at the peak, too much for a 2 GB Pi. Here the
+//! protobuf is walked field by field: the graph's structure and the small
+//! tensors are decoded as usual, but the bytes of a large tensor stay in
+//! the file until someone asks for them, one tensor at a time. The weights
+//! lookout packs for its own int8 layers are read, packed and dropped; only
+//! the rest is handed to tract.
+//!
+//! Only the protobuf wire format is parsed here (keys, varints, lengths);
+//! every message is still decoded by tract-onnx's own prost types.
+
+use std::fs::File;
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::path::Path;
+
+use prost::Message;
+use tract_onnx::pb::{GraphProto, ModelProto, TensorProto};
+
+/// Tensor data above this size is left in the file until it is needed.
+const DEFER_BYTES: u64 = 64 * 1024;
+
+/// Field numbers of the messages walked here (onnx.proto3).
+const MODEL_GRAPH: u32 = 7;
+const GRAPH_INITIALIZER: u32 = 5;
+const TENSOR_RAW_DATA: u32 = 9;
+
+/// A model whose large tensors have not been read yet: `proto` holds every
+/// initializer, those in `deferred` with empty `raw_data`.
+pub(crate) struct LazyModel {
+    pub(crate) proto: ModelProto,
+    /// (initializer index, where its raw data is in the file).
+    deferred: Vec<(usize, Span)>,
+    file: File,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Span {
+    offset: u64,
+    len: u64,
+}
+
+impl LazyModel {
+    pub(crate) fn open(path: &Path) -> io::Result<LazyModel> {
+        let file = File::open(path)?;
+        let len = file.metadata()?.len();
+        if len == 0 {
+            return Err(invalid("the file is empty"));
+        }
+        let mut wire = Wire { r: BufReader::with_capacity(1 << 16, file.try_clone()?), pos: 0 };
+        let mut deferred = vec![];
+        let mut rest = vec![];
+        let mut graph = None;
+        while wire.pos < len {
+            let (field, kind) = wire.key()?;
+            if field == MODEL_GRAPH && kind == LEN {
+                let end = wire.len_end(len)?;
+                graph = Some(read_graph(&mut wire, end, &mut deferred)?);
+            } else {
+                wire.copy_field(field, kind, len, &mut rest)?;
+            }
+        }
+        let mut proto = ModelProto::decode(rest.as_slice()).map_err(|e| invalid(e.to_string()))?;
+        proto.graph = Some(graph.ok_or_else(|| invalid("it has no graph"))?);
+        Ok(LazyModel { proto, deferred, file })
+    }
+
+    pub(crate) fn graph(&self) -> &GraphProto {
+        self.proto.graph.as_ref().expect("open() sets the graph")
+    }
+
+    /// Initializer `index` with its data, whether deferred or not.
+    pub(crate) fn initializer(&self, index: usize) -> io::Result<TensorProto> {
+        let mut t = self.graph().initializer[index].clone();
+        if let Some((_, span)) = self.deferred.iter().find(|(i, _)| *i == index) {
+            t.raw_data = self.read(*span)?;
+        }
+        Ok(t)
+    }
+
+    /// Drops the initializers whose indexes are in `drop` and reads the
+    /// data of the others: the proto is then complete for tract.
+    pub(crate) fn into_proto(mut self, drop: &std::collections::HashSet<usize>) -> io::Result<ModelProto> {
+        for (index, span) in std::mem::take(&mut self.deferred) {
+            if !drop.contains(&index) {
+                let data = self.read(span)?;
+                self.proto.graph.as_mut().expect("set").initializer[index].raw_data = data;
+            }
+        }
+        let graph = self.proto.graph.as_mut().expect("set");
+        let initializers = std::mem::take(&mut graph.initializer);
+        graph.initializer =
+            initializers.into_iter().enumerate().filter(|(i, _)| !drop.contains(i)).map(|(_, t)| t).collect();
+        Ok(self.proto)
+    }
+
+    fn read(&self, span: Span) -> io::Result<Vec<u8>> {
+        let mut data = vec![0; span.len as usize];
+        let mut f = &self.file;
+        f.seek(SeekFrom::Start(span.offset))?;
+        f.read_exact(&mut data).map_err(truncated)?;
+        Ok(data)
+    }
+}
+
+fn read_graph(wire: &mut Wire, end: u64, deferred: &mut Vec<(usize, Span)>) -> io::Result<GraphProto> {
+    let mut rest = vec![];
+    let mut initializers = vec![];
+    while wire.pos < end {
+        let (field, kind) = wire.key()?;
+        if field == GRAPH_INITIALIZER && kind == LEN {
+            let end = wire.len_end(end)?;
+            let mut tensor = vec![];
+            let mut span = None;
+            while wire.pos < end {
+                let (field, kind) = wire.key()?;
+                if field == TENSOR_RAW_DATA && kind == LEN {
+                    let data_end = wire.len_end(end)?;
+                    if data_end - wire.pos > DEFER_BYTES {
+                        span = Some(Span { offset: wire.pos, len: data_end - wire.pos });
+                        wire.skip_to(data_end)?;
+                        continue;
+                    }
+                    put_key(&mut tensor, field, kind);
+                    put_varint(&mut tensor, data_end - wire.pos);
+                    wire.copy_to(data_end, &mut tensor)?;
+                } else {
+                    wire.copy_field(field, kind, end, &mut tensor)?;
+                }
+            }
+            let t = TensorProto::decode(tensor.as_slice()).map_err(|e| invalid(e.to_string()))?;
+            if let Some(span) = span {
+                deferred.push((initializers.len(), span));
+            }
+            initializers.push(t);
+        } else {
+            wire.copy_field(field, kind, end, &mut rest)?;
+        }
+    }
+    let mut graph = GraphProto::decode(rest.as_slice()).map_err(|e| invalid(e.to_string()))?;
+    graph.initializer = initializers;
+    Ok(graph)
+}
+
+/// Protobuf wire types.
+const VARINT: u8 = 0;
+const I64: u8 = 1;
+const LEN: u8 = 2;
+const I32: u8 = 5;
+
+/// A reader that knows its offset in the file.
+struct Wire {
+    r: BufReader<File>,
+    pos: u64,
+}
+
+impl Wire {
+    fn byte(&mut self) -> io::Result<u8> {
+        let mut b = [0u8];
+        self.r.read_exact(&mut b).map_err(truncated)?;
+        self.pos += 1;
+        Ok(b[0])
+    }
+
+    fn varint(&mut self) -> io::Result<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.byte()?;
+            v |= ((b & 0x7f) as u64) << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(invalid("a varint is longer than 10 bytes"))
+    }
+
+    fn key(&mut self) -> io::Result<(u32, u8)> {
+        let key = self.varint()?;
+        let (field, kind) = ((key >> 3) as u32, (key & 7) as u8);
+        if field == 0 || ![VARINT, I64, LEN, I32].contains(&kind) {
+            return Err(invalid(format!("byte {} holds no protobuf field", self.pos)));
+        }
+        Ok((field, kind))
+    }
+
+    /// Reads a length and returns where the field ends, which must be
+    /// within `limit` (the end of the enclosing message).
+    fn len_end(&mut self, limit: u64) -> io::Result<u64> {
+        let len = self.varint()?;
+        match self.pos.checked_add(len) {
+            Some(end) if end <= limit => Ok(end),
+            _ => Err(truncated(io::ErrorKind::UnexpectedEof.into())),
+        }
+    }
+
+    fn skip_to(&mut self, end: u64) -> io::Result<()> {
+        self.r.seek_relative((end - self.pos) as i64)?;
+        self.pos = end;
+        Ok(())
+    }
+
+    fn copy_to(&mut self, end: u64, out: &mut Vec<u8>) -> io::Result<()> {
+        let n = (end - self.pos) as usize;
+        let start = out.len();
+        out.resize(start + n, 0);
+        self.r.read_exact(&mut out[start..]).map_err(truncated)?;
+        self.pos = end;
+        Ok(())
+    }
+
+    /// Copies a field whose key was just read into `out`, re-encoded.
+    fn copy_field(&mut self, field: u32, kind: u8, limit: u64, out: &mut Vec<u8>) -> io::Result<()> {
+        put_key(out, field, kind);
+        match kind {
+            VARINT => put_varint(out, self.varint()?),
+            I64 => self.copy_to(self.pos + 8, out)?,
+            I32 => self.copy_to(self.pos + 4, out)?,
+            _ => {
+                let end = self.len_end(limit)?;
+                put_varint(out, end - self.pos);
+                self.copy_to(end, out)?;
+            }
+        }
+        if self.pos > limit {
+            return Err(truncated(io::ErrorKind::UnexpectedEof.into()));
+        }
+        Ok(())
+    }
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn put_key(out: &mut Vec<u8>, field: u32, kind: u8) {
+    put_varint(out, ((field as u64) << 3) | kind as u64);
+}
+
+fn invalid(reason: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, reason.into())
+}
+
+fn truncated(e: io::Error) -> io::Error {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        invalid("the file ends in the middle of a field (truncated?)")
+    } else {
+        e
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digits() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("models/digits/digits-int8.onnx")
+    }
+
+    #[test]
+    fn reads_the_same_model_as_prost_with_large_tensors_deferred() {
+        let bytes = std::fs::read(digits()).unwrap();
+        let whole = ModelProto::decode(bytes.as_slice()).unwrap();
+        let lazy = LazyModel::open(&digits()).unwrap();
+        let big = whole.graph.as_ref().unwrap().initializer.iter().filter(|t| t.raw_data.len() as u64 > DEFER_BYTES);
+        assert_eq!(lazy.deferred.len(), big.count());
+        assert!(!lazy.deferred.is_empty(), "the digits model has tensors over 64 KiB");
+        let (index, _) = lazy.deferred[0];
+        assert!(lazy.graph().initializer[index].raw_data.is_empty());
+        assert_eq!(lazy.initializer(index).unwrap(), whole.graph.as_ref().unwrap().initializer[index]);
+        assert_eq!(lazy.into_proto(&Default::default()).unwrap(), whole);
+    }
+
+    #[test]
+    fn dropped_initializers_are_never_read() {
+        let lazy = LazyModel::open(&digits()).unwrap();
+        let (index, _) = lazy.deferred[0];
+        let n = lazy.graph().initializer.len();
+        let name = lazy.graph().initializer[index].name.clone();
+        let proto = lazy.into_proto(&[index].into()).unwrap();
+        let inits = &proto.graph.unwrap().initializer;
+        assert_eq!(inits.len(), n - 1);
+        assert!(inits.iter().all(|t| t.name != name));
+    }
+
+    #[test]
+    fn empty_truncated_and_foreign_files_are_errors_that_say_so() {
+        let d = tempfile::tempdir().unwrap();
+        let bytes = std::fs::read(digits()).unwrap();
+        let cases: [(&str, &[u8], &str); 4] = [
+            ("empty", b"", "empty"),
+            ("half", &bytes[..bytes.len() / 2], "truncated"),
+            ("text", b"this is not a model\n", "protobuf"),
+            ("jpeg", &[0xff, 0xd8, 0xff, 0xe0, 0, 16, b'J', b'F'], "protobuf"),
+        ];
+        for (name, data, want) in cases {
+            let p = d.path().join(name);
+            std::fs::write(&p, data).unwrap();
+            let e = LazyModel::open(&p).err().unwrap_or_else(|| panic!("{name} opened"));
+            assert!(e.to_string().contains(want), "{name}: {e}");
+        }
+    }
+}

@@ -1,0 +1,533 @@
+//! lookout's int8 matrix product for ONNX's dynamically quantized linear
+//! layers: u8 activations quantized per tensor at run time, times i8
+//! weights packed once at load, accumulated exactly in i32, and turned into
+//! f32 with the layer's scales and bias in the same pass over the output.
+//!
+//! Why not tract's: tract 0.23 lowers `MatMulInteger` to an i8 x i8 product
+//! plus zero-point corrections and a chain of element-wise ops, and that
+//! path barely uses a second core (BENCHMARKS.md). The layout here is the
+//! one onnxruntime's MLAS uses: weights in panels of [`NR`] columns, 4
+//! consecutive k per column, so one x86 `vpdpbusd` multiplies 4 bytes of a
+//! row (broadcast) by 4 k of 16 columns, and ARM's `sdot` does the same for
+//! 4 columns.
+//!
+//! The integer part is exact. The epilogue is ONNX's `Cast`, `Mul` and `Add`
+//! in that order with no fused multiply-add, so a layer's output equals what
+//! the ONNX graph defines, bit for bit ([`reference`] is the test oracle).
+
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use tract_linalg::multithread::Executor;
+
+/// Columns per weight panel.
+pub(crate) const NR: usize = 32;
+
+/// One k-step of a panel: 4 consecutive k of each of the panel's 32
+/// columns, column after column (`[col][k]`), aligned for vector loads.
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+pub(crate) struct Step(pub(crate) [i8; NR * 4]);
+
+/// A `[K, N]` i8 weight matrix in panel layout, with what the epilogue needs
+/// from it.
+pub(crate) struct PackedWeights {
+    pub(crate) k: usize,
+    pub(crate) n: usize,
+    /// K rounded up to a multiple of 4, divided by 4.
+    k4: usize,
+    /// `panels * k4` steps, panel after panel; padding is zero.
+    steps: Vec<Step>,
+    /// Sum over k of each column, padded with zeros to the panels' width.
+    col_sums: Vec<i32>,
+    /// Per-column zero points, padded; `None` when all are zero (symmetric
+    /// weights, onnxruntime's default), which saves a term per output.
+    zero_points: Option<Vec<i32>>,
+}
+
+impl PackedWeights {
+    /// Packs row-major `w` (`k * n` values); `zero_points` holds one value
+    /// for the whole matrix or one per column.
+    pub(crate) fn pack(k: usize, n: usize, w: &[i8], zero_points: &[i8]) -> PackedWeights {
+        assert_eq!(w.len(), k * n, "weights are not [k, n]");
+        assert!(zero_points.len() == 1 || zero_points.len() == n, "zero points are neither one nor one per column");
+        let panels = n.div_ceil(NR);
+        let k4 = k.div_ceil(4);
+        let mut steps = vec![Step([0; NR * 4]); panels * k4];
+        let mut col_sums = vec![0i32; panels * NR];
+        for (kk, row) in w.chunks_exact(n).enumerate() {
+            let (s, lane) = (kk / 4, kk % 4);
+            for (p, cols) in row.chunks(NR).enumerate() {
+                let step = &mut steps[p * k4 + s].0;
+                for (c, &v) in cols.iter().enumerate() {
+                    step[c * 4 + lane] = v;
+                    col_sums[p * NR + c] += v as i32;
+                }
+            }
+        }
+        let zp = |c: usize| if c >= n { 0 } else { zero_points[if zero_points.len() == 1 { 0 } else { c }] as i32 };
+        let zero_points = zero_points.iter().any(|&z| z != 0).then(|| (0..panels * NR).map(zp).collect());
+        PackedWeights { k, n, k4, steps, col_sums, zero_points }
+    }
+
+    fn panels(&self) -> usize {
+        self.n.div_ceil(NR)
+    }
+
+    /// Bytes held, for the load report.
+    pub(crate) fn bytes(&self) -> usize {
+        self.steps.len() * std::mem::size_of::<Step>() + (self.col_sums.len() + self.n) * 4
+    }
+}
+
+/// A kernel: the instruction set one panel is computed with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kernel {
+    /// AVX-512 VNNI `vpdpbusd` on zmm (Ice Lake and later, Zen 4 and later).
+    #[cfg(target_arch = "x86_64")]
+    Avx512Vnni,
+    /// ARMv8.2 `sdot` (Cortex-A55/A76 and later: Pi 5, Jetson Orin).
+    #[cfg(target_arch = "aarch64")]
+    Dot,
+}
+
+impl Kernel {
+    /// The best kernel this CPU runs; `None` where lookout has none, and
+    /// tract's own int8 path is used instead.
+    pub(crate) fn detect() -> Option<Kernel> {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512vnni")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512f")
+        {
+            return Some(Kernel::Avx512Vnni);
+        }
+        #[cfg(target_arch = "aarch64")]
+        if std::arch::is_aarch64_feature_detected!("dotprod") {
+            return Some(Kernel::Dot);
+        }
+        None
+    }
+
+    /// As the load log and `lookout bench` print it.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni => "lookout_avx512vnni_u8i8_12x32",
+            #[cfg(target_arch = "aarch64")]
+            Kernel::Dot => "lookout_arm64dot_i8i8_4x16",
+        }
+    }
+
+    /// What the kernel adds to every activation byte: `sdot` multiplies
+    /// signed bytes, so it gets `q - 128` (`q ^ 0x80`) and the epilogue adds
+    /// `128 * col_sum` back.
+    fn activation_offset(self) -> i32 {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni => 0,
+            #[cfg(target_arch = "aarch64")]
+            Kernel::Dot => 128,
+        }
+    }
+
+    /// `quantize_into` for one row, returning the sum of its bytes.
+    fn quantize_row(self, x: &[f32], q: &mut [u8], scale: f32, zero_point: u8) -> i32 {
+        match self {
+            // SAFETY: detect() saw AVX-512 F and BW.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni => unsafe { x86::quantize_row_avx512(x, q, scale, zero_point) },
+            #[allow(unreachable_patterns)]
+            _ => {
+                quantize_into(x, q, scale, zero_point);
+                q.iter().map(|&v| v as i32).sum()
+            }
+        }
+    }
+
+    fn min_max(self, xs: &[f32]) -> (f32, f32) {
+        match self {
+            // SAFETY: detect() saw AVX-512 F.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni => unsafe { x86::min_max_avx512(xs) },
+            #[allow(unreachable_patterns)]
+            _ => min_max(xs),
+        }
+    }
+
+    /// # Safety
+    /// The CPU must have the kernel's instructions ([`Kernel::detect`]).
+    unsafe fn panel(self, a: &Activations, job: &Job, panel: usize) {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni => x86::panel_avx512vnni(a, job, panel),
+            #[cfg(target_arch = "aarch64")]
+            Kernel::Dot => aarch64::panel_dot(a, job, panel),
+        }
+    }
+}
+
+/// Activations quantized as ONNX's `DynamicQuantizeLinear` does, in rows
+/// padded for the kernel, with the per-row terms of the zero-point algebra.
+#[derive(Default)]
+pub(crate) struct Activations {
+    /// `rows * stride` bytes (`q ^ 0x80` for signed kernels); padding is 0.
+    data: Vec<u8>,
+    stride: usize,
+    rows: usize,
+    k: usize,
+    pub(crate) scale: f32,
+    pub(crate) zero_point: u8,
+    /// Per row: `sum_k q - k * zero_point`, the factor of the weights' zero
+    /// points (used only when those are not all zero).
+    row_terms: Vec<i32>,
+    offset: i32,
+}
+
+impl Activations {
+    /// Quantizes `x` (`rows` rows of `k`) into this buffer, reusing its
+    /// allocation, for `kernel`.
+    pub(crate) fn quantize(&mut self, x: &[f32], k: usize, kernel: Kernel, executor: &Executor) {
+        assert!(k > 0 && x.len().is_multiple_of(k), "input is not rows of {k}");
+        let rows = x.len() / k;
+        let stride = k.div_ceil(4) * 4;
+        let (min, max) = parallel_min_max(x, executor, |xs| kernel.min_max(xs));
+        let (scale, zero_point) = scale_and_zero_point(min, max);
+        self.data.clear();
+        self.data.resize(rows * stride, 0);
+        self.row_terms.clear();
+        self.row_terms.resize(rows, 0);
+        let flip = if kernel.activation_offset() == 128 { 0x80 } else { 0 };
+        let zp_term = k as i32 * zero_point as i32;
+        let quantize_rows = |x: &[f32], data: &mut [u8], terms: &mut [i32]| {
+            for ((x, q), term) in x.chunks_exact(k).zip(data.chunks_exact_mut(stride)).zip(terms) {
+                *term = kernel.quantize_row(x, &mut q[..k], scale, zero_point) - zp_term;
+                if flip != 0 {
+                    q[..k].iter_mut().for_each(|v| *v ^= flip);
+                }
+            }
+        };
+        match pool(executor, x.len()) {
+            None => quantize_rows(x, &mut self.data, &mut self.row_terms),
+            Some(pool) => {
+                let per = rows.div_ceil(pool.current_num_threads());
+                pool.scope(|s| {
+                    for ((x, data), terms) in
+                        x.chunks(per * k).zip(self.data.chunks_mut(per * stride)).zip(self.row_terms.chunks_mut(per))
+                    {
+                        s.spawn(move |_| quantize_rows(x, data, terms));
+                    }
+                });
+            }
+        }
+        self.stride = stride;
+        self.rows = rows;
+        self.k = k;
+        self.scale = scale;
+        self.zero_point = zero_point;
+        self.offset = kernel.activation_offset();
+    }
+}
+
+/// One product to compute from shared activations: a weight matrix, the
+/// per-column epilogue for this call, and where the `[rows, n]` result goes.
+pub(crate) struct Job<'a> {
+    w: &'a PackedWeights,
+    /// Per column: `(offset - a_zero_point) * col_sum`.
+    col_add: Vec<i32>,
+    /// Per column: `a_scale * w_scale`, as ONNX's `Mul` of the two scales.
+    scale: Vec<f32>,
+    bias: Option<&'a [f32]>,
+    out: OutPtr,
+}
+
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// Every panel writes its own columns of the output: no two threads touch
+// the same element.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl<'a> Job<'a> {
+    /// `w_scale` and `bias` hold one value per column (`w_scale` may hold
+    /// one for all); `out` receives `a.rows() * w.n` values.
+    pub(crate) fn new(
+        a: &Activations,
+        w: &'a PackedWeights,
+        w_scale: &[f32],
+        bias: Option<&'a [f32]>,
+        out: &'a mut [f32],
+    ) -> Job<'a> {
+        assert_eq!(a.k, w.k, "activations and weights disagree on k");
+        assert_eq!(out.len(), a.rows * w.n, "output is not [rows, n]");
+        assert!(w_scale.len() == 1 || w_scale.len() == w.n);
+        assert!(bias.is_none_or(|b| b.len() == w.n));
+        let width = w.panels() * NR;
+        let za = a.offset - a.zero_point as i32;
+        let col_add = w.col_sums.iter().map(|&s| za * s).collect();
+        let scale = (0..width)
+            .map(|c| if c < w.n { a.scale * w_scale[if w_scale.len() == 1 { 0 } else { c }] } else { 0.0 })
+            .collect();
+        Job { w, col_add, scale, bias, out: OutPtr(out.as_mut_ptr()) }
+    }
+}
+
+/// Runs every job's panels on the executor's threads. Panels are the unit
+/// of work: each reads all activation rows and one panel of weights, which
+/// stays in the core's cache while the rows stream past it.
+pub(crate) fn run(kernel: Kernel, a: &Activations, jobs: &[Job], executor: &Executor) {
+    let work: Vec<(usize, usize)> =
+        jobs.iter().enumerate().flat_map(|(j, job)| (0..job.w.panels()).map(move |p| (j, p))).collect();
+    let compute = |items: &[(usize, usize)]| {
+        for &(j, p) in items {
+            // SAFETY: `kernel` came from `Kernel::detect` on this CPU, and
+            // the job's buffers were sized by `Job::new`.
+            unsafe { kernel.panel(a, &jobs[j], p) }
+        }
+    };
+    let flops = a.rows * a.k * jobs.iter().map(|j| j.w.n).sum::<usize>();
+    match pool(executor, flops / 64) {
+        None => compute(&work),
+        Some(pool) => {
+            let per = work.len().div_ceil(pool.current_num_threads());
+            pool.scope(|s| {
+                for items in work.chunks(per) {
+                    s.spawn(move |_| compute(items));
+                }
+            });
+        }
+    }
+}
+
+/// Below this many units of work one thread is faster than waking the pool.
+const PARALLEL_MIN: usize = 1 << 16;
+
+fn pool(executor: &Executor, work: usize) -> Option<&rayon::ThreadPool> {
+    match executor {
+        Executor::MultiThread(pool) if work >= PARALLEL_MIN && pool.current_num_threads() > 1 => Some(pool),
+        _ => None,
+    }
+}
+
+/// The range extended to include 0, ignoring NaN, as ONNX (and tract) do.
+pub(crate) fn min_max(xs: &[f32]) -> (f32, f32) {
+    const LANES: usize = 16;
+    let mut mins = [0f32; LANES];
+    let mut maxs = [0f32; LANES];
+    let mut blocks = xs.chunks_exact(LANES);
+    for block in &mut blocks {
+        for i in 0..LANES {
+            // `if x < m` (not f32::min) so NaN keeps the old value and the
+            // loop maps to packed min/max instructions.
+            mins[i] = if block[i] < mins[i] { block[i] } else { mins[i] };
+            maxs[i] = if block[i] > maxs[i] { block[i] } else { maxs[i] };
+        }
+    }
+    let mut min = 0f32;
+    let mut max = 0f32;
+    for &x in mins.iter().chain(blocks.remainder()) {
+        min = if x < min { x } else { min };
+    }
+    for &x in maxs.iter().chain(blocks.remainder()) {
+        max = if x > max { x } else { max };
+    }
+    (min, max)
+}
+
+/// `min_max` over the executor's threads, with `min_max` the per-thread
+/// routine.
+pub(crate) fn parallel_min_max(
+    xs: &[f32],
+    executor: &Executor,
+    min_max: impl Fn(&[f32]) -> (f32, f32) + Sync,
+) -> (f32, f32) {
+    let Some(pool) = pool(executor, xs.len()) else { return min_max(xs) };
+    let min_max = &min_max;
+    let chunk = xs.len().div_ceil(pool.current_num_threads());
+    let mut ranges = vec![(0f32, 0f32); xs.len().div_ceil(chunk)];
+    pool.scope(|s| {
+        for (r, xs) in ranges.iter_mut().zip(xs.chunks(chunk)) {
+            s.spawn(move |_| *r = min_max(xs));
+        }
+    });
+    ranges.iter().fold((0f32, 0f32), |(a, b), &(c, d)| (if c < a { c } else { a }, if d > b { d } else { b }))
+}
+
+/// tract-onnx's `scale_and_zero_point`, so both agree exactly.
+pub(crate) fn scale_and_zero_point(min: f32, max: f32) -> (f32, u8) {
+    let scale = (max - min) / u8::MAX as f32;
+    let zero_point = (-min / scale).round_ties_even().clamp(0.0, 255.0);
+    (scale, zero_point as u8)
+}
+
+/// `saturate(round_half_even(x / scale) + zero_point)`, vectorisable.
+pub(crate) fn quantize_into(xs: &[f32], ys: &mut [u8], scale: f32, zero_point: u8) {
+    // Adding then subtracting 1.5 * 2^23 rounds any |y| < 2^22 half to even
+    // in the default rounding mode, without an SSE4.1 `roundps`; values are
+    // clamped first because everything beyond +-1024 saturates anyway.
+    const MAGIC: f32 = 12_582_912.0;
+    let zp = zero_point as f32;
+    for (x, y) in xs.iter().zip(ys.iter_mut()) {
+        let q = *x / scale;
+        // NaN becomes the zero point, as `NaN as i32 == 0` does in tract.
+        let q = if q.is_nan() { 0.0 } else { q.clamp(-1024.0, 1024.0) };
+        let q = (q + MAGIC) - MAGIC + zp;
+        *y = q.clamp(0.0, 255.0) as u8;
+    }
+}
+
+/// What ONNX defines for `Add(Mul(Cast(MatMulInteger(q, w, za, zb)),
+/// Mul(a_scale, w_scale)), bias)`, computed naively: the test oracle.
+#[cfg(test)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn reference(
+    q: &[u8],
+    za: u8,
+    a_scale: f32,
+    k: usize,
+    w: &[i8],
+    zb: &[i8],
+    w_scale: &[f32],
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
+    let n = w.len() / k;
+    let mut out = vec![];
+    for row in q.chunks_exact(k) {
+        for c in 0..n {
+            let zb = zb[if zb.len() == 1 { 0 } else { c }] as i32;
+            let acc: i32 = (0..k).map(|i| (row[i] as i32 - za as i32) * (w[i * n + c] as i32 - zb)).sum();
+            let s = a_scale * w_scale[if w_scale.len() == 1 { 0 } else { c }];
+            let v = acc as f32 * s;
+            out.push(bias.map_or(v, |b| v + b[c]));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic pseudo-random values (xorshift), no dependency.
+    pub(crate) struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn f32(&mut self) -> f32 {
+            (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        }
+        fn i8(&mut self) -> i8 {
+            (self.next() >> 56) as u8 as i8
+        }
+    }
+
+    fn check(kernel: Kernel, rows: usize, k: usize, n: usize, asymmetric: bool, with_bias: bool, threads: usize) {
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (rows * 31 + k * 7 + n) as u64);
+        let x: Vec<f32> = (0..rows * k).map(|_| rng.f32() * 3.0 + 0.4).collect();
+        let w: Vec<i8> = (0..k * n).map(|_| rng.i8()).collect();
+        let zb: Vec<i8> = if asymmetric { (0..n).map(|_| rng.i8() / 8).collect() } else { vec![0] };
+        let w_scale: Vec<f32> = (0..n).map(|_| (rng.f32().abs() + 0.01) * 0.02).collect();
+        let bias: Vec<f32> = (0..n).map(|_| rng.f32()).collect();
+        let bias = with_bias.then_some(bias.as_slice());
+        let executor = if threads > 1 { Executor::multithread(threads) } else { Executor::SingleThread };
+
+        let packed = PackedWeights::pack(k, n, &w, &zb);
+        let mut a = Activations::default();
+        a.quantize(&x, k, kernel, &executor);
+        let mut out = vec![f32::NAN; rows * n];
+        let job = Job::new(&a, &packed, &w_scale, bias, &mut out);
+        run(kernel, &a, &[job], &executor);
+
+        let mut q = vec![0u8; rows * k];
+        let (min, max) = min_max(&x);
+        let (scale, zp) = scale_and_zero_point(min, max);
+        quantize_into(&x, &mut q, scale, zp);
+        assert_eq!((a.scale.to_bits(), a.zero_point), (scale.to_bits(), zp));
+        let want = reference(&q, zp, scale, k, &w, &zb, &w_scale, bias);
+        let diff = out.iter().zip(&want).position(|(a, b)| a.to_bits() != b.to_bits());
+        assert_eq!(diff, None, "{kernel:?} rows {rows} k {k} n {n}: {:?}", diff.map(|i| (out[i], want[i])));
+    }
+
+    #[test]
+    fn every_kernel_equals_the_onnx_definition_bit_for_bit() {
+        // cross/test.sh names the kernel a CPU must get, so that a run on
+        // the wrong CPU model cannot pass by testing nothing.
+        if let Ok(want) = std::env::var("LOOKOUT_EXPECT_INT8_KERNEL") {
+            assert_eq!(Kernel::detect().map(Kernel::name), Some(want.as_str()));
+        }
+        let Some(kernel) = Kernel::detect() else {
+            eprintln!("no lookout int8 kernel on this CPU; tract's path is used and tested instead");
+            return;
+        };
+        // Shapes that exercise every remainder: rows not a multiple of the
+        // tile, k not a multiple of 4, n not a multiple of a panel, one row
+        // (the classifier head), and a transformer layer's shape.
+        for (rows, k, n) in [(1, 4, 1), (5, 7, 33), (13, 64, 32), (12, 100, 70), (25, 129, 65), (197, 256, 96)] {
+            for (asymmetric, bias) in [(false, true), (true, false), (true, true)] {
+                check(kernel, rows, k, n, asymmetric, bias, 1);
+            }
+        }
+        check(kernel, 197, 512, 300, false, true, 2);
+        check(kernel, 197, 512, 300, true, true, 3);
+    }
+
+    #[test]
+    fn the_kernels_quantizer_gives_the_portable_bytes_on_awkward_values() {
+        let Some(kernel) = Kernel::detect() else { return };
+        let mut rng = Rng(7);
+        let mut xs: Vec<f32> = (0..1000).map(|i| rng.f32() * [1.0, 10.0, 0.01, 300.0][i % 4]).collect();
+        xs[5] = f32::NAN;
+        xs[6] = f32::INFINITY;
+        xs[7] = f32::NEG_INFINITY;
+        xs[100] = -0.0;
+        // Exact ties on x / scale: with scale 1 every x.5 is one.
+        let ties: Vec<f32> = (0..300).map(|i| i as f32 - 127.5).collect();
+        for (xs, scale, zp) in
+            [(&xs[..], 0.05, 131), (&xs[..37], 2.0, 0), (&ties[..], 1.0, 128), (&ties[..3], 1.0, 255)]
+        {
+            let mut want = vec![0u8; xs.len()];
+            quantize_into(xs, &mut want, scale, zp);
+            let mut got = vec![0u8; xs.len()];
+            let sum = kernel.quantize_row(xs, &mut got, scale, zp);
+            assert_eq!(got, want, "{kernel:?} on {} values", xs.len());
+            assert_eq!(sum, want.iter().map(|&v| v as i32).sum::<i32>());
+        }
+        for xs in [&xs[..], &xs[8..], &xs[8..71], &ties[..], &[3.0][..], &[][..]] {
+            assert_eq!(kernel.min_max(xs), min_max(xs), "{} values", xs.len());
+        }
+    }
+
+    #[test]
+    fn packing_pads_with_zeros_and_sums_columns() {
+        let w: Vec<i8> = (0..5 * 3).map(|i| i as i8 - 7).collect();
+        let p = PackedWeights::pack(5, 3, &w, &[0]);
+        assert_eq!((p.k4, p.panels(), p.steps.len()), (2, 1, 2));
+        // Column 1 holds k = 0..4 in step 0 and k = 4 then padding in step 1.
+        assert_eq!(&p.steps[0].0[4..8], &[w[1], w[4], w[7], w[10]]);
+        assert_eq!(&p.steps[1].0[4..8], &[w[13], 0, 0, 0]);
+        assert!(p.steps[0].0[12..].iter().all(|&v| v == 0), "columns past n are zero");
+        assert_eq!(p.col_sums[..4], [-5, 0, 5, 0]);
+        assert!(p.zero_points.is_none());
+        assert_eq!(PackedWeights::pack(5, 3, &w, &[0, 2, 0]).zero_points.unwrap()[..4], [0, 2, 0, 0]);
+    }
+
+    #[test]
+    fn quantization_matches_onnx_examples() {
+        // From the ONNX operator documentation.
+        let (min, max) = min_max(&[0., 2., -3., -2.5, 1.34, 0.5]);
+        let (scale, zp) = scale_and_zero_point(min, max);
+        let mut ys = [0u8; 6];
+        quantize_into(&[0., 2., -3., -2.5, 1.34, 0.5], &mut ys, scale, zp);
+        assert_eq!(ys, [153, 255, 0, 26, 221, 179]);
+        assert_eq!(zp, 153);
+        let mut ys = [0u8; 3];
+        quantize_into(&[-127., 128., 0.5], &mut ys, 1.0, 127);
+        assert_eq!(ys, [0, 255, 127], "0.5 / 1.0 is a tie and rounds to even");
+    }
+}

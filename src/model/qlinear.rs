@@ -1,0 +1,500 @@
+//! ONNX's dynamically quantized linear layers, run as one lookout op each
+//! group.
+//!
+//! onnxruntime's `quantize_dynamic` turns every `y = x W + b` into
+//!
+//! ```text
+//! (q, s, z) = DynamicQuantizeLinear(x)
+//! y = Add(b, Mul(Cast<f32>(MatMulInteger(q, Wq, z, Wz)), Mul(s, Ws)))
+//! ```
+//!
+//! with one `DynamicQuantizeLinear` shared by the layers that read the same
+//! `x` (attention's query, key and value). [`rewrite`] finds each such
+//! group in the ONNX graph before tract sees it and replaces it by one
+//! `LookoutQLinear` node with one output per layer: `x` is quantized once,
+//! the weights are packed for [`qgemm`](super::qgemm) as they are read from
+//! the file, and the scales and bias are applied while the results are
+//! written. A group that differs from this shape in any way (another
+//! consumer of `q`, a bias that is not a per-column vector...) is left to
+//! tract.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use tract_linalg::multithread::current_tract_executor;
+use tract_onnx::model::ParsingContext;
+use tract_onnx::pb::{tensor_proto::DataType, GraphProto, NodeProto, TensorProto};
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_hir::internal::*;
+
+use super::onnx::LazyModel;
+use super::qgemm::{self, Activations, Job, Kernel, PackedWeights};
+
+/// The op type of the replacement node (registered with tract-onnx).
+pub(crate) const OP_TYPE: &str = "LookoutQLinear";
+
+/// One layer of a group, as indexes into the graph's initializers.
+#[derive(Debug)]
+struct Layer {
+    weight: usize,
+    zero_point: Option<usize>,
+    scale: usize,
+    bias: Option<usize>,
+    /// The tensor the layer's last node wrote, which the new node writes.
+    output: String,
+}
+
+#[derive(Debug)]
+struct Group {
+    /// Index of the `DynamicQuantizeLinear` node (the new node takes its place).
+    quantizer: usize,
+    input: String,
+    layers: Vec<Layer>,
+    /// Every node the new one replaces.
+    nodes: Vec<usize>,
+}
+
+/// Weights of one layer, packed, with its per-column epilogue.
+pub(crate) struct LayerWeights {
+    packed: PackedWeights,
+    scale: Vec<f32>,
+    bias: Option<Vec<f32>>,
+}
+
+/// Everything a `LookoutQLinear` node computes with.
+pub(crate) struct GroupWeights {
+    k: usize,
+    layers: Vec<LayerWeights>,
+    kernel: Kernel,
+}
+
+impl std::fmt::Debug for GroupWeights {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        let ns: Vec<usize> = self.layers.iter().map(|l| l.packed.n).collect();
+        write!(f, "k={} n={ns:?} {}", self.k, self.kernel.name())
+    }
+}
+
+/// What [`rewrite`] did, for the load report.
+#[derive(Debug, Clone, Default)]
+pub struct Rewritten {
+    pub groups: usize,
+    pub layers: usize,
+    pub packed_bytes: usize,
+}
+
+/// The node name -> weights table [`attach`] hands to the parsed model.
+pub(crate) type Table = HashMap<String, Arc<GroupWeights>>;
+
+/// Replaces every quantized linear group by a `LookoutQLinear` node, packs
+/// its weights for `kernel`, and returns the rest of the model for tract
+/// with the packed weights' initializers dropped, never read twice.
+pub(crate) fn rewrite(
+    mut lazy: LazyModel,
+    kernel: Kernel,
+) -> TractResult<(tract_onnx::pb::ModelProto, Table, Rewritten)> {
+    let groups = find(lazy.graph());
+    let mut table = Table::new();
+    let mut report = Rewritten::default();
+    let mut consumed = HashSet::new();
+    for (i, group) in groups.iter().enumerate() {
+        let weights = pack(&lazy, group, kernel)?;
+        report.groups += 1;
+        report.layers += weights.layers.len();
+        report.packed_bytes += weights.layers.iter().map(|l| l.packed.bytes()).sum::<usize>();
+        table.insert(node_name(i), Arc::new(weights));
+        for l in &group.layers {
+            consumed.extend([Some(l.weight), l.zero_point, Some(l.scale), l.bias].into_iter().flatten());
+        }
+    }
+
+    let graph = lazy.proto.graph.as_mut().expect("LazyModel has a graph");
+    let mut replaced: HashMap<usize, NodeProto> = HashMap::new();
+    let mut removed = HashSet::new();
+    for (i, group) in groups.iter().enumerate() {
+        removed.extend(group.nodes.iter().copied());
+        replaced.insert(
+            group.quantizer,
+            NodeProto {
+                name: node_name(i),
+                op_type: OP_TYPE.into(),
+                input: vec![group.input.clone()],
+                output: group.layers.iter().map(|l| l.output.clone()).collect(),
+                ..Default::default()
+            },
+        );
+    }
+    let nodes = std::mem::take(&mut graph.node);
+    graph.node = nodes
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, n)| replaced.remove(&i).or_else(|| (!removed.contains(&i)).then_some(n)))
+        .collect();
+    // An initializer another node still reads stays.
+    let still_read: HashSet<&str> = graph.node.iter().flat_map(|n| n.input.iter().map(String::as_str)).collect();
+    let drop: HashSet<usize> =
+        consumed.into_iter().filter(|&i| !still_read.contains(graph.initializer[i].name.as_str())).collect();
+    let dropped: HashSet<String> = drop.iter().map(|&i| graph.initializer[i].name.clone()).collect();
+    // Old exporters also list initializers as graph inputs.
+    graph.input.retain(|i| !dropped.contains(&i.name));
+    let proto = lazy.into_proto(&drop)?;
+    Ok((proto, table, report))
+}
+
+fn node_name(group: usize) -> String {
+    format!("lookout_qlinear_{group}")
+}
+
+/// Finds the groups; see the module documentation for the shape.
+fn find(graph: &GraphProto) -> Vec<Group> {
+    let inits: HashMap<&str, usize> = graph.initializer.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect();
+    let mut readers: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, n) in graph.node.iter().enumerate() {
+        for input in &n.input {
+            readers.entry(input.as_str()).or_default().push(i);
+        }
+    }
+    let outputs: HashSet<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
+    // The single node reading `name`, if it is the only reader and `name`
+    // is not a graph output.
+    let only_reader = |name: &str| -> Option<&NodeProto> {
+        match readers.get(name).map(Vec::as_slice) {
+            Some([i]) if !outputs.contains(name) => Some(&graph.node[*i]),
+            _ => None,
+        }
+    };
+    let index_of = |n: &NodeProto| graph.node.iter().position(|m| std::ptr::eq(m, n)).expect("node of this graph");
+    let init = |name: &str, dt: DataType| -> Option<(usize, &TensorProto)> {
+        let &i = inits.get(name)?;
+        let t = &graph.initializer[i];
+        (t.data_type == dt as i32).then_some((i, t))
+    };
+    // Scalar, or one value per column.
+    let per_column = |t: &TensorProto, n: i64| -> bool {
+        let len: i64 = t.dims.iter().product();
+        t.dims.len() <= 1 && (len == 1 || len == n)
+    };
+
+    let mut groups = vec![];
+    for (qi, quantizer) in graph.node.iter().enumerate() {
+        if quantizer.op_type != "DynamicQuantizeLinear"
+            || !quantizer.domain.is_empty()
+            || quantizer.input.len() != 1
+            || quantizer.output.len() != 3
+        {
+            continue;
+        }
+        let (q, s, z) = (&quantizer.output[0], &quantizer.output[1], &quantizer.output[2]);
+        if [q, s, z].iter().any(|o| outputs.contains(o.as_str())) {
+            continue;
+        }
+        let layer = |mmi: usize| -> Option<(Layer, Vec<usize>, i64)> {
+            let mmi_node = &graph.node[mmi];
+            if mmi_node.op_type != "MatMulInteger"
+                || !(3..=4).contains(&mmi_node.input.len())
+                || &mmi_node.input[0] != q
+                || &mmi_node.input[2] != z
+            {
+                return None;
+            }
+            let (weight, w) = init(&mmi_node.input[1], DataType::Int8)?;
+            let [k, n] = w.dims[..] else { return None };
+            let zero_point = match mmi_node.input.get(3) {
+                Some(name) => {
+                    let (i, t) = init(name, DataType::Int8)?;
+                    per_column(t, n).then_some(Some(i))?
+                }
+                None => None,
+            };
+            let cast = only_reader(&mmi_node.output[0])?;
+            let to = cast.attribute.iter().find(|a| a.name == "to").map(|a| a.i);
+            if cast.op_type != "Cast" || to != Some(DataType::Float as i64) {
+                return None;
+            }
+            let mul = only_reader(&cast.output[0])?;
+            if mul.op_type != "Mul" || mul.input.len() != 2 {
+                return None;
+            }
+            let scales_name = mul.input.iter().find(|i| *i != &cast.output[0])?;
+            let scales = graph.node.iter().find(|m| m.output.first() == Some(scales_name))?;
+            if scales.op_type != "Mul" || only_reader(scales_name).is_none() || !scales.input.contains(s) {
+                return None;
+            }
+            let w_scale_name = scales.input.iter().find(|i| *i != s)?;
+            let (scale, ws) = init(w_scale_name, DataType::Float)?;
+            if !per_column(ws, n) {
+                return None;
+            }
+            let mut nodes = vec![mmi, index_of(cast), index_of(mul), index_of(scales)];
+            let mut output = mul.output[0].clone();
+            let mut bias = None;
+            if let Some(add) = only_reader(&mul.output[0]).filter(|a| a.op_type == "Add" && a.input.len() == 2) {
+                let other = add.input.iter().find(|i| *i != &mul.output[0]);
+                if let Some((b, t)) = other.and_then(|o| init(o, DataType::Float)) {
+                    if t.dims[..] == [n] {
+                        bias = Some(b);
+                        output = add.output[0].clone();
+                        nodes.push(index_of(add));
+                    }
+                }
+            }
+            Some((Layer { weight, zero_point, scale, bias, output }, nodes, k))
+        };
+        let Some(mmis) = readers.get(q.as_str()) else { continue };
+        let Some(found) = mmis.iter().map(|&m| layer(m)).collect::<Option<Vec<_>>>() else { continue };
+        let ks: HashSet<i64> = found.iter().map(|(_, _, k)| *k).collect();
+        if ks.len() != 1 {
+            continue;
+        }
+        // `z` is read by the matmuls only, `s` by their scale products only.
+        let z_readers = readers.get(z.as_str()).map_or(0, Vec::len);
+        let s_readers = readers.get(s.as_str()).map_or(0, Vec::len);
+        if z_readers != found.len() || s_readers != found.len() {
+            continue;
+        }
+        let mut nodes = vec![qi];
+        let mut layers = vec![];
+        for (layer, n, _) in found {
+            nodes.extend(n);
+            layers.push(layer);
+        }
+        groups.push(Group { quantizer: qi, input: quantizer.input[0].clone(), layers, nodes });
+    }
+    groups
+}
+
+fn pack(lazy: &LazyModel, group: &Group, kernel: Kernel) -> TractResult<GroupWeights> {
+    let tensor = |i: usize| -> TractResult<Tensor> {
+        let proto = lazy.initializer(i)?;
+        tract_onnx::tensor::load_tensor(&tract_onnx::data_resolver::MmapDataResolver, &proto, None)
+            .with_context(|| format!("reading initializer {}", proto.name))
+    };
+    let mut k = 0;
+    let mut layers = vec![];
+    for l in &group.layers {
+        let w = tensor(l.weight)?;
+        let (wk, n) = (w.shape()[0], w.shape()[1]);
+        k = wk;
+        let zp = match l.zero_point {
+            Some(i) => tensor(i)?.try_as_plain_ram()?.as_slice::<i8>()?.to_vec(),
+            None => vec![0],
+        };
+        let packed = PackedWeights::pack(wk, n, w.try_as_plain_ram()?.as_slice::<i8>()?, &zp);
+        drop(w);
+        let scale = tensor(l.scale)?.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
+        let bias = match l.bias {
+            Some(i) => Some(tensor(i)?.try_as_plain_ram()?.as_slice::<f32>()?.to_vec()),
+            None => None,
+        };
+        layers.push(LayerWeights { packed, scale, bias });
+    }
+    Ok(GroupWeights { k, layers, kernel })
+}
+
+/// tract-onnx's builder for `LookoutQLinear` nodes: a placeholder that
+/// [`attach`] gives its weights right after parsing.
+pub(crate) fn parse_node(_ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    Ok((expand(QLinearNode { name: node.name.clone(), weights: None }), vec![]))
+}
+
+/// Gives every `LookoutQLinear` placeholder in `model` its weights.
+pub(crate) fn attach(model: &mut InferenceModel, mut table: Table) -> TractResult<()> {
+    for node in model.nodes_mut() {
+        if let Some(op) = node.op_as_mut::<Box<dyn Expansion>>() {
+            if let Some(q) = op.as_any_mut().downcast_mut::<QLinearNode>() {
+                q.weights = Some(table.remove(&q.name).with_context(|| format!("no weights for {}", q.name))?);
+            }
+        }
+    }
+    ensure!(table.is_empty(), "{} packed groups have no node", table.len());
+    Ok(())
+}
+
+#[derive(Debug, Clone)]
+struct QLinearNode {
+    name: String,
+    weights: Option<Arc<GroupWeights>>,
+}
+
+impl QLinearNode {
+    fn weights(&self) -> TractResult<&Arc<GroupWeights>> {
+        self.weights.as_ref().with_context(|| format!("{} was never given its weights", self.name))
+    }
+}
+
+impl Expansion for QLinearNode {
+    fn name(&self) -> StaticName {
+        OP_TYPE.into()
+    }
+
+    fn nboutputs(&self) -> TractResult<usize> {
+        Ok(self.weights()?.layers.len())
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(
+        &'s self,
+        s: &mut Solver<'r>,
+        inputs: &'p [TensorProxy],
+        outputs: &'p [TensorProxy],
+    ) -> InferenceResult {
+        let weights = self.weights()?;
+        check_input_arity(inputs, 1)?;
+        check_output_arity(outputs, weights.layers.len())?;
+        s.equals(&inputs[0].datum_type, f32::datum_type())?;
+        for (o, layer) in outputs.iter().zip(&weights.layers) {
+            let n = layer.packed.n;
+            s.equals(&o.datum_type, f32::datum_type())?;
+            s.equals(&o.rank, &inputs[0].rank)?;
+            s.given(&inputs[0].shape, move |s, shape| {
+                let mut shape = shape.clone();
+                if let Some(last) = shape.last_mut() {
+                    *last = n.to_dim();
+                }
+                s.equals(&o.shape, shape)
+            })?;
+        }
+        Ok(())
+    }
+
+    fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
+        model.wire_node(prefix, QLinear { weights: self.weights()?.clone() }, &inputs[..1])
+    }
+}
+
+/// The typed op: f32 `[.., k]` in, one f32 `[.., n]` per layer out.
+#[derive(Debug, Clone)]
+pub(crate) struct QLinear {
+    weights: Arc<GroupWeights>,
+}
+
+impl QLinear {
+    pub(crate) fn kernel_name(&self) -> &'static str {
+        self.weights.kernel.name()
+    }
+
+    pub(crate) fn layers(&self) -> usize {
+        self.weights.layers.len()
+    }
+}
+
+impl PartialEq for QLinear {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.weights, &other.weights)
+    }
+}
+impl Eq for QLinear {}
+
+impl Op for QLinear {
+    fn name(&self) -> StaticName {
+        OP_TYPE.into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!("{:?}", self.weights)])
+    }
+
+    op_as_typed_op!();
+}
+
+thread_local! {
+    /// The quantized activations, reused across calls and layers (up to
+    /// 197 x 4096 bytes for a ViT-L MLP) instead of allocated per call.
+    static ACTIVATIONS: std::cell::RefCell<Activations> = Default::default();
+}
+
+impl EvalOp for QLinear {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let w = &self.weights;
+        let input = &inputs[0];
+        let x = input.try_as_plain_ram()?.as_slice::<f32>()?;
+        let executor = current_tract_executor();
+        let mut outputs = w
+            .layers
+            .iter()
+            .map(|l| {
+                let mut shape: TVec<usize> = input.shape().into();
+                *shape.last_mut().context("scalar input")? = l.packed.n;
+                unsafe { Tensor::uninitialized::<f32>(&shape) }
+            })
+            .collect::<TractResult<Vec<Tensor>>>()?;
+        ACTIVATIONS.with_borrow_mut(|a| -> TractResult<()> {
+            a.quantize(x, w.k, w.kernel, &executor);
+            let mut slices = outputs.iter_mut().map(|t| t.try_as_plain_ram_mut()).collect::<TractResult<Vec<_>>>()?;
+            let jobs = w
+                .layers
+                .iter()
+                .zip(slices.iter_mut())
+                .map(|(l, out)| Ok(Job::new(a, &l.packed, &l.scale, l.bias.as_deref(), out.as_slice_mut::<f32>()?)))
+                .collect::<TractResult<Vec<_>>>()?;
+            qgemm::run(w.kernel, a, &jobs, &executor);
+            Ok(())
+        })?;
+        Ok(outputs.into_iter().map(|t| t.into_tvalue()).collect())
+    }
+}
+
+impl TypedOp for QLinear {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let shape = &inputs[0].shape;
+        ensure!(
+            shape.last() == Some(&self.weights.k.to_dim()),
+            "{OP_TYPE} expects [.., {}], got {shape:?}",
+            self.weights.k
+        );
+        Ok(self
+            .weights
+            .layers
+            .iter()
+            .map(|l| {
+                let mut dims: TVec<TDim> = shape.iter().cloned().collect();
+                *dims.last_mut().expect("checked") = l.packed.n.to_dim();
+                f32::fact(dims)
+            })
+            .collect())
+    }
+
+    fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
+        let rows: TDim = inputs[0].shape.iter().rev().skip(1).product();
+        let macs: usize = self.weights.layers.iter().map(|l| l.packed.n * self.weights.k).sum();
+        Ok(tvec!((Cost::FMA(i32::datum_type()), rows * macs)))
+    }
+
+    as_op!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn finds_every_quantized_linear_of_the_digits_model() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/digits/digits-int8.onnx");
+        let lazy = LazyModel::open(&path).unwrap();
+        let groups = find(lazy.graph());
+        // 4 blocks x (query/key/value, attention output, MLP in, MLP out)
+        // plus the head: 17 quantizers for 25 matmuls, all fused.
+        assert_eq!(groups.len(), 17);
+        assert_eq!(groups.iter().map(|g| g.layers.len()).sum::<usize>(), 25);
+        assert_eq!(groups.iter().filter(|g| g.layers.len() == 3).count(), 4, "q, k, v share a quantizer");
+        // BEiT's key projection has no bias; every other layer has one.
+        assert_eq!(groups.iter().flat_map(|g| &g.layers).filter(|l| l.bias.is_none()).count(), 4);
+    }
+
+    #[test]
+    fn a_quantizer_with_another_reader_is_left_to_tract() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/digits/digits-int8.onnx");
+        let mut graph = LazyModel::open(&path).unwrap().graph().clone();
+        let q = graph.node.iter().find(|n| n.op_type == "DynamicQuantizeLinear").unwrap().output[0].clone();
+        graph.node.push(NodeProto {
+            op_type: "Identity".into(),
+            input: vec![q],
+            output: vec!["x".into()],
+            ..Default::default()
+        });
+        assert_eq!(find(&graph).len(), 16);
+    }
+}
