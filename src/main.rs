@@ -90,6 +90,9 @@ enum Command {
         /// instead of lookout's.
         #[arg(long)]
         tract_int8: bool,
+        /// Run self-attention with tract's ops instead of lookout's.
+        #[arg(long)]
+        tract_attention: bool,
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
@@ -155,8 +158,24 @@ fn main() -> ExitCode {
         Command::Classify { config, model, logits, images } => classify(&config, model.as_deref(), logits, &images),
         Command::CheckConfig { config } => check_config(&config),
         Command::Cameras => cameras(),
-        Command::Bench { config, model, threads, warmup, runs, no_passes, tract_int8, json, logits, profile } => {
-            let load = LoadOptions { passes: !no_passes, lookout_int8: !no_passes && !tract_int8 };
+        Command::Bench {
+            config,
+            model,
+            threads,
+            warmup,
+            runs,
+            no_passes,
+            tract_int8,
+            tract_attention,
+            json,
+            logits,
+            profile,
+        } => {
+            let load = LoadOptions {
+                passes: !no_passes,
+                lookout_int8: !no_passes && !tract_int8,
+                lookout_attention: !no_passes && !tract_attention,
+            };
             let opts = BenchOptions { threads, warmup, runs, load, json, logits, profile };
             bench(config.as_deref(), model.as_deref(), &opts)
         }
@@ -462,6 +481,8 @@ struct BenchReport {
     /// their packed weights take.
     lookout_int8_layers: usize,
     packed_weights_mb: f64,
+    /// Self-attention blocks run by lookout's fused op.
+    lookout_attention_blocks: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     logits: Option<Vec<f32>>,
 }
@@ -547,6 +568,7 @@ fn bench(config: Option<&Path>, model: Option<&Path>, opts: &BenchOptions) -> Re
         replaced_quantizers: load.pass_report.quantizers,
         lookout_int8_layers: load.pass_report.fused.layers,
         packed_weights_mb: load.pass_report.fused.packed_bytes as f64 / 1e6,
+        lookout_attention_blocks: load.pass_report.attention,
         logits: opts.logits.then_some(first_logits),
     };
     if opts.json {
@@ -555,10 +577,12 @@ fn bench(config: Option<&Path>, model: Option<&Path>, opts: &BenchOptions) -> Re
         let r = &report;
         println!("model         {}", r.model);
         println!(
-            "passes        {} ({} int8 layers on lookout's kernel, {:.0} MB packed; {} constants folded, {} quantizers replaced)",
+            "passes        {} ({} int8 layers on lookout's kernel, {:.0} MB packed; {} attention blocks fused; \
+             {} constants folded, {} quantizers replaced)",
             if r.passes { "on" } else { "off" },
             r.lookout_int8_layers,
             r.packed_weights_mb,
+            r.lookout_attention_blocks,
             r.folded_constants,
             r.replaced_quantizers
         );

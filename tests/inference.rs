@@ -1,6 +1,7 @@
-//! Inference quality and lookout's graph passes: the int8 digits model
-//! against onnxruntime's logits on the same file, the passes against plain
-//! tract, and `lookout bench` through the built binary.
+//! Inference quality and lookout's own ops and graph passes: the int8
+//! digits model against the ONNX reference evaluator and onnxruntime's
+//! logits on the same file, each lookout op and pass against plain tract,
+//! and `lookout bench` through the built binary.
 
 mod common;
 
@@ -71,6 +72,11 @@ fn int8_equals_the_onnx_specification_and_mostly_onnxruntime() {
     assert!(refs.len() >= 300, "the reference set is the held-out split");
     assert_eq!(spec.len(), refs.len());
     let (mut c, mut pre) = load("digits-int8.onnx", &LoadOptions::default());
+    // Every lookout op this CPU has ran: 4 attention blocks, 25 int8 layers.
+    let report = &c.load_report().pass_report;
+    assert_eq!(report.attention, if lookout::model::lookout_attention() { 4 } else { 0 }, "{report:?}");
+    let int8 = if lookout::model::lookout_int8_kernel().is_some() { 25 } else { 0 };
+    assert_eq!(report.fused.layers, int8, "{report:?}");
     let (mut worst_spec, mut worst_ort, mut agree_ort) = (0f32, 0f32, 0);
     for (r, spec) in refs.iter().zip(&spec) {
         let got = common::logits_of(&mut c, &mut pre, &r.file);
@@ -102,8 +108,10 @@ const TOLERANCE_VS_SPEC: f32 = 0.1;
 
 /// tract's int8 path with lookout's graph passes, as CPUs without a
 /// lookout int8 kernel run it.
-const TRACT_INT8_WITH_PASSES: LoadOptions = LoadOptions { passes: true, lookout_int8: false };
-const PLAIN_TRACT: LoadOptions = LoadOptions { passes: false, lookout_int8: false };
+const TRACT_INT8_WITH_PASSES: LoadOptions = LoadOptions { passes: true, lookout_int8: false, lookout_attention: false };
+const PLAIN_TRACT: LoadOptions = LoadOptions { passes: false, lookout_int8: false, lookout_attention: false };
+/// lookout's int8 layers, and tract for everything else.
+const LOOKOUT_INT8_ONLY: LoadOptions = LoadOptions { passes: true, lookout_int8: true, lookout_attention: false };
 
 #[test]
 fn passes_keep_the_outputs_of_plain_tract() {
@@ -137,7 +145,7 @@ fn lookout_int8_layers_agree_with_tracts_int8_path() {
         return;
     };
     let refs = references();
-    let (mut fast, mut pre) = load("digits-int8.onnx", &LoadOptions::default());
+    let (mut fast, mut pre) = load("digits-int8.onnx", &LOOKOUT_INT8_ONLY);
     let (mut plain, mut pre_plain) = load("digits-int8.onnx", &PLAIN_TRACT);
     let report = fast.load_report();
     // 17 quantizers feeding 25 matmuls (tests in src/model/qlinear.rs).

@@ -3,6 +3,7 @@
 //! implementation. tract's API changes between releases, so every tract
 //! type stays in `tract.rs`.
 
+mod attention;
 pub mod manifest;
 mod onnx;
 mod passes;
@@ -14,8 +15,8 @@ use std::path::{Path, PathBuf};
 
 pub use self::passes::PassReport;
 pub use self::tract::{
-    kernel_summary, lookout_int8_kernel, LoadOptions, LoadReport, OpTime, TractClassifier, POOL_THREAD_PREFIX,
-    TRACT_VERSION,
+    kernel_summary, lookout_attention, lookout_int8_kernel, LoadOptions, LoadReport, OpTime, TractClassifier,
+    POOL_THREAD_PREFIX, TRACT_VERSION,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -12,12 +12,13 @@
 //! Only the protobuf wire format is parsed here (keys, varints, lengths);
 //! every message is still decoded by tract-onnx's own prost types.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 
 use prost::Message;
-use tract_onnx::pb::{GraphProto, ModelProto, TensorProto};
+use tract_onnx::pb::{GraphProto, ModelProto, NodeProto, TensorProto};
 
 /// Tensor data above this size is left in the file until it is needed.
 const DEFER_BYTES: u64 = 64 * 1024;
@@ -80,9 +81,35 @@ impl LazyModel {
         Ok(t)
     }
 
-    /// Drops the initializers whose indexes are in `drop` and reads the
-    /// data of the others: the proto is then complete for tract.
-    pub(crate) fn into_proto(mut self, drop: &std::collections::HashSet<usize>) -> io::Result<ModelProto> {
+    /// Puts each `(at, node, removed)`'s `node` in the place of node `at`
+    /// and removes the nodes in `removed` (indexes into the graph as it is).
+    pub(crate) fn replace_nodes(&mut self, replacements: Vec<(usize, NodeProto, Vec<usize>)>) {
+        let mut put = std::collections::HashMap::new();
+        let mut removed = std::collections::HashSet::new();
+        for (at, node, gone) in replacements {
+            removed.extend(gone);
+            put.insert(at, node);
+        }
+        let graph = self.proto.graph.as_mut().expect("open() sets the graph");
+        let nodes = std::mem::take(&mut graph.node);
+        graph.node = nodes
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, n)| put.remove(&i).or_else(|| (!removed.contains(&i)).then_some(n)))
+            .collect();
+    }
+
+    /// The model for tract: every initializer's data read, except those in
+    /// `taken` (copied by lookout's own ops) that no node reads any more,
+    /// which are dropped without being read.
+    pub(crate) fn into_proto(mut self, taken: &HashSet<usize>) -> io::Result<ModelProto> {
+        let graph = self.proto.graph.as_mut().expect("open() sets the graph");
+        let read: HashSet<&str> = graph.node.iter().flat_map(|n| n.input.iter().map(String::as_str)).collect();
+        let drop: HashSet<usize> =
+            taken.iter().copied().filter(|&i| !read.contains(graph.initializer[i].name.as_str())).collect();
+        let names: HashSet<String> = drop.iter().map(|&i| graph.initializer[i].name.clone()).collect();
+        // Old exporters also list initializers as graph inputs.
+        graph.input.retain(|i| !names.contains(&i.name));
         for (index, span) in std::mem::take(&mut self.deferred) {
             if !drop.contains(&index) {
                 let data = self.read(span)?;
@@ -277,12 +304,16 @@ mod tests {
     }
 
     #[test]
-    fn dropped_initializers_are_never_read() {
-        let lazy = LazyModel::open(&digits()).unwrap();
+    fn taken_initializers_are_dropped_unread_unless_a_node_still_reads_them() {
+        let mut lazy = LazyModel::open(&digits()).unwrap();
         let (index, _) = lazy.deferred[0];
         let n = lazy.graph().initializer.len();
         let name = lazy.graph().initializer[index].name.clone();
-        let proto = lazy.into_proto(&[index].into()).unwrap();
+        let reader = lazy.graph().node.iter().position(|n| n.input.contains(&name)).unwrap();
+        let kept = lazy.graph().initializer.iter().position(|t| t.raw_data.len() == 4).unwrap();
+        // The reader of `index` goes; `kept` is still read by its node.
+        lazy.replace_nodes(vec![(reader, NodeProto::default(), vec![])]);
+        let proto = lazy.into_proto(&[index, kept].into()).unwrap();
         let inits = &proto.graph.unwrap().initializer;
         assert_eq!(inits.len(), n - 1);
         assert!(inits.iter().all(|t| t.name != name));

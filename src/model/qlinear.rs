@@ -87,19 +87,17 @@ pub struct Rewritten {
 /// The node name -> weights table [`attach`] hands to the parsed model.
 pub(crate) type Table = HashMap<String, Arc<GroupWeights>>;
 
-/// Replaces every quantized linear group by a `LookoutQLinear` node, packs
-/// its weights for `kernel`, and returns the rest of the model for tract
-/// with the packed weights' initializers dropped, never read twice.
-pub(crate) fn rewrite(
-    mut lazy: LazyModel,
-    kernel: Kernel,
-) -> TractResult<(tract_onnx::pb::ModelProto, Table, Rewritten)> {
+/// Replaces every quantized linear group by a `LookoutQLinear` node and
+/// packs its weights for `kernel`. Returns the weights by node name, what
+/// was done, and the initializers the new nodes hold their own copies of
+/// (for [`LazyModel::into_proto`], which then never reads them).
+pub(crate) fn rewrite(lazy: &mut LazyModel, kernel: Kernel) -> TractResult<(Table, Rewritten, HashSet<usize>)> {
     let groups = find(lazy.graph());
     let mut table = Table::new();
     let mut report = Rewritten::default();
     let mut consumed = HashSet::new();
     for (i, group) in groups.iter().enumerate() {
-        let weights = pack(&lazy, group, kernel)?;
+        let weights = pack(lazy, group, kernel)?;
         report.groups += 1;
         report.layers += weights.layers.len();
         report.packed_bytes += weights.layers.iter().map(|l| l.packed.bytes()).sum::<usize>();
@@ -108,38 +106,18 @@ pub(crate) fn rewrite(
             consumed.extend([Some(l.weight), l.zero_point, Some(l.scale), l.bias].into_iter().flatten());
         }
     }
-
-    let graph = lazy.proto.graph.as_mut().expect("LazyModel has a graph");
-    let mut replaced: HashMap<usize, NodeProto> = HashMap::new();
-    let mut removed = HashSet::new();
-    for (i, group) in groups.iter().enumerate() {
-        removed.extend(group.nodes.iter().copied());
-        replaced.insert(
-            group.quantizer,
-            NodeProto {
-                name: node_name(i),
-                op_type: OP_TYPE.into(),
-                input: vec![group.input.clone()],
-                output: group.layers.iter().map(|l| l.output.clone()).collect(),
-                ..Default::default()
-            },
-        );
-    }
-    let nodes = std::mem::take(&mut graph.node);
-    graph.node = nodes
-        .into_iter()
-        .enumerate()
-        .filter_map(|(i, n)| replaced.remove(&i).or_else(|| (!removed.contains(&i)).then_some(n)))
-        .collect();
-    // An initializer another node still reads stays.
-    let still_read: HashSet<&str> = graph.node.iter().flat_map(|n| n.input.iter().map(String::as_str)).collect();
-    let drop: HashSet<usize> =
-        consumed.into_iter().filter(|&i| !still_read.contains(graph.initializer[i].name.as_str())).collect();
-    let dropped: HashSet<String> = drop.iter().map(|&i| graph.initializer[i].name.clone()).collect();
-    // Old exporters also list initializers as graph inputs.
-    graph.input.retain(|i| !dropped.contains(&i.name));
-    let proto = lazy.into_proto(&drop)?;
-    Ok((proto, table, report))
+    let replacements = groups.iter().enumerate().map(|(i, group)| {
+        let node = NodeProto {
+            name: node_name(i),
+            op_type: OP_TYPE.into(),
+            input: vec![group.input.clone()],
+            output: group.layers.iter().map(|l| l.output.clone()).collect(),
+            ..Default::default()
+        };
+        (group.quantizer, node, group.nodes.clone())
+    });
+    lazy.replace_nodes(replacements.collect());
+    Ok((table, report, consumed))
 }
 
 fn node_name(group: usize) -> String {

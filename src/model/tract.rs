@@ -9,6 +9,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::DimLike;
 use tract_onnx::tract_hir::infer::GenericFactoid;
 
+use super::attention;
 use super::onnx::LazyModel;
 use super::passes::{self, PassReport};
 use super::qgemm::Kernel;
@@ -36,17 +37,25 @@ pub struct LoadOptions {
     /// (src/model/qlinear.rs) where this CPU has one. Off to compare with
     /// tract's int8 path.
     pub lookout_int8: bool,
+    /// Run ViT self-attention blocks as lookout's fused op
+    /// (src/model/attention) where this CPU has its kernels.
+    pub lookout_attention: bool,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { passes: true, lookout_int8: true }
+        LoadOptions { passes: true, lookout_int8: true, lookout_attention: true }
     }
 }
 
 /// The name of lookout's int8 kernel for this CPU, if it has one.
 pub fn lookout_int8_kernel() -> Option<&'static str> {
     Kernel::detect().map(Kernel::name)
+}
+
+/// Whether this CPU runs lookout's fused self-attention.
+pub fn lookout_attention() -> bool {
+    attention::supported()
 }
 
 /// Where load time went, for the log and `lookout bench`.
@@ -106,19 +115,25 @@ impl TractClassifier {
         };
         let labels = load_labels(&cfg.labels)?;
 
-        let lazy = LazyModel::open(path).map_err(|e| load_err(format!("{e} (is it an ONNX file?)")))?;
+        let mut lazy = LazyModel::open(path).map_err(|e| load_err(format!("{e} (is it an ONNX file?)")))?;
         // lookout's int8 layers where it has a kernel for this CPU; tract's
         // own int8 path elsewhere (and when the passes are off).
         let kernel = if options.lookout_int8 { Kernel::detect() } else { None };
-        let (proto, weights, rewritten) = match kernel {
-            Some(kernel) => qlinear::rewrite(lazy, kernel).map_err(|e| load_err(root_cause(&e)))?,
-            None => {
-                let proto = lazy.into_proto(&Default::default()).map_err(|e| load_err(e.to_string()))?;
-                (proto, Default::default(), Default::default())
-            }
+        let (weights, rewritten, mut taken) = match kernel {
+            Some(kernel) => qlinear::rewrite(&mut lazy, kernel).map_err(|e| load_err(root_cause(&e)))?,
+            None => Default::default(),
         };
+        let (blocks, more) = if options.lookout_attention && attention::supported() {
+            attention::rewrite(&mut lazy).map_err(|e| load_err(root_cause(&e)))?
+        } else {
+            Default::default()
+        };
+        taken.extend(more);
+        report.pass_report.attention = blocks.len();
+        let proto = lazy.into_proto(&taken).map_err(|e| load_err(e.to_string()))?;
         let mut onnx = tract_onnx::onnx();
         onnx.op_register.insert(qlinear::OP_TYPE, qlinear::parse_node);
+        onnx.op_register.insert(attention::OP_TYPE, attention::parse_node);
         let parsed = onnx
             .parse(&proto, path.parent().and_then(Path::to_str))
             .map_err(|e| load_err(format!("{} (is it an ONNX file?)", root_cause(&e))))?;
@@ -128,6 +143,7 @@ impl TractClassifier {
         }
         let mut model = parsed.model;
         qlinear::attach(&mut model, weights).map_err(|e| load_err(root_cause(&e)))?;
+        attention::attach(&mut model, blocks).map_err(|e| load_err(root_cause(&e)))?;
         report.pass_report.fused = rewritten;
         report.parse = t.elapsed();
         let t = Instant::now();
@@ -142,10 +158,9 @@ impl TractClassifier {
         report.optimize = t.elapsed();
         if options.passes {
             let t = Instant::now();
-            let fused = std::mem::take(&mut report.pass_report.fused);
-            report.pass_report =
-                passes::run(&mut model).map_err(|e| load_err(format!("lookout pass: {}", root_cause(&e))))?;
-            report.pass_report.fused = fused;
+            let run = passes::run(&mut model).map_err(|e| load_err(format!("lookout pass: {}", root_cause(&e))))?;
+            report.pass_report.folded = run.folded;
+            report.pass_report.quantizers = run.quantizers;
             report.passes = t.elapsed();
         }
 

@@ -1,0 +1,575 @@
+//! A ViT's self-attention block as one lookout op.
+//!
+//! torch exports `softmax(q k^T / sqrt(d) + bias) v` as eleven ONNX nodes:
+//!
+//! ```text
+//! Qs = Mul(Transpose<0,2,1,3>(Reshape(q, [1, T, H, D])), c)
+//! Kt = Mul(Transpose<0,2,3,1>(Reshape(k, [1, T, H, D])), c)
+//! Vt = Transpose<0,2,1,3>(Reshape(v, [1, T, H, D]))
+//! y  = Reshape(Transpose<0,2,1,3>(MatMul(Softmax(Add(MatMul(Qs, Kt), B)), Vt)), [1, T, H * D])
+//! ```
+//!
+//! with `B` BEiT's relative position bias (`[1, H, T, T]`, a constant once
+//! the exporter has folded it) or absent. tract runs that as two batched
+//! f32 matmuls that pack both operands on every call and parallelise badly
+//! at 197 x 64 per head: 40 ms of the large model's 150. [`rewrite`]
+//! replaces each such block by one `LookoutAttention` node that works head
+//! by head, heads spread over the pool's threads, each head's scores kept
+//! in the core's cache from the product through the softmax to the output.
+//!
+//! The scaling multiplies element by element before the product, as the
+//! graph does; sums run in another order than other runtimes', so results
+//! agree to f32 rounding, not bit for bit (tests/inference.rs holds the
+//! whole model to the ONNX reference evaluator).
+
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use tract_linalg::multithread::{current_tract_executor, Executor};
+use tract_onnx::model::ParsingContext;
+use tract_onnx::pb::{tensor_proto::DataType, GraphProto, NodeProto};
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_hir::internal::*;
+
+use super::onnx::LazyModel;
+
+/// The op type of the replacement node (registered with tract-onnx).
+pub(crate) const OP_TYPE: &str = "LookoutAttention";
+
+/// What one block computes with.
+#[derive(Debug)]
+pub(crate) struct Block {
+    head_dim: usize,
+    q_scale: f32,
+    k_scale: f32,
+    /// `[H, T, T]`, when the block adds one.
+    bias: Option<Bias>,
+}
+
+#[derive(Debug)]
+struct Bias {
+    heads: usize,
+    tokens: usize,
+    values: Vec<f32>,
+}
+
+/// The node name -> block table [`attach`] hands to the parsed model.
+pub(crate) type Table = HashMap<String, Arc<Block>>;
+
+/// Whether this CPU runs the fused block (AVX-512 for now; elsewhere tract
+/// runs the eleven nodes).
+pub(crate) fn supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        return true;
+    }
+    false
+}
+
+/// A matched block: node indexes and the tensors it reads.
+struct Found {
+    q: String,
+    k: String,
+    v: String,
+    output: String,
+    head_dim: usize,
+    q_scale: f32,
+    k_scale: f32,
+    bias: Option<usize>,
+    /// The node the new one takes the place of (the first of the block in
+    /// graph order, so every reader of `output` still comes after it).
+    at: usize,
+    nodes: Vec<usize>,
+}
+
+/// Replaces every attention block by a `LookoutAttention` node; returns
+/// the blocks by node name and the initializers they copied.
+pub(crate) fn rewrite(lazy: &mut LazyModel) -> TractResult<(Table, HashSet<usize>)> {
+    let found = find(lazy.graph(), lazy)?;
+    let mut table = Table::new();
+    let mut taken = HashSet::new();
+    let mut replacements = vec![];
+    for (i, f) in found.into_iter().enumerate() {
+        let bias = match f.bias {
+            Some(index) => {
+                taken.insert(index);
+                let proto = lazy.initializer(index)?;
+                let t = tract_onnx::tensor::load_tensor(&tract_onnx::data_resolver::MmapDataResolver, &proto, None)?;
+                let shape = t.shape();
+                let (heads, tokens) = (shape[shape.len() - 3], shape[shape.len() - 1]);
+                Some(Bias { heads, tokens, values: t.try_as_plain_ram()?.as_slice::<f32>()?.to_vec() })
+            }
+            None => None,
+        };
+        let name = format!("lookout_attention_{i}");
+        let block = Block { head_dim: f.head_dim, q_scale: f.q_scale, k_scale: f.k_scale, bias };
+        table.insert(name.clone(), Arc::new(block));
+        let node = NodeProto {
+            name,
+            op_type: OP_TYPE.into(),
+            input: vec![f.q, f.k, f.v],
+            output: vec![f.output],
+            ..Default::default()
+        };
+        replacements.push((f.at, node, f.nodes));
+    }
+    lazy.replace_nodes(replacements);
+    Ok((table, taken))
+}
+
+fn find(graph: &GraphProto, lazy: &LazyModel) -> TractResult<Vec<Found>> {
+    let inits: HashMap<&str, usize> = graph.initializer.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect();
+    let mut readers: HashMap<&str, Vec<usize>> = HashMap::new();
+    let mut producer: HashMap<&str, usize> = HashMap::new();
+    for (i, n) in graph.node.iter().enumerate() {
+        for input in &n.input {
+            readers.entry(input.as_str()).or_default().push(i);
+        }
+        for output in &n.output {
+            producer.insert(output.as_str(), i);
+        }
+    }
+    let outputs: HashSet<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
+    // The node writing `name` if `name` has no other reader and is no
+    // graph output.
+    let private_producer = |name: &str| -> Option<usize> {
+        let single = matches!(readers.get(name).map(Vec::as_slice), Some([_]));
+        (single && !outputs.contains(name)).then(|| producer.get(name).copied()).flatten()
+    };
+    let only_reader = |name: &str| -> Option<usize> {
+        match readers.get(name).map(Vec::as_slice) {
+            Some([i]) if !outputs.contains(name) => Some(*i),
+            _ => None,
+        }
+    };
+    let op = |i: usize, op_type: &str| graph.node[i].op_type == op_type && graph.node[i].domain.is_empty();
+    let ints = |n: &NodeProto, name: &str| -> Option<Vec<i64>> {
+        n.attribute.iter().find(|a| a.name == name).map(|a| a.ints.clone())
+    };
+    let int64s = |name: &str| -> Option<Vec<i64>> {
+        let &i = inits.get(name)?;
+        let proto = lazy.initializer(i).ok()?;
+        let t = tract_onnx::tensor::load_tensor(&tract_onnx::data_resolver::MmapDataResolver, &proto, None).ok()?;
+        Some(t.cast_to::<i64>().ok()?.try_as_plain_ram().ok()?.as_slice::<i64>().ok()?.to_vec())
+    };
+    let scalar = |name: &str| -> Option<f32> {
+        let &i = inits.get(name)?;
+        let t = &graph.initializer[i];
+        if t.data_type != DataType::Float as i32 || t.dims.iter().product::<i64>() != 1 {
+            return None;
+        }
+        let proto = lazy.initializer(i).ok()?;
+        let t = tract_onnx::tensor::load_tensor(&tract_onnx::data_resolver::MmapDataResolver, &proto, None).ok()?;
+        t.cast_to_scalar::<f32>().ok()
+    };
+    // `Transpose<perm>(Reshape(x, [1|0, T|0|-1, H|-1, D]))`, possibly then
+    // `Mul` by a scalar: (x, D, scale, nodes).
+    let head_split = |name: &str, perm: &[i64]| -> Option<(String, usize, f32, Vec<usize>)> {
+        let mut nodes = vec![];
+        let mut at = private_producer(name)?;
+        let mut scale = 1.0;
+        if op(at, "Mul") {
+            let n = &graph.node[at];
+            let (x, c) = match (scalar(&n.input[0]), scalar(&n.input[1])) {
+                (None, Some(c)) => (&n.input[0], c),
+                (Some(c), None) => (&n.input[1], c),
+                _ => return None,
+            };
+            scale = c;
+            nodes.push(at);
+            at = private_producer(x)?;
+        }
+        if !op(at, "Transpose") || ints(&graph.node[at], "perm")? != perm {
+            return None;
+        }
+        nodes.push(at);
+        let reshape = private_producer(&graph.node[at].input[0])?;
+        let n = &graph.node[reshape];
+        if !op(reshape, "Reshape") || n.input.len() != 2 {
+            return None;
+        }
+        let shape = int64s(&n.input[1])?;
+        let [b, t, h, d] = shape[..] else { return None };
+        let ok =
+            matches!(b, 0 | 1) && (t == -1 || t >= 0) && (h == -1 || h > 0) && d > 0 && (d as usize).is_multiple_of(16);
+        if !ok || d > 128 {
+            return None;
+        }
+        nodes.push(reshape);
+        Some((n.input[0].clone(), d as usize, scale, nodes))
+    };
+
+    let mut found = vec![];
+    for (si, softmax) in graph.node.iter().enumerate() {
+        if !op(si, "Softmax") {
+            continue;
+        }
+        let axis = softmax.attribute.iter().find(|a| a.name == "axis").map_or(-1, |a| a.i);
+        if axis != -1 && axis != 3 {
+            continue;
+        }
+        let Some(found_block) = (|| -> Option<Found> {
+            let mut nodes = vec![si];
+            // Scores, with or without the bias.
+            let mut scores = private_producer(&softmax.input[0])?;
+            let mut bias = None;
+            if op(scores, "Add") {
+                let add = &graph.node[scores];
+                let (s, b) = match (inits.get(add.input[0].as_str()), inits.get(add.input[1].as_str())) {
+                    (None, Some(&b)) => (&add.input[0], b),
+                    (Some(&b), None) => (&add.input[1], b),
+                    _ => return None,
+                };
+                let t = &graph.initializer[b];
+                let ok_dims = matches!(t.dims[..], [1, h, n, m] | [h, n, m] if h > 0 && n == m);
+                if t.data_type != DataType::Float as i32 || !ok_dims {
+                    return None;
+                }
+                bias = Some(b);
+                nodes.push(scores);
+                scores = private_producer(s)?;
+            }
+            if !op(scores, "MatMul") {
+                return None;
+            }
+            nodes.push(scores);
+            let mm = &graph.node[scores];
+            let (q, d, q_scale, qn) = head_split(&mm.input[0], &[0, 2, 1, 3])?;
+            let (k, dk, k_scale, kn) = head_split(&mm.input[1], &[0, 2, 3, 1])?;
+            // The weighted sum of values, back to [1, T, H * D].
+            let pv = only_reader(&softmax.output[0]).filter(|&i| op(i, "MatMul"))?;
+            let pvn = &graph.node[pv];
+            if pvn.input[0] != softmax.output[0] {
+                return None;
+            }
+            let (v, dv, v_scale, vn) = head_split(&pvn.input[1], &[0, 2, 1, 3])?;
+            if d != dk || d != dv || v_scale != 1.0 {
+                return None;
+            }
+            let tr = only_reader(&pvn.output[0]).filter(|&i| op(i, "Transpose"))?;
+            if ints(&graph.node[tr], "perm")? != [0, 2, 1, 3] {
+                return None;
+            }
+            let re = only_reader(&graph.node[tr].output[0]).filter(|&i| op(i, "Reshape"))?;
+            let shape = int64s(&graph.node[re].input[1])?;
+            if !matches!(shape[..], [0 | 1, t, c] if (t == -1 || t >= 0) && (c == -1 || c > 0)) {
+                return None;
+            }
+            nodes.extend([pv, tr, re]);
+            nodes.extend(qn);
+            nodes.extend(kn);
+            nodes.extend(vn);
+            let at = *nodes.iter().min().expect("not empty");
+            Some(Found {
+                q,
+                k,
+                v,
+                output: graph.node[re].output[0].clone(),
+                head_dim: d,
+                q_scale,
+                k_scale,
+                bias,
+                at,
+                nodes,
+            })
+        })() else {
+            continue;
+        };
+        found.push(found_block);
+    }
+    Ok(found)
+}
+
+/// tract-onnx's builder for `LookoutAttention` nodes: a placeholder that
+/// [`attach`] completes right after parsing.
+pub(crate) fn parse_node(_ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    Ok((expand(AttentionNode { name: node.name.clone(), block: None }), vec![]))
+}
+
+/// Gives every `LookoutAttention` placeholder in `model` its block.
+pub(crate) fn attach(model: &mut InferenceModel, mut table: Table) -> TractResult<()> {
+    for node in model.nodes_mut() {
+        if let Some(op) = node.op_as_mut::<Box<dyn Expansion>>() {
+            if let Some(a) = op.as_any_mut().downcast_mut::<AttentionNode>() {
+                a.block = Some(table.remove(&a.name).with_context(|| format!("no block for {}", a.name))?);
+            }
+        }
+    }
+    ensure!(table.is_empty(), "{} attention blocks have no node", table.len());
+    Ok(())
+}
+
+#[derive(Debug, Clone)]
+struct AttentionNode {
+    name: String,
+    block: Option<Arc<Block>>,
+}
+
+impl Expansion for AttentionNode {
+    fn name(&self) -> StaticName {
+        OP_TYPE.into()
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(
+        &'s self,
+        s: &mut Solver<'r>,
+        inputs: &'p [TensorProxy],
+        outputs: &'p [TensorProxy],
+    ) -> InferenceResult {
+        check_input_arity(inputs, 3)?;
+        check_output_arity(outputs, 1)?;
+        for input in inputs {
+            s.equals(&input.datum_type, f32::datum_type())?;
+            s.equals(&input.shape, &inputs[0].shape)?;
+        }
+        s.equals(&outputs[0].datum_type, f32::datum_type())?;
+        s.equals(&outputs[0].shape, &inputs[0].shape)?;
+        Ok(())
+    }
+
+    fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
+        let block = self.block.clone().with_context(|| format!("{} was never given its block", self.name))?;
+        model.wire_node(prefix, Attention { block }, inputs)
+    }
+}
+
+/// The typed op: q, k, v `[1, T, H * D]` in, `[1, T, H * D]` out.
+#[derive(Debug, Clone)]
+pub(crate) struct Attention {
+    block: Arc<Block>,
+}
+
+impl PartialEq for Attention {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.block, &other.block)
+    }
+}
+impl Eq for Attention {}
+
+impl Op for Attention {
+    fn name(&self) -> StaticName {
+        OP_TYPE.into()
+    }
+
+    op_as_typed_op!();
+}
+
+/// One head's operands and result, as slices of the block's tensors.
+struct Dims {
+    tokens: usize,
+    width: usize,
+    head_dim: usize,
+}
+
+impl EvalOp for Attention {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let shape = inputs[0].shape().to_vec();
+        let [1, tokens, width] = shape[..] else { bail!("{OP_TYPE} expects [1, T, C], got {shape:?}") };
+        let b = &self.block;
+        let heads = width / b.head_dim;
+        let slice = |i: usize| inputs[i].try_as_plain_ram().and_then(|v| v.as_slice::<f32>().map(|s| s.as_ptr()));
+        let (q, k, v) = (slice(0)?, slice(1)?, slice(2)?);
+        let mut out = unsafe { Tensor::uninitialized::<f32>(&shape)? };
+        let o = Ptr(out.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?.as_mut_ptr());
+        let (q, k, v) = (Ptr(q as *mut f32), Ptr(k as *mut f32), Ptr(v as *mut f32));
+        let dims = Dims { tokens, width, head_dim: b.head_dim };
+        let one = |h: usize| {
+            // SAFETY: the inputs hold tokens x width values (checked by
+            // output_facts), and head h writes only its own columns.
+            unsafe { head(b, &dims, h, q, k, v, o) }
+        };
+        match current_tract_executor() {
+            Executor::MultiThread(pool) if pool.current_num_threads() > 1 => {
+                let per = heads.div_ceil(pool.current_num_threads());
+                pool.scope(|s| {
+                    for first in (0..heads).step_by(per) {
+                        let one = &one;
+                        s.spawn(move |_| (first..(first + per).min(heads)).for_each(one));
+                    }
+                });
+            }
+            _ => (0..heads).for_each(one),
+        }
+        Ok(tvec!(out.into_tvalue()))
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Ptr(*mut f32);
+// Heads read shared inputs and write disjoint columns of the output.
+unsafe impl Send for Ptr {}
+unsafe impl Sync for Ptr {}
+
+thread_local! {
+    /// Per thread: the head's scaled queries, transposed scaled keys and
+    /// scores (about 270 KB for ViT-L), reused across heads and calls.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = Default::default();
+}
+
+unsafe fn head(b: &Block, d: &Dims, h: usize, q: Ptr, k: Ptr, v: Ptr, out: Ptr) {
+    let (t, hd) = (d.tokens, d.head_dim);
+    let tp = t.div_ceil(16) * 16;
+    SCRATCH.with_borrow_mut(|scratch| {
+        scratch.resize(t * hd + hd * tp + t * tp, 0.0);
+        let (qs, rest) = scratch.split_at_mut(t * hd);
+        let (kt, s) = rest.split_at_mut(hd * tp);
+        let col = h * hd;
+        for i in 0..t {
+            let row = std::slice::from_raw_parts(q.0.add(i * d.width + col), hd);
+            for (x, &y) in qs[i * hd..(i + 1) * hd].iter_mut().zip(row) {
+                *x = y * b.q_scale;
+            }
+        }
+        kt.fill(0.0);
+        for j in 0..t {
+            let row = std::slice::from_raw_parts(k.0.add(j * d.width + col), hd);
+            for (dd, &y) in row.iter().enumerate() {
+                kt[dd * tp + j] = y * b.k_scale;
+            }
+        }
+        let bias = b.bias.as_ref().map(|bias| &bias.values[h * t * t..(h + 1) * t * t]);
+        #[cfg(target_arch = "x86_64")]
+        {
+            x86::scores(qs, kt, s, t, tp, hd);
+            x86::softmax_rows(s, bias, t, tp);
+            x86::weighted_sum(s, v.0.add(col), d.width, out.0.add(col), t, tp, hd);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (v, out, bias, s);
+            unreachable!("supported() is false off x86_64");
+        }
+    })
+}
+
+impl TypedOp for Attention {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let shape = &inputs[0].shape;
+        ensure!(inputs.iter().all(|i| i.shape == *shape), "{OP_TYPE}: q, k and v differ in shape");
+        let dims: Vec<usize> =
+            shape.iter().map(|d| d.to_usize().map_err(|e| format_err!("{e:?}"))).collect::<TractResult<_>>()?;
+        let [1, tokens, width] = dims[..] else { bail!("{OP_TYPE} expects [1, T, C], got {shape:?}") };
+        let b = &self.block;
+        ensure!(width % b.head_dim == 0, "{OP_TYPE}: width {width} is not a multiple of {}", b.head_dim);
+        if let Some(bias) = &b.bias {
+            ensure!(
+                bias.tokens == tokens && bias.heads * b.head_dim == width,
+                "{OP_TYPE}: the bias is for {} heads x {} tokens, the input is {tokens} x {width}",
+                bias.heads,
+                bias.tokens
+            );
+        }
+        Ok(tvec!(f32::fact(shape.iter().cloned().collect::<TVec<_>>())))
+    }
+
+    fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
+        let t = inputs[0].shape[1].clone();
+        let c = inputs[0].shape[2].clone();
+        Ok(tvec!((Cost::FMA(f32::datum_type()), t.clone() * t * c * 2)))
+    }
+
+    as_op!();
+}
+
+/// The block as the ONNX graph defines it, naively: the test oracle.
+#[cfg(test)]
+pub(crate) fn reference(b: &Block, q: &[f32], k: &[f32], v: &[f32], tokens: usize, width: usize) -> Vec<f32> {
+    let hd = b.head_dim;
+    let mut out = vec![0f32; tokens * width];
+    for h in 0..width / hd {
+        for i in 0..tokens {
+            let mut s: Vec<f64> = (0..tokens)
+                .map(|j| {
+                    let dot: f64 = (0..hd)
+                        .map(|d| {
+                            let qv = q[i * width + h * hd + d] * b.q_scale;
+                            let kv = k[j * width + h * hd + d] * b.k_scale;
+                            qv as f64 * kv as f64
+                        })
+                        .sum();
+                    let bias = b.bias.as_ref().map_or(0.0, |bb| bb.values[(h * tokens + i) * tokens + j]);
+                    dot + bias as f64
+                })
+                .collect();
+            let max = s.iter().cloned().fold(f64::MIN, f64::max);
+            s.iter_mut().for_each(|x| *x = (*x - max).exp());
+            let sum: f64 = s.iter().sum();
+            for d in 0..hd {
+                let o: f64 = (0..tokens).map(|j| s[j] / sum * v[j * width + h * hd + d] as f64).sum();
+                out[i * width + h * hd + d] = o as f32;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn the_op_equals_the_onnx_definition_to_f32_rounding() {
+        if !supported() {
+            eprintln!("no fused attention on this CPU");
+            return;
+        }
+        let mut seed = 0x1234_5678_9abc_def0u64;
+        let mut rnd = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        };
+        // Token counts around the tiles' edges; BEiT's 197 and 65.
+        for (tokens, heads, hd, with_bias, threads) in [
+            (1, 1, 16, true, 1),
+            (17, 2, 32, false, 1),
+            (65, 4, 16, true, 2),
+            (197, 3, 64, true, 2),
+            (40, 2, 128, true, 1),
+        ] {
+            let width = heads * hd;
+            let q: Vec<f32> = (0..tokens * width).map(|_| rnd() * 2.0).collect();
+            let k: Vec<f32> = (0..tokens * width).map(|_| rnd() * 2.0).collect();
+            let v: Vec<f32> = (0..tokens * width).map(|_| rnd()).collect();
+            let bias = with_bias.then(|| Bias {
+                heads,
+                tokens,
+                values: (0..heads * tokens * tokens).map(|_| rnd()).collect(),
+            });
+            let block = Arc::new(Block { head_dim: hd, q_scale: 0.35, k_scale: 0.35, bias });
+            let want = reference(&block, &q, &k, &v, tokens, width);
+            let op = Attention { block };
+            let t = |x: &[f32]| Tensor::from_shape(&[1, tokens, width], x).unwrap().into_tvalue();
+            let executor = if threads > 1 { Executor::multithread(threads) } else { Executor::SingleThread };
+            let got = tract_linalg::multithread::multithread_tract_scope(executor, || {
+                op.eval(&EvalContext::out_of_plan(), tvec!(t(&q), t(&k), t(&v)))
+            })
+            .unwrap();
+            let got = got[0].try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec();
+            let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst < 2e-6, "tokens {tokens} heads {heads} d {hd}: max abs difference {worst}");
+        }
+    }
+
+    #[test]
+    fn finds_every_block_of_the_digits_model() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/digits/digits-int8.onnx");
+        let mut lazy = LazyModel::open(&path).unwrap();
+        let before = lazy.graph().node.len();
+        let (table, taken) = rewrite(&mut lazy).unwrap();
+        // 4 blocks, each with its own relative position bias, 11 nodes each.
+        assert_eq!(table.len(), 4);
+        assert_eq!(taken.len(), 4);
+        assert!(table.values().all(|b| b.head_dim == 16 && b.q_scale == 0.5 && b.k_scale == 0.5));
+        assert!(table.values().all(|b| b.bias.as_ref().is_some_and(|b| (b.heads, b.tokens) == (4, 65))));
+        assert_eq!(lazy.graph().node.len(), before - 4 * 14 + 4);
+    }
+}

@@ -1,0 +1,193 @@
+//! The attention block's three steps in AVX-512: scores (8 rows x 32
+//! keys per tile, 16 accumulators), the biased softmax of each row, and
+//! the probability-weighted sum of values (up to 24 accumulators).
+
+use std::arch::x86_64::*;
+
+/// `s[i][j] = sum_d qs[i][d] * kt[d][j]` for rows `0..t` and keys `0..tp`
+/// (`kt` is zero past key `t`, so those scores are 0).
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn scores(qs: &[f32], kt: &[f32], s: &mut [f32], t: usize, tp: usize, hd: usize) {
+    debug_assert!(qs.len() >= t * hd && kt.len() >= hd * tp && s.len() >= t * tp && tp.is_multiple_of(16));
+    let (qs, kt, s) = (qs.as_ptr(), kt.as_ptr(), s.as_mut_ptr());
+    let mut j = 0;
+    while j < tp {
+        let wide = tp - j >= 32;
+        let mut i = 0;
+        while i < t {
+            let rows = (t - i).min(8);
+            macro_rules! tile {
+                ($($r:literal)*) => {
+                    match (rows, wide) {
+                        $(($r, true) => scores_tile::<$r, 2>(qs, kt, s, i, j, tp, hd),
+                          ($r, false) => scores_tile::<$r, 1>(qs, kt, s, i, j, tp, hd),)*
+                        _ => unreachable!(),
+                    }
+                };
+            }
+            tile!(1 2 3 4 5 6 7 8);
+            i += rows;
+        }
+        j += if wide { 32 } else { 16 };
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn scores_tile<const R: usize, const NB: usize>(
+    qs: *const f32,
+    kt: *const f32,
+    s: *mut f32,
+    i: usize,
+    j: usize,
+    tp: usize,
+    hd: usize,
+) {
+    let mut acc = [[_mm512_setzero_ps(); NB]; R];
+    for d in 0..hd {
+        let mut b = [_mm512_setzero_ps(); NB];
+        for (c, b) in b.iter_mut().enumerate() {
+            *b = _mm512_loadu_ps(kt.add(d * tp + j + 16 * c));
+        }
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let a = _mm512_set1_ps(*qs.add((i + r) * hd + d));
+            for c in 0..NB {
+                acc[c] = _mm512_fmadd_ps(a, b[c], acc[c]);
+            }
+        }
+    }
+    // A copy, so that `acc` is indexed by constants only and stays in
+    // registers through the loop above.
+    let mut sums = [[_mm512_setzero_ps(); NB]; R];
+    sums.copy_from_slice(&acc);
+    for (r, sums) in sums.iter().enumerate() {
+        for (c, v) in sums.iter().enumerate() {
+            _mm512_storeu_ps(s.add((i + r) * tp + j + 16 * c), *v);
+        }
+    }
+}
+
+/// Each row `i < t` of `s` (stride `tp`): add its bias row, then
+/// `exp(x - max) / sum`, over the first `t` entries.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn softmax_rows(s: &mut [f32], bias: Option<&[f32]>, t: usize, tp: usize) {
+    let tail: __mmask16 = if t.is_multiple_of(16) { 0xffff } else { ((1u32 << (t % 16)) - 1) as u16 };
+    let blocks = t.div_ceil(16);
+    let mask = |b: usize| if b + 1 == blocks { tail } else { 0xffff };
+    for i in 0..t {
+        let row = s.as_mut_ptr().add(i * tp);
+        if let Some(bias) = bias {
+            let brow = bias.as_ptr().add(i * t);
+            for b in 0..blocks {
+                let m = mask(b);
+                let v = _mm512_add_ps(_mm512_loadu_ps(row.add(16 * b)), _mm512_maskz_loadu_ps(m, brow.add(16 * b)));
+                _mm512_mask_storeu_ps(row.add(16 * b), m, v);
+            }
+        }
+        let mut max = _mm512_set1_ps(f32::MIN);
+        for b in 0..blocks {
+            max = _mm512_mask_max_ps(max, mask(b), _mm512_loadu_ps(row.add(16 * b)), max);
+        }
+        let max = _mm512_set1_ps(_mm512_reduce_max_ps(max));
+        let mut sum = _mm512_setzero_ps();
+        for b in 0..blocks {
+            let e = exp(_mm512_sub_ps(_mm512_loadu_ps(row.add(16 * b)), max));
+            sum = _mm512_mask_add_ps(sum, mask(b), sum, e);
+            _mm512_mask_storeu_ps(row.add(16 * b), mask(b), e);
+        }
+        let sum = _mm512_set1_ps(_mm512_reduce_add_ps(sum));
+        for b in 0..blocks {
+            let v = _mm512_div_ps(_mm512_loadu_ps(row.add(16 * b)), sum);
+            _mm512_mask_storeu_ps(row.add(16 * b), mask(b), v);
+        }
+    }
+}
+
+/// e^x to about 1 ulp: `2^n * p(r)` with `n = round(x / ln 2)`, `r` the
+/// remainder split in two parts of ln 2, `p` Taylor to degree 7 (error
+/// below 1e-8 on |r| <= ln 2 / 2). Inputs below -87.3 give 2^-126, not a
+/// subnormal or 0: a softmax term that small changes no sum.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn exp(x: __m512) -> __m512 {
+    let x = _mm512_max_ps(x, _mm512_set1_ps(-87.3));
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
+        x,
+        _mm512_set1_ps(std::f32::consts::LOG2_E),
+    ));
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_145_75), x);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428_606_8e-6), r);
+    let mut p = _mm512_set1_ps(1.0 / 5040.0);
+    for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+    }
+    _mm512_scalef_ps(p, n)
+}
+
+/// `out[i][:] = sum_j p[i][j] * v[j][:]` for rows `0..t`, `hd` columns;
+/// `v` and `out` rows are `width` apart, `p` rows `tp`.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn weighted_sum(
+    p: &[f32],
+    v: *const f32,
+    width: usize,
+    out: *mut f32,
+    t: usize,
+    tp: usize,
+    hd: usize,
+) {
+    let p = p.as_ptr();
+    let mut i = 0;
+    macro_rules! rows {
+        ($db:literal, $max:literal, $($r:literal)*) => {
+            while i < t {
+                let rows = (t - i).min($max);
+                match rows {
+                    $($r => pv_tile::<$r, $db>(p, v, width, out, i, t, tp),)*
+                    _ => unreachable!(),
+                }
+                i += rows;
+            }
+        };
+    }
+    match hd {
+        16 => rows!(1, 12, 1 2 3 4 5 6 7 8 9 10 11 12),
+        32 => rows!(2, 12, 1 2 3 4 5 6 7 8 9 10 11 12),
+        64 => rows!(4, 6, 1 2 3 4 5 6),
+        128 => rows!(8, 3, 1 2 3),
+        _ => unreachable!("the pattern accepts head sizes 16, 32, 64 and 128 only"),
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn pv_tile<const R: usize, const DB: usize>(
+    p: *const f32,
+    v: *const f32,
+    width: usize,
+    out: *mut f32,
+    i: usize,
+    t: usize,
+    tp: usize,
+) {
+    let mut acc = [[_mm512_setzero_ps(); DB]; R];
+    for j in 0..t {
+        let mut b = [_mm512_setzero_ps(); DB];
+        for (c, b) in b.iter_mut().enumerate() {
+            *b = _mm512_loadu_ps(v.add(j * width + 16 * c));
+        }
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let a = _mm512_set1_ps(*p.add((i + r) * tp + j));
+            for c in 0..DB {
+                acc[c] = _mm512_fmadd_ps(a, b[c], acc[c]);
+            }
+        }
+    }
+    let mut sums = [[_mm512_setzero_ps(); DB]; R];
+    sums.copy_from_slice(&acc);
+    for (r, sums) in sums.iter().enumerate() {
+        for (c, v) in sums.iter().enumerate() {
+            _mm512_storeu_ps(out.add((i + r) * width + 16 * c), *v);
+        }
+    }
+}
