@@ -29,7 +29,7 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_hir::internal::*;
 
 use super::onnx::LazyModel;
-use super::qgemm::{self, Activations, Job, Kernel, PackedWeights};
+use super::qgemm::{self, Activations, Gelu, Job, Kernel, PackedWeights};
 
 /// The op type of the replacement node (registered with tract-onnx).
 pub(crate) const OP_TYPE: &str = "LookoutQLinear";
@@ -41,6 +41,8 @@ struct Layer {
     zero_point: Option<usize>,
     scale: usize,
     bias: Option<usize>,
+    /// torch's exact GELU right after the layer (an MLP's first layer).
+    gelu: Option<Gelu>,
     /// The tensor the layer's last node wrote, which the new node writes.
     output: String,
 }
@@ -60,6 +62,7 @@ pub(crate) struct LayerWeights {
     packed: PackedWeights,
     scale: Vec<f32>,
     bias: Option<Vec<f32>>,
+    gelu: Option<Gelu>,
 }
 
 /// Everything a `LookoutQLinear` node computes with.
@@ -154,6 +157,47 @@ fn find(graph: &GraphProto) -> Vec<Group> {
         t.dims.len() <= 1 && (len == 1 || len == n)
     };
 
+    let scalar = |name: &str| -> Option<f32> {
+        let (_, t) = init(name, DataType::Float)?;
+        if t.dims.iter().product::<i64>() != 1 {
+            return None;
+        }
+        let t = tract_onnx::tensor::load_tensor(&tract_onnx::data_resolver::MmapDataResolver, t, None).ok()?;
+        t.cast_to_scalar::<f32>().ok()
+    };
+    let other = |n: &NodeProto, this: &str| -> Option<String> {
+        (n.input.len() == 2 && n.input.iter().any(|i| i == this))
+            .then(|| n.input.iter().find(|i| *i != this).cloned())
+            .flatten()
+    };
+    // `Mul(Mul(y, Add(Erf(Div(y, c)), one)), half)` on `y`, which nothing
+    // else reads: the GELU, the nodes and its output.
+    let gelu_after = |y: &str| -> Option<(Gelu, Vec<usize>, String)> {
+        let [a, b] = readers.get(y)?.as_slice() else { return None };
+        if outputs.contains(y) {
+            return None;
+        }
+        let (div, mul) = match (&graph.node[*a], &graph.node[*b]) {
+            (d, m) if d.op_type == "Div" => (d, m),
+            (m, d) if d.op_type == "Div" => (d, m),
+            _ => return None,
+        };
+        if div.input.first().map(String::as_str) != Some(y) || mul.op_type != "Mul" {
+            return None;
+        }
+        let c_div = scalar(&div.input[1])?;
+        let erf = only_reader(&div.output[0]).filter(|n| n.op_type == "Erf")?;
+        let add = only_reader(&erf.output[0]).filter(|n| n.op_type == "Add")?;
+        let c_add = scalar(&other(add, &erf.output[0])?)?;
+        if only_reader(&add.output[0]).map(index_of) != Some(index_of(mul)) || other(mul, y)? != add.output[0] {
+            return None;
+        }
+        let half = only_reader(&mul.output[0]).filter(|n| n.op_type == "Mul")?;
+        let c_mul = scalar(&other(half, &mul.output[0])?)?;
+        let nodes = vec![index_of(div), index_of(erf), index_of(add), index_of(mul), index_of(half)];
+        Some((Gelu { div: c_div, add: c_add, mul: c_mul }, nodes, half.output[0].clone()))
+    };
+
     let mut groups = vec![];
     for (qi, quantizer) in graph.node.iter().enumerate() {
         if quantizer.op_type != "DynamicQuantizeLinear"
@@ -217,7 +261,15 @@ fn find(graph: &GraphProto) -> Vec<Group> {
                     }
                 }
             }
-            Some((Layer { weight, zero_point, scale, bias, output }, nodes, k))
+            let gelu = match gelu_after(&output) {
+                Some((g, more, out)) => {
+                    nodes.extend(more);
+                    output = out;
+                    Some(g)
+                }
+                None => None,
+            };
+            Some((Layer { weight, zero_point, scale, bias, gelu, output }, nodes, k))
         };
         let Some(mmis) = readers.get(q.as_str()) else { continue };
         let Some(found) = mmis.iter().map(|&m| layer(m)).collect::<Option<Vec<_>>>() else { continue };
@@ -265,7 +317,7 @@ fn pack(lazy: &LazyModel, group: &Group, kernel: Kernel) -> TractResult<GroupWei
             Some(i) => Some(tensor(i)?.try_as_plain_ram()?.as_slice::<f32>()?.to_vec()),
             None => None,
         };
-        layers.push(LayerWeights { packed, scale, bias });
+        layers.push(LayerWeights { packed, scale, bias, gelu: l.gelu });
     }
     Ok(GroupWeights { k, layers, kernel })
 }
@@ -405,7 +457,7 @@ impl EvalOp for QLinear {
                 .layers
                 .iter()
                 .zip(slices.iter_mut())
-                .map(|(l, out)| Ok(Job::new(a, &l.packed, &l.scale, l.bias.as_deref(), out.as_slice_mut::<f32>()?)))
+                .map(|(l, out)| Ok(Job::new(a, &l.packed, &l.scale, l.bias.as_deref(), l.gelu, out.as_slice_mut::<f32>()?)))
                 .collect::<TractResult<Vec<_>>>()?;
             qgemm::run(w.kernel, a, &jobs, &executor);
             Ok(())
@@ -460,6 +512,10 @@ mod tests {
         assert_eq!(groups.iter().filter(|g| g.layers.len() == 3).count(), 4, "q, k, v share a quantizer");
         // BEiT's key projection has no bias; every other layer has one.
         assert_eq!(groups.iter().flat_map(|g| &g.layers).filter(|l| l.bias.is_none()).count(), 4);
+        // Each block's first MLP layer takes its GELU along.
+        let gelus: Vec<Gelu> = groups.iter().flat_map(|g| &g.layers).filter_map(|l| l.gelu).collect();
+        assert_eq!(gelus.len(), 4);
+        assert!(gelus.iter().all(|g| *g == Gelu { div: std::f32::consts::SQRT_2, add: 1.0, mul: 0.5 }), "{gelus:?}");
     }
 
     #[test]

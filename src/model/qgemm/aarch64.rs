@@ -113,7 +113,8 @@ unsafe fn tile<const R: usize>(a: &Activations, job: &Job, panel: usize, half: u
         }
         let dst = job.out.0.add((m0 + r) * w.n + col0);
         for (i, v) in out[..valid].iter().enumerate() {
-            *dst.add(i) = job.bias.map_or(*v, |b| v + b[col0 + i]);
+            let v = job.bias.map_or(*v, |b| v + b[col0 + i]);
+            *dst.add(i) = job.gelu.map_or(v, |g| g.apply(v));
         }
     }
 }

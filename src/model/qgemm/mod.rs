@@ -240,7 +240,47 @@ pub(crate) struct Job<'a> {
     /// Per column: `a_scale * w_scale`, as ONNX's `Mul` of the two scales.
     scale: Vec<f32>,
     bias: Option<&'a [f32]>,
+    gelu: Option<Gelu>,
     out: OutPtr,
+}
+
+/// torch's exact GELU as its ONNX export writes it, applied after the bias:
+/// `((y * (erf(y / div) + add)) * mul)`, with the graph's own constants.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Gelu {
+    pub(crate) div: f32,
+    pub(crate) add: f32,
+    pub(crate) mul: f32,
+}
+
+impl Gelu {
+    pub(crate) fn apply(self, y: f32) -> f32 {
+        (y * (erf(y / self.div) + self.add)) * self.mul
+    }
+}
+
+/// Coefficients of the rational approximation of erf on [-4, 4] (Eigen's
+/// `generic_fast_erf_float`): `x P(x^2) / Q(x^2)`, a few ulp from the true
+/// value; beyond 4 erf is +-1 in f32.
+pub(crate) const ERF_P: [f32; 7] = [
+    -2.726_142_3e-10,
+    2.770_681_4e-8,
+    -2.101_024e-6,
+    -5.692_506_4e-5,
+    -7.349_906_3e-4,
+    -2.954_600_1e-3,
+    -1.609_603_3e-2,
+];
+pub(crate) const ERF_Q: [f32; 5] = [-1.456_607_2e-5, -2.133_740_6e-4, -1.682_827e-3, -7.373_329e-3, -1.426_474e-2];
+
+/// erf in f32 with fused multiply-adds, so that it gives the vector
+/// kernels' bits exactly.
+pub(crate) fn erf(x: f32) -> f32 {
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let p = ERF_P[1..].iter().fold(ERF_P[0], |p, &c| p.mul_add(x2, c));
+    let q = ERF_Q[1..].iter().fold(ERF_Q[0], |q, &c| q.mul_add(x2, c));
+    (x * p) / q
 }
 
 #[derive(Clone, Copy)]
@@ -258,6 +298,7 @@ impl<'a> Job<'a> {
         w: &'a PackedWeights,
         w_scale: &[f32],
         bias: Option<&'a [f32]>,
+        gelu: Option<Gelu>,
         out: &'a mut [f32],
     ) -> Job<'a> {
         assert_eq!(a.k, w.k, "activations and weights disagree on k");
@@ -270,7 +311,7 @@ impl<'a> Job<'a> {
         let scale = (0..width)
             .map(|c| if c < w.n { a.scale * w_scale[if w_scale.len() == 1 { 0 } else { c }] } else { 0.0 })
             .collect();
-        Job { w, col_add, scale, bias, out: OutPtr(out.as_mut_ptr()) }
+        Job { w, col_add, scale, bias, gelu, out: OutPtr(out.as_mut_ptr()) }
     }
 }
 
@@ -391,6 +432,7 @@ pub(crate) fn reference(
     zb: &[i8],
     w_scale: &[f32],
     bias: Option<&[f32]>,
+    gelu: Option<Gelu>,
 ) -> Vec<f32> {
     let n = w.len() / k;
     let mut out = vec![];
@@ -400,7 +442,8 @@ pub(crate) fn reference(
             let acc: i32 = (0..k).map(|i| (row[i] as i32 - za as i32) * (w[i * n + c] as i32 - zb)).sum();
             let s = a_scale * w_scale[if w_scale.len() == 1 { 0 } else { c }];
             let v = acc as f32 * s;
-            out.push(bias.map_or(v, |b| v + b[c]));
+            let v = bias.map_or(v, |b| v + b[c]);
+            out.push(gelu.map_or(v, |g| g.apply(v)));
         }
     }
     out
@@ -427,7 +470,19 @@ mod tests {
         }
     }
 
-    fn check(kernel: Kernel, rows: usize, k: usize, n: usize, asymmetric: bool, with_bias: bool, threads: usize) {
+    const GELU: Gelu = Gelu { div: std::f32::consts::SQRT_2, add: 1.0, mul: 0.5 };
+
+    #[allow(clippy::too_many_arguments)]
+    fn check(
+        kernel: Kernel,
+        rows: usize,
+        k: usize,
+        n: usize,
+        asymmetric: bool,
+        with_bias: bool,
+        gelu: Option<Gelu>,
+        threads: usize,
+    ) {
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (rows * 31 + k * 7 + n) as u64);
         let x: Vec<f32> = (0..rows * k).map(|_| rng.f32() * 3.0 + 0.4).collect();
         let w: Vec<i8> = (0..k * n).map(|_| rng.i8()).collect();
@@ -441,7 +496,7 @@ mod tests {
         let mut a = Activations::default();
         a.quantize(&x, k, kernel, &executor);
         let mut out = vec![f32::NAN; rows * n];
-        let job = Job::new(&a, &packed, &w_scale, bias, &mut out);
+        let job = Job::new(&a, &packed, &w_scale, bias, gelu, &mut out);
         run(kernel, &a, &[job], &executor);
 
         let mut q = vec![0u8; rows * k];
@@ -449,7 +504,7 @@ mod tests {
         let (scale, zp) = scale_and_zero_point(min, max);
         quantize_into(&x, &mut q, scale, zp);
         assert_eq!((a.scale.to_bits(), a.zero_point), (scale.to_bits(), zp));
-        let want = reference(&q, zp, scale, k, &w, &zb, &w_scale, bias);
+        let want = reference(&q, zp, scale, k, &w, &zb, &w_scale, bias, gelu);
         let diff = out.iter().zip(&want).position(|(a, b)| a.to_bits() != b.to_bits());
         assert_eq!(diff, None, "{kernel:?} rows {rows} k {k} n {n}: {:?}", diff.map(|i| (out[i], want[i])));
     }
@@ -469,12 +524,12 @@ mod tests {
         // tile, k not a multiple of 4, n not a multiple of a panel, one row
         // (the classifier head), and a transformer layer's shape.
         for (rows, k, n) in [(1, 4, 1), (5, 7, 33), (13, 64, 32), (12, 100, 70), (25, 129, 65), (197, 256, 96)] {
-            for (asymmetric, bias) in [(false, true), (true, false), (true, true)] {
-                check(kernel, rows, k, n, asymmetric, bias, 1);
+            for (asymmetric, bias, gelu) in [(false, true, None), (true, false, None), (true, true, Some(GELU))] {
+                check(kernel, rows, k, n, asymmetric, bias, gelu, 1);
             }
         }
-        check(kernel, 197, 512, 300, false, true, 2);
-        check(kernel, 197, 512, 300, true, true, 3);
+        check(kernel, 197, 512, 300, false, true, Some(GELU), 2);
+        check(kernel, 197, 512, 300, true, true, None, 3);
     }
 
     #[test]
@@ -501,6 +556,29 @@ mod tests {
         for xs in [&xs[..], &xs[8..], &xs[8..71], &ties[..], &[3.0][..], &[][..]] {
             assert_eq!(kernel.min_max(xs), min_max(xs), "{} values", xs.len());
         }
+    }
+
+    /// erf by its Maclaurin series in f64 (converges on [-4, 4] with ~1e-11
+    /// error after cancellation).
+    fn erf_f64(x: f64) -> f64 {
+        let (mut term, mut sum) = (x, x);
+        for n in 1..200 {
+            term *= -x * x / n as f64;
+            sum += term / (2 * n + 1) as f64;
+        }
+        sum * 2.0 / std::f64::consts::PI.sqrt()
+    }
+
+    #[test]
+    fn erf_is_within_a_few_ulp_of_the_true_value() {
+        let worst = (-5000..=5000)
+            .map(|i| i as f32 / 1000.0)
+            .map(|x| ((erf(x) as f64) - erf_f64(x.clamp(-4.0, 4.0) as f64)).abs())
+            .fold(0f64, f64::max);
+        assert!(worst < 4e-7, "max abs error {worst:e}");
+        assert_eq!(erf(0.0), 0.0);
+        assert_eq!(erf(-9.0), -erf(9.0), "odd");
+        assert!(1.0 - erf(9.0) <= f32::EPSILON, "saturates within an ulp of 1: {}", erf(9.0));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{Activations, Job, NR};
+use super::{Activations, Gelu, Job, ERF_P, ERF_Q, NR};
 
 const MR: usize = 12;
 
@@ -81,6 +81,9 @@ unsafe fn tile<const R: usize>(a: &Activations, job: &Job, panel: usize, m0: usi
             if let Some(bias) = bias {
                 f = _mm512_add_ps(f, bias);
             }
+            if let Some(g) = job.gelu {
+                f = gelu(f, g);
+            }
             _mm512_mask_storeu_ps(job.out.0.add((m0 + r) * w.n + c), mask, f);
         }
     }
@@ -142,4 +145,24 @@ pub(super) unsafe fn min_max_avx512(xs: &[f32]) -> (f32, f32) {
         hi = if x > hi { x } else { hi };
     }
     (lo, hi)
+}
+
+/// `Gelu::apply` on 16 values: the same operations in the same order.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn gelu(y: __m512, g: Gelu) -> __m512 {
+    let x = _mm512_div_ps(y, _mm512_set1_ps(g.div));
+    let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-4.0)), _mm512_set1_ps(4.0));
+    let x2 = _mm512_mul_ps(x, x);
+    let mut p = _mm512_set1_ps(ERF_P[0]);
+    for c in &ERF_P[1..] {
+        p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(*c));
+    }
+    let mut q = _mm512_set1_ps(ERF_Q[0]);
+    for c in &ERF_Q[1..] {
+        q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(*c));
+    }
+    let erf = _mm512_div_ps(_mm512_mul_ps(x, p), q);
+    let m = _mm512_mul_ps(y, _mm512_add_ps(erf, _mm512_set1_ps(g.add)));
+    _mm512_mul_ps(m, _mm512_set1_ps(g.mul))
 }
