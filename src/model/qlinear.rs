@@ -457,7 +457,9 @@ impl EvalOp for QLinear {
                 .layers
                 .iter()
                 .zip(slices.iter_mut())
-                .map(|(l, out)| Ok(Job::new(a, &l.packed, &l.scale, l.bias.as_deref(), l.gelu, out.as_slice_mut::<f32>()?)))
+                .map(|(l, out)| {
+                    Ok(Job::new(a, &l.packed, &l.scale, l.bias.as_deref(), l.gelu, out.as_slice_mut::<f32>()?))
+                })
                 .collect::<TractResult<Vec<_>>>()?;
             qgemm::run(w.kernel, a, &jobs, &executor);
             Ok(())

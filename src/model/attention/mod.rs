@@ -15,7 +15,8 @@
 //! at 197 x 64 per head: 40 ms of the large model's 150. [`rewrite`]
 //! replaces each such block by one `LookoutAttention` node that works head
 //! by head, heads spread over the pool's threads, each head's scores kept
-//! in the core's cache from the product through the softmax to the output.
+//! in the core's cache from the product through the softmax to the output,
+//! which is divided by each row's sum of exponentials as it is written.
 //!
 //! The scaling multiplies element by element before the product, as the
 //! graph does; sums run in another order than other runtimes', so results
@@ -437,8 +438,9 @@ unsafe fn head(b: &Block, d: &Dims, h: usize, q: Ptr, k: Ptr, v: Ptr, out: Ptr) 
         #[cfg(target_arch = "x86_64")]
         {
             x86::scores(qs, kt, s, t, tp, hd);
-            x86::softmax_rows(s, bias, t, tp);
-            x86::weighted_sum(s, v.0.add(col), d.width, out.0.add(col), t, tp, hd);
+            let mut sums = vec![0f32; t];
+            x86::exp_rows(s, bias, t, tp, &mut sums);
+            x86::weighted_sum(s, &sums, v.0.add(col), d.width, out.0.add(col), t, tp, hd);
         }
         #[cfg(not(target_arch = "x86_64"))]
         {

@@ -1,6 +1,7 @@
 //! The attention block's three steps in AVX-512: scores (8 rows x 32
-//! keys per tile, 16 accumulators), the biased softmax of each row, and
-//! the probability-weighted sum of values (up to 24 accumulators).
+//! keys per tile, 16 accumulators), the biased exponentials of each row,
+//! and their weighted sum of values (up to 24 accumulators), divided by
+//! the row's sum as it is stored.
 
 use std::arch::x86_64::*;
 
@@ -68,25 +69,25 @@ unsafe fn scores_tile<const R: usize, const NB: usize>(
 }
 
 /// Each row `i < t` of `s` (stride `tp`): add its bias row, then
-/// `exp(x - max) / sum`, over the first `t` entries.
+/// `exp(x - max)` over the first `t` entries; `sums[i]` gets the row's
+/// sum, by which [`weighted_sum`] divides (once per output value instead of
+/// once per probability).
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn softmax_rows(s: &mut [f32], bias: Option<&[f32]>, t: usize, tp: usize) {
+pub(super) unsafe fn exp_rows(s: &mut [f32], bias: Option<&[f32]>, t: usize, tp: usize, sums: &mut [f32]) {
     let tail: __mmask16 = if t.is_multiple_of(16) { 0xffff } else { ((1u32 << (t % 16)) - 1) as u16 };
     let blocks = t.div_ceil(16);
     let mask = |b: usize| if b + 1 == blocks { tail } else { 0xffff };
-    for i in 0..t {
+    for (i, sum_out) in sums.iter_mut().enumerate().take(t) {
         let row = s.as_mut_ptr().add(i * tp);
-        if let Some(bias) = bias {
-            let brow = bias.as_ptr().add(i * t);
-            for b in 0..blocks {
-                let m = mask(b);
-                let v = _mm512_add_ps(_mm512_loadu_ps(row.add(16 * b)), _mm512_maskz_loadu_ps(m, brow.add(16 * b)));
-                _mm512_mask_storeu_ps(row.add(16 * b), m, v);
-            }
-        }
         let mut max = _mm512_set1_ps(f32::MIN);
         for b in 0..blocks {
-            max = _mm512_mask_max_ps(max, mask(b), _mm512_loadu_ps(row.add(16 * b)), max);
+            let m = mask(b);
+            let mut v = _mm512_loadu_ps(row.add(16 * b));
+            if let Some(bias) = bias {
+                v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, bias.as_ptr().add(i * t + 16 * b)));
+                _mm512_mask_storeu_ps(row.add(16 * b), m, v);
+            }
+            max = _mm512_mask_max_ps(max, m, v, max);
         }
         let max = _mm512_set1_ps(_mm512_reduce_max_ps(max));
         let mut sum = _mm512_setzero_ps();
@@ -95,11 +96,7 @@ pub(super) unsafe fn softmax_rows(s: &mut [f32], bias: Option<&[f32]>, t: usize,
             sum = _mm512_mask_add_ps(sum, mask(b), sum, e);
             _mm512_mask_storeu_ps(row.add(16 * b), mask(b), e);
         }
-        let sum = _mm512_set1_ps(_mm512_reduce_add_ps(sum));
-        for b in 0..blocks {
-            let v = _mm512_div_ps(_mm512_loadu_ps(row.add(16 * b)), sum);
-            _mm512_mask_storeu_ps(row.add(16 * b), mask(b), v);
-        }
+        *sum_out = _mm512_reduce_add_ps(sum);
     }
 }
 
@@ -124,11 +121,13 @@ unsafe fn exp(x: __m512) -> __m512 {
     _mm512_scalef_ps(p, n)
 }
 
-/// `out[i][:] = sum_j p[i][j] * v[j][:]` for rows `0..t`, `hd` columns;
-/// `v` and `out` rows are `width` apart, `p` rows `tp`.
+/// `out[i][:] = sum_j e[i][j] * v[j][:] / sums[i]` for rows `0..t`, `hd`
+/// columns; `v` and `out` rows are `width` apart, `e` rows `tp`.
 #[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn weighted_sum(
     p: &[f32],
+    sums: &[f32],
     v: *const f32,
     width: usize,
     out: *mut f32,
@@ -143,7 +142,7 @@ pub(super) unsafe fn weighted_sum(
             while i < t {
                 let rows = (t - i).min($max);
                 match rows {
-                    $($r => pv_tile::<$r, $db>(p, v, width, out, i, t, tp),)*
+                    $($r => pv_tile::<$r, $db>(p, sums, v, width, out, i, t, tp),)*
                     _ => unreachable!(),
                 }
                 i += rows;
@@ -161,8 +160,10 @@ pub(super) unsafe fn weighted_sum(
 
 #[inline]
 #[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn pv_tile<const R: usize, const DB: usize>(
     p: *const f32,
+    sums: &[f32],
     v: *const f32,
     width: usize,
     out: *mut f32,
@@ -183,11 +184,12 @@ unsafe fn pv_tile<const R: usize, const DB: usize>(
             }
         }
     }
-    let mut sums = [[_mm512_setzero_ps(); DB]; R];
-    sums.copy_from_slice(&acc);
-    for (r, sums) in sums.iter().enumerate() {
-        for (c, v) in sums.iter().enumerate() {
-            _mm512_storeu_ps(out.add((i + r) * width + 16 * c), *v);
+    let mut sums_acc = [[_mm512_setzero_ps(); DB]; R];
+    sums_acc.copy_from_slice(&acc);
+    for (r, row) in sums_acc.iter().enumerate() {
+        let sum = _mm512_set1_ps(sums[i + r]);
+        for (c, v) in row.iter().enumerate() {
+            _mm512_storeu_ps(out.add((i + r) * width + 16 * c), _mm512_div_ps(*v, sum));
         }
     }
 }
