@@ -254,6 +254,8 @@ pub(crate) struct Gelu {
 }
 
 impl Gelu {
+    /// The scalar form: ARM's epilogue and the tests (x86 has its own).
+    #[cfg_attr(not(any(test, target_arch = "aarch64")), allow(dead_code))]
     pub(crate) fn apply(self, y: f32) -> f32 {
         (y * (erf(y / self.div) + self.add)) * self.mul
     }
@@ -275,6 +277,7 @@ pub(crate) const ERF_Q: [f32; 5] = [-1.456_607_2e-5, -2.133_740_6e-4, -1.682_827
 
 /// erf in f32 with fused multiply-adds, so that it gives the vector
 /// kernels' bits exactly.
+#[cfg_attr(not(any(test, target_arch = "aarch64")), allow(dead_code))]
 pub(crate) fn erf(x: f32) -> f32 {
     let x = x.clamp(-4.0, 4.0);
     let x2 = x * x;
