@@ -19,10 +19,15 @@
 //!   dark).
 //! - [`preprocess`]: decode, centre crop, resize with the model's filter and
 //!   normalize, written straight into the model's NCHW input buffer.
-//! - [`model`]: the `Classifier` trait, the ONNX model manifest, labels, the
-//!   tract implementation and lookout's own graph passes over tract's model
-//!   (constant folding past tract's budget, a fast DynamicQuantizeLinear).
-//!   Every tract type stays inside `model/`.
+//! - [`model`]: the `Classifier` trait, the ONNX model manifest, labels, and
+//!   the tract implementation. lookout reads the ONNX file itself
+//!   (`onnx.rs`: large tensors stay in the file until needed) and replaces
+//!   what tract runs slowly by ops of its own before tract parses the
+//!   graph: quantized linear layers (`qlinear.rs`, int8 kernels in
+//!   `qgemm/`) and ViT self-attention blocks (`attention/`). Passes over
+//!   tract's optimized model (`passes/`: constant folding past tract's
+//!   budget, a fast DynamicQuantizeLinear) help where tract's int8 path
+//!   still runs. Every tract type stays inside `model/`.
 //! - [`postprocess`]: softmax and top-k.
 //! - [`publish`]: the `Publisher` trait and the MQTT implementation (rumqttc on
 //!   its own thread; it owns reconnection and backoff), the SQLite outbox that

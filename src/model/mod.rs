@@ -14,6 +14,8 @@ mod tract;
 use std::path::{Path, PathBuf};
 
 pub use self::passes::PassReport;
+#[doc(hidden)]
+pub use self::qgemm::bench_layer;
 pub use self::tract::{
     kernel_summary, lookout_attention, lookout_int8_kernel, LoadOptions, LoadReport, OpTime, TractClassifier,
     POOL_THREAD_PREFIX, TRACT_VERSION,

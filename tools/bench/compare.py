@@ -141,6 +141,47 @@ def argmax(v) -> int:
     return max(range(len(v)), key=v.__getitem__)
 
 
+def digits_agreement(binary: Path, threads: int) -> list[str]:
+    """lookout int8 against onnxruntime int8 (this machine's kernels) and the
+    ONNX reference evaluator's logits, on the 397 held-out images of the
+    real-trained digits model: the same file, the same pixels."""
+    import tempfile
+
+    import numpy as np
+    import onnxruntime as ort
+    from PIL import Image
+
+    fixtures = REPO / "tests/fixtures/digits"
+    model = REPO / "models/digits/digits-int8.onnx"
+    ref = json.loads((fixtures / "reference.json").read_text())
+    spec = json.loads((fixtures / "onnx-reference-int8.json").read_text())
+    files = [fixtures / i["file"] for i in ref["images"]]
+    with tempfile.TemporaryDirectory() as d:
+        cfg = Path(d) / "digits.toml"
+        cfg.write_text(f'[device]\nstate_dir = "{d}"\n[source]\nkind = "files"\npath = "{fixtures / "test"}"\n'
+                       f'[model]\npath = "{model}"\nthreads = {threads}\n')
+        out = subprocess.run([str(binary), "classify", "--config", str(cfg), "--logits", *map(str, files)],
+                             capture_output=True, text=True, check=True).stdout
+    ours = [np.array(json.loads(line)["logits"], dtype=np.float32) for line in out.splitlines()]
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(model), sess_options=so, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    mean, std = (np.array(ref["normalize"][k], np.float32) for k in ("mean", "std"))
+    theirs = []
+    for f in files:
+        x = (np.asarray(Image.open(f).convert("RGB"), dtype=np.float32) / 255.0 - mean) / std
+        theirs.append(sess.run(None, {name: x.transpose(2, 0, 1)[None].astype(np.float32)})[0][0])
+    specs = [np.array(i["logits"], dtype=np.float32) for i in spec["images"]]
+    lines = []
+    for what, other in [("onnxruntime int8 (run now)", theirs), ("the ONNX reference evaluator", specs)]:
+        diff = max(float(np.abs(a - b).max()) for a, b in zip(ours, other))
+        same = sum(int(a.argmax() == b.argmax()) for a, b in zip(ours, other))
+        lines.append(f"- digits model, {len(files)} held-out images: lookout int8 vs {what}: "
+                     f"max abs logit difference {diff:.4f}, same top-1 on {same}/{len(files)}.")
+    return lines
+
+
 def table(results: dict, args, command: str) -> str:
     base = results.get("onnxruntime int8")
     rows = [
@@ -263,6 +304,8 @@ def main(argv=None) -> int:
     command = "tools/.venv/bin/python " + " ".join(
         [str(Path(__file__).relative_to(REPO))] + [a for a in (argv if argv is not None else sys.argv[1:])])
     body = table(results, args, command)
+    if "lookout-int8" in chosen:
+        body += "\n".join(digits_agreement(args.lookout, args.threads)) + "\n"
     print(body)
     if args.write:
         write_section(args.write, body, args.size)

@@ -355,6 +355,51 @@ fn pool(executor: &Executor, work: usize) -> Option<&rayon::ThreadPool> {
     }
 }
 
+/// For `benches/int8.rs`: times one `[rows, k] x [k, n]` layer (quantize,
+/// product, epilogue with a bias) on `threads` threads; returns the kernel
+/// and the median seconds per call over `runs`, or `None` where lookout has
+/// no kernel.
+#[doc(hidden)]
+pub fn bench_layer(rows: usize, k: usize, n: usize, threads: usize, runs: usize) -> Option<(&'static str, f64)> {
+    let kernel = Kernel::detect()?;
+    let executor = if threads > 1 { Executor::multithread(threads) } else { Executor::SingleThread };
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let x: Vec<f32> = (0..rows * k).map(|_| (next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0).collect();
+    let w: Vec<i8> = (0..k * n).map(|_| (next() >> 56) as u8 as i8).collect();
+    let packed = PackedWeights::pack(k, n, &w, &[0]);
+    let (scale, bias) = (vec![0.001f32; n], vec![0.5f32; n]);
+    let mut out = vec![0f32; rows * n];
+    let mut a = Activations::default();
+    let mut once = || {
+        a.quantize(&x, k, kernel, &executor);
+        let job = Job::new(&a, &packed, &scale, Some(&bias), None, &mut out);
+        run(kernel, &a, &[job], &executor);
+    };
+    // On one of the pool's threads, as the classifier runs the model.
+    let mut timed = || {
+        once();
+        (0..runs)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                once();
+                t.elapsed().as_secs_f64()
+            })
+            .collect::<Vec<f64>>()
+    };
+    let mut times = match &executor {
+        Executor::MultiThread(pool) => pool.install(timed),
+        _ => timed(),
+    };
+    times.sort_by(f64::total_cmp);
+    Some((kernel.name(), times[times.len() / 2]))
+}
+
 /// The range extended to include 0, ignoring NaN, as ONNX (and tract) do.
 pub(crate) fn min_max(xs: &[f32]) -> (f32, f32) {
     const LANES: usize = 16;
