@@ -162,6 +162,11 @@ fn broken_and_mismatched_models_exit_79_and_say_what_is_wrong() {
     let (code, line) = classify_with(d.path(), &bad.join("gray.onnx"));
     assert_eq!(code, 79, "{line}");
     assert!(line.contains("gray.onnx: input has 1 channels"), "{line}");
+    // Invalid ONNX that tract panics on (a string tensor in raw bytes): a
+    // model error like the others, not a crash with a backtrace.
+    let (code, line) = classify_with(d.path(), &bad.join("string-raw.onnx"));
+    assert_eq!(code, 79, "{line}");
+    assert!(line.contains("string-raw.onnx: cannot load the model: tract failed on it"), "{line}");
 }
 
 // ---- faults while the daemon runs -------------------------------------------

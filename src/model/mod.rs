@@ -16,6 +16,19 @@ use std::path::{Path, PathBuf};
 pub use self::passes::PassReport;
 #[doc(hidden)]
 pub use self::qgemm::bench_layer;
+
+/// For `fuzz/fuzz_targets/onnx.rs`: lookout's own reading of an ONNX file
+/// (the piecewise reader and the searches for the layers and blocks it
+/// replaces), without tract. Returns how many int8 groups and attention
+/// blocks it found.
+#[doc(hidden)]
+pub fn inspect_onnx(path: &Path) -> Result<(usize, usize), String> {
+    let lazy = onnx::LazyModel::open(path).map_err(|e| e.to_string())?;
+    let groups = qlinear::count(lazy.graph());
+    let blocks = attention::count(&lazy).map_err(|e| e.to_string())?;
+    lazy.into_proto(&Default::default()).map_err(|e| e.to_string())?;
+    Ok((groups, blocks))
+}
 pub use self::tract::{
     kernel_summary, lookout_attention, lookout_int8_kernel, LoadOptions, LoadReport, OpTime, TractClassifier,
     POOL_THREAD_PREFIX, TRACT_VERSION,
@@ -73,6 +86,13 @@ pub fn load_labels(path: &Path) -> Result<Vec<String>, ModelError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inspecting_the_digits_model_finds_its_layers_and_blocks() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        assert_eq!(inspect_onnx(&root.join("models/digits/digits-int8.onnx")), Ok((17, 4)));
+        assert_eq!(inspect_onnx(&root.join("fuzz/corpus/onnx/qlinear.onnx")), Ok((1, 0)), "the fuzz seed");
+    }
 
     #[test]
     fn labels_are_lines_and_blank_lines_are_errors() {

@@ -123,6 +123,11 @@ pub(crate) fn rewrite(lazy: &mut LazyModel, kernel: Kernel) -> TractResult<(Tabl
     Ok((table, report, consumed))
 }
 
+/// How many groups [`rewrite`] would replace.
+pub(crate) fn count(graph: &GraphProto) -> usize {
+    find(graph).len()
+}
+
 fn node_name(group: usize) -> String {
     format!("lookout_qlinear_{group}")
 }

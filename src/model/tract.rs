@@ -98,6 +98,31 @@ impl TractClassifier {
     }
 
     pub fn load_with(cfg: &ModelConfig, options: &LoadOptions) -> Result<TractClassifier, ModelError> {
+        // tract panics on some malformed files (a raw-data string tensor:
+        // `unimplemented!` in tract-onnx 0.23.9); such a file is a bad
+        // model, reported like any other, not a crash. The default hook
+        // would print the panic too, so it is silenced meanwhile: loading
+        // happens before any other thread of lookout's runs.
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Self::load_unguarded(cfg, options)));
+        std::panic::set_hook(hook);
+        loaded.unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into());
+            Err(ModelError::Load {
+                path: cfg.path.clone(),
+                reason: format!(
+                    "tract failed on it ({what}); is it a valid ONNX file? (onnx.checker.check_model says)"
+                ),
+            })
+        })
+    }
+
+    fn load_unguarded(cfg: &ModelConfig, options: &LoadOptions) -> Result<TractClassifier, ModelError> {
         let mut report = LoadReport::default();
         let t = Instant::now();
         let path = cfg.path.as_path();

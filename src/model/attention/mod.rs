@@ -122,6 +122,11 @@ pub(crate) fn rewrite(lazy: &mut LazyModel) -> TractResult<(Table, HashSet<usize
     Ok((table, taken))
 }
 
+/// How many blocks [`rewrite`] would replace.
+pub(crate) fn count(lazy: &LazyModel) -> TractResult<usize> {
+    Ok(find(lazy.graph(), lazy)?.len())
+}
+
 fn find(graph: &GraphProto, lazy: &LazyModel) -> TractResult<Vec<Found>> {
     let inits: HashMap<&str, usize> = graph.initializer.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect();
     let mut readers: HashMap<&str, Vec<usize>> = HashMap::new();
