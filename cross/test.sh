@@ -5,8 +5,9 @@
 #   2. tests/cross.rs runs the ARM binaries under qemu-user (Cortex-A72 and
 #      A76 for aarch64, A15 for armv7) on the digits model against this
 #      machine's answers;
-#   3. the aarch64 unit tests run under qemu (Cortex-A72, and lookout's
-#      int8 kernel tests again on a Cortex-A76), reusing step 1's
+#   3. the aarch64 unit tests run under qemu (Cortex-A72, where lookout's
+#      plain NEON int8 kernel is picked, and the int8 kernel tests again on
+#      a Cortex-A76, where its sdot kernel is), reusing step 1's
 #      dependencies;
 #   4. every .deb is inspected, and the amd64 one installed and run.
 #
@@ -52,7 +53,8 @@ if [[ " ${triples[*]} " == *" aarch64-unknown-linux-gnu "* ]]; then
   export PATH="$PWD/cross/.venv/bin:$PATH"
   export BINDGEN_EXTRA_CLANG_ARGS="-idirafter /usr/aarch64-linux-gnu/include"
   export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -cpu cortex-a72 -L /usr/aarch64-linux-gnu"
-  cargo-zigbuild test --locked --profile "$profile" --target aarch64-unknown-linux-gnu.2.17 --lib
+  LOOKOUT_EXPECT_INT8_KERNEL=lookout_arm64neon_i8i8_2x16 \
+    cargo-zigbuild test --locked --profile "$profile" --target aarch64-unknown-linux-gnu.2.17 --lib
   # lookout's sdot kernel needs a CPU with the dot product (Pi 5): its
   # tests against the ONNX definition again on a Cortex-A76.
   LOOKOUT_EXPECT_INT8_KERNEL=lookout_arm64dot_i8i8_4x16 \

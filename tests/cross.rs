@@ -3,10 +3,11 @@
 //! `cross/build.sh aarch64 armv7` leaves target/<triple>/<profile>/lookout;
 //! each runs `lookout classify --logits` on the digits model and must give
 //! the same top-1 and logits within 2 % of their range as the x86_64 build.
-//! The CPU model decides the int8 kernel: a Cortex-A72 (Pi 4) has no dot
-//! product, so lookout leaves its int8 layers to tract, which picks its
-//! SMLAL kernel; a Cortex-A76 (Pi 5) runs them on lookout's own `sdot`
-//! kernel. The log line naming the kernels shows which was picked.
+//! The CPU model decides lookout's int8 kernel: a Cortex-A72 (Pi 4) has no
+//! dot product and gets the plain NEON one (`smull` + `sadalp`), a
+//! Cortex-A76 (Pi 5) the `sdot` one; 32-bit ARM has none, so tract's own
+//! int8 path runs there. The log line naming the kernels shows which was
+//! picked.
 //!
 //! `cross/test.sh` builds the binaries and runs this with LOOKOUT_CROSS
 //! naming the triples it built, whose binaries then must exist; without
@@ -37,8 +38,8 @@ const VARIANTS: &[Variant] = &[
         sysroot: "/usr/aarch64-linux-gnu",
         cpu: "cortex-a72",
         env: &[],
-        kernel: "arm64simd_mmm_i32_8x8 ",
-        not_kernel: "lookout_",
+        kernel: "lookout_arm64neon_i8i8_2x16 ",
+        not_kernel: "arm64simd_mmm_i32",
     },
     Variant {
         triple: "aarch64-unknown-linux-gnu",

@@ -1,10 +1,15 @@
-//! The ARMv8.2 dot-product kernel: 4 rows x 16 columns of i32 accumulators
-//! (16 q registers), 4 registers of weights per k-step and one register per
-//! row holding 16 activation bytes, whose four 4-byte lanes feed four
-//! k-steps through `sdot`'s lane form. Each panel is two such halves.
+//! The aarch64 kernels, both on half panels of 16 columns (4 registers of
+//! 4 columns x 4 k per step):
 //!
-//! `sdot` is written as inline assembly because its intrinsic is not
-//! stable Rust yet (rust-lang/rust#117224).
+//! - ARMv8.2 dot product (`sdot`): 4 rows x 16 columns of i32 accumulators
+//!   (16 q registers) and one register per row holding 16 activation
+//!   bytes, whose four 4-byte lanes feed four k-steps through `sdot`'s
+//!   lane form. `sdot` is inline assembly: its intrinsic is not stable Rust
+//!   yet (rust-lang/rust#117224).
+//! - plain NEON for CPUs without it (the Pi 4's Cortex-A72): `smull` of 8
+//!   weight bytes by the row's 4 bytes repeated, then `sadalp` adds each
+//!   pair of 16-bit products into i32 lanes, exactly (one product is at most
+//!   2^14); 2 rows x 16 columns, two accumulators per 4 columns.
 
 use std::arch::aarch64::*;
 use std::arch::asm;
@@ -97,6 +102,25 @@ unsafe fn tile<const R: usize>(a: &Activations, job: &Job, panel: usize, half: u
         s += 1;
     }
 
+    // A copy: `acc` stays in registers only if indexed by constants alone.
+    let mut sums = [[vdupq_n_s32(0); 4]; R];
+    sums.copy_from_slice(&acc);
+    store(&sums, a, job, panel, half, m0);
+}
+
+/// The epilogue: column sums of rows `m0..m0 + R` of one half panel, 4
+/// registers of 4 columns per row, to f32 in the output.
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn store<const R: usize>(
+    acc: &[[int32x4_t; 4]; R],
+    a: &Activations,
+    job: &Job,
+    panel: usize,
+    half: usize,
+    m0: usize,
+) {
+    let w = job.w;
     let col0 = panel * NR + half * HALF;
     let valid = (w.n - col0).min(HALF);
     let mut out = [0f32; HALF];
@@ -117,4 +141,52 @@ unsafe fn tile<const R: usize>(a: &Activations, job: &Job, panel: usize, half: u
             *dst.add(i) = job.gelu.map_or(v, |g| g.apply(v));
         }
     }
+}
+
+/// # Safety
+/// `job` and `a` come from `Job::new` and `Activations::quantize` (NEON is
+/// part of every aarch64 CPU).
+#[target_feature(enable = "neon")]
+pub(super) unsafe fn panel_neon(a: &Activations, job: &Job, panel: usize) {
+    for half in 0..NR / HALF {
+        if panel * NR + half * HALF >= job.w.n {
+            break;
+        }
+        let mut m = 0;
+        while m + 2 <= a.rows {
+            tile_neon::<2>(a, job, panel, half, m);
+            m += 2;
+        }
+        if m < a.rows {
+            tile_neon::<1>(a, job, panel, half, m);
+        }
+    }
+}
+
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn tile_neon<const R: usize>(a: &Activations, job: &Job, panel: usize, half: usize, m0: usize) {
+    let w = job.w;
+    let steps = (w.steps.as_ptr().add(panel * w.k4) as *const i8).add(half * 64);
+    let rows = a.data.as_ptr().add(m0 * a.stride) as *const i8;
+    // Per row and 4 columns: k0 + k1 and k2 + k3 partial sums of 2 columns
+    // (low), of the other 2 (high).
+    let mut acc = [[vdupq_n_s32(0); 8]; R];
+    for s in 0..w.k4 {
+        let b = [0, 1, 2, 3].map(|j| vld1q_s8(steps.add(s * 128 + j * 16)));
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let q = vreinterpretq_s8_s32(vld1q_dup_s32(rows.add(r * a.stride + 4 * s) as *const i32));
+            for j in 0..4 {
+                acc[2 * j] = vpadalq_s16(acc[2 * j], vmull_s8(vget_low_s8(b[j]), vget_low_s8(q)));
+                acc[2 * j + 1] = vpadalq_s16(acc[2 * j + 1], vmull_high_s8(b[j], q));
+            }
+        }
+    }
+    let mut sums = [[vdupq_n_s32(0); 4]; R];
+    for (sums, acc) in sums.iter_mut().zip(&acc) {
+        for j in 0..4 {
+            sums[j] = vpaddq_s32(acc[2 * j], acc[2 * j + 1]);
+        }
+    }
+    store(&sums, a, job, panel, half, m0);
 }

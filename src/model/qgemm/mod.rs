@@ -91,11 +91,15 @@ pub(crate) enum Kernel {
     /// ARMv8.2 `sdot` (Cortex-A55/A76 and later: Pi 5, Jetson Orin).
     #[cfg(target_arch = "aarch64")]
     Dot,
+    /// Plain NEON widening multiplies (Cortex-A72: Pi 4; A57: Jetson Nano).
+    #[cfg(target_arch = "aarch64")]
+    Neon,
 }
 
 impl Kernel {
-    /// The best kernel this CPU runs; `None` where lookout has none, and
-    /// tract's own int8 path is used instead.
+    /// The best kernel this CPU runs; `None` where lookout has none (32-bit
+    /// ARM, x86 without AVX-512 VNNI), and tract's own int8 path is used
+    /// instead.
     pub(crate) fn detect() -> Option<Kernel> {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx512vnni")
@@ -105,9 +109,8 @@ impl Kernel {
             return Some(Kernel::Avx512Vnni);
         }
         #[cfg(target_arch = "aarch64")]
-        if std::arch::is_aarch64_feature_detected!("dotprod") {
-            return Some(Kernel::Dot);
-        }
+        return Some(if std::arch::is_aarch64_feature_detected!("dotprod") { Kernel::Dot } else { Kernel::Neon });
+        #[allow(unreachable_code)]
         None
     }
 
@@ -118,6 +121,8 @@ impl Kernel {
             Kernel::Avx512Vnni => "lookout_avx512vnni_u8i8_12x32",
             #[cfg(target_arch = "aarch64")]
             Kernel::Dot => "lookout_arm64dot_i8i8_4x16",
+            #[cfg(target_arch = "aarch64")]
+            Kernel::Neon => "lookout_arm64neon_i8i8_2x16",
         }
     }
 
@@ -129,7 +134,7 @@ impl Kernel {
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512Vnni => 0,
             #[cfg(target_arch = "aarch64")]
-            Kernel::Dot => 128,
+            Kernel::Dot | Kernel::Neon => 128,
         }
     }
 
@@ -165,6 +170,8 @@ impl Kernel {
             Kernel::Avx512Vnni => x86::panel_avx512vnni(a, job, panel),
             #[cfg(target_arch = "aarch64")]
             Kernel::Dot => aarch64::panel_dot(a, job, panel),
+            #[cfg(target_arch = "aarch64")]
+            Kernel::Neon => aarch64::panel_neon(a, job, panel),
         }
     }
 }
