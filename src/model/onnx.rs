@@ -81,6 +81,40 @@ impl LazyModel {
         Ok(t)
     }
 
+    /// Initializer `index` as a tract tensor, for the tensors lookout's own
+    /// ops take (weights, scales, biases, shapes). Checked first, so that a
+    /// malformed file is an error here rather than a panic or a huge
+    /// allocation inside tract: the type is one of those, and the data holds
+    /// exactly as many values as the dims say.
+    pub(crate) fn tensor(&self, index: usize) -> tract_onnx::prelude::TractResult<tract_onnx::prelude::Tensor> {
+        use tract_onnx::pb::tensor_proto::DataType;
+        use tract_onnx::tract_core::internal::{bail, ensure};
+        let t = self.initializer(index)?;
+        let len = t.dims.iter().try_fold(1u64, |n, &d| u64::try_from(d).ok().and_then(|d| n.checked_mul(d)));
+        let Some(len) = len.filter(|&n| n <= 1 << 32) else { bail!("{}: bad dims {:?}", t.name, t.dims) };
+        let (width, typed) = match DataType::try_from(t.data_type) {
+            Ok(DataType::Float) => (4, t.float_data.len()),
+            Ok(DataType::Int8 | DataType::Uint8 | DataType::Int32) => {
+                (if t.data_type == 6 { 4 } else { 1 }, t.int32_data.len())
+            }
+            Ok(DataType::Int64) => (8, t.int64_data.len()),
+            _ => bail!("{}: lookout does not read tensors of ONNX type {}", t.name, t.data_type),
+        };
+        ensure!(t.data_location != Some(1), "{}: stored outside the file (external data)", t.name);
+        if t.raw_data.is_empty() {
+            ensure!(typed as u64 == len, "{}: {typed} values for dims {:?}", t.name, t.dims);
+        } else {
+            ensure!(
+                t.raw_data.len() as u64 == len * width,
+                "{}: {} bytes for dims {:?}",
+                t.name,
+                t.raw_data.len(),
+                t.dims
+            );
+        }
+        tract_onnx::tensor::load_tensor(&tract_onnx::data_resolver::MmapDataResolver, &t, None)
+    }
+
     /// Puts each `(at, node, removed)`'s `node` in the place of node `at`
     /// and removes the nodes in `removed` (indexes into the graph as it is).
     pub(crate) fn replace_nodes(&mut self, replacements: Vec<(usize, NodeProto, Vec<usize>)>) {
@@ -317,6 +351,25 @@ mod tests {
         let inits = &proto.graph.unwrap().initializer;
         assert_eq!(inits.len(), n - 1);
         assert!(inits.iter().all(|t| t.name != name));
+    }
+
+    #[test]
+    fn tensors_whose_data_disagrees_with_their_dims_or_type_are_errors() {
+        let mut lazy = LazyModel::open(&digits()).unwrap();
+        let (index, _) = lazy.deferred[0];
+        let good = lazy.tensor(index).unwrap();
+        let graph = lazy.proto.graph.as_mut().unwrap();
+        let dims = graph.initializer[index].dims.clone();
+        graph.initializer[index].dims = vec![i64::MAX, 2];
+        assert!(lazy.tensor(index).unwrap_err().to_string().contains("bad dims"));
+        let graph = lazy.proto.graph.as_mut().unwrap();
+        graph.initializer[index].dims = [&dims[..], &[2]].concat();
+        assert!(lazy.tensor(index).unwrap_err().to_string().contains("bytes for dims"));
+        let graph = lazy.proto.graph.as_mut().unwrap();
+        graph.initializer[index].dims = dims;
+        graph.initializer[index].data_type = 8;
+        assert!(lazy.tensor(index).unwrap_err().to_string().contains("ONNX type 8"), "strings: tract panics on them");
+        assert!(good.len() > 1000);
     }
 
     #[test]

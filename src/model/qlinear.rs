@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use tract_linalg::multithread::current_tract_executor;
 use tract_onnx::model::ParsingContext;
-use tract_onnx::pb::{tensor_proto::DataType, GraphProto, NodeProto, TensorProto};
+use tract_onnx::pb::{tensor_proto::DataType, NodeProto, TensorProto};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_hir::internal::*;
@@ -95,7 +95,7 @@ pub(crate) type Table = HashMap<String, Arc<GroupWeights>>;
 /// was done, and the initializers the new nodes hold their own copies of
 /// (for [`LazyModel::into_proto`], which then never reads them).
 pub(crate) fn rewrite(lazy: &mut LazyModel, kernel: Kernel) -> TractResult<(Table, Rewritten, HashSet<usize>)> {
-    let groups = find(lazy.graph());
+    let groups = find(lazy);
     let mut table = Table::new();
     let mut report = Rewritten::default();
     let mut consumed = HashSet::new();
@@ -124,8 +124,8 @@ pub(crate) fn rewrite(lazy: &mut LazyModel, kernel: Kernel) -> TractResult<(Tabl
 }
 
 /// How many groups [`rewrite`] would replace.
-pub(crate) fn count(graph: &GraphProto) -> usize {
-    find(graph).len()
+pub(crate) fn count(lazy: &LazyModel) -> usize {
+    find(lazy).len()
 }
 
 fn node_name(group: usize) -> String {
@@ -133,7 +133,8 @@ fn node_name(group: usize) -> String {
 }
 
 /// Finds the groups; see the module documentation for the shape.
-fn find(graph: &GraphProto) -> Vec<Group> {
+fn find(lazy: &LazyModel) -> Vec<Group> {
+    let graph = lazy.graph();
     let inits: HashMap<&str, usize> = graph.initializer.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect();
     let mut readers: HashMap<&str, Vec<usize>> = HashMap::new();
     for (i, n) in graph.node.iter().enumerate() {
@@ -163,12 +164,11 @@ fn find(graph: &GraphProto) -> Vec<Group> {
     };
 
     let scalar = |name: &str| -> Option<f32> {
-        let (_, t) = init(name, DataType::Float)?;
+        let (i, t) = init(name, DataType::Float)?;
         if t.dims.iter().product::<i64>() != 1 {
             return None;
         }
-        let t = tract_onnx::tensor::load_tensor(&tract_onnx::data_resolver::MmapDataResolver, t, None).ok()?;
-        t.cast_to_scalar::<f32>().ok()
+        lazy.tensor(i).ok()?.cast_to_scalar::<f32>().ok()
     };
     let other = |n: &NodeProto, this: &str| -> Option<String> {
         (n.input.len() == 2 && n.input.iter().any(|i| i == this))
@@ -300,11 +300,7 @@ fn find(graph: &GraphProto) -> Vec<Group> {
 }
 
 fn pack(lazy: &LazyModel, group: &Group, kernel: Kernel) -> TractResult<GroupWeights> {
-    let tensor = |i: usize| -> TractResult<Tensor> {
-        let proto = lazy.initializer(i)?;
-        tract_onnx::tensor::load_tensor(&tract_onnx::data_resolver::MmapDataResolver, &proto, None)
-            .with_context(|| format!("reading initializer {}", proto.name))
-    };
+    let tensor = |i: usize| lazy.tensor(i);
     let mut k = 0;
     let mut layers = vec![];
     for l in &group.layers {
@@ -511,7 +507,7 @@ mod tests {
     fn finds_every_quantized_linear_of_the_digits_model() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/digits/digits-int8.onnx");
         let lazy = LazyModel::open(&path).unwrap();
-        let groups = find(lazy.graph());
+        let groups = find(&lazy);
         // 4 blocks x (query/key/value, attention output, MLP in, MLP out)
         // plus the head: 17 quantizers for 25 matmuls, all fused.
         assert_eq!(groups.len(), 17);
@@ -528,7 +524,8 @@ mod tests {
     #[test]
     fn a_quantizer_with_another_reader_is_left_to_tract() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/digits/digits-int8.onnx");
-        let mut graph = LazyModel::open(&path).unwrap().graph().clone();
+        let mut lazy = LazyModel::open(&path).unwrap();
+        let graph = lazy.proto.graph.as_mut().unwrap();
         let q = graph.node.iter().find(|n| n.op_type == "DynamicQuantizeLinear").unwrap().output[0].clone();
         graph.node.push(NodeProto {
             op_type: "Identity".into(),
@@ -536,6 +533,6 @@ mod tests {
             output: vec!["x".into()],
             ..Default::default()
         });
-        assert_eq!(find(&graph).len(), 16);
+        assert_eq!(find(&lazy).len(), 16);
     }
 }

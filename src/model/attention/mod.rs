@@ -98,8 +98,7 @@ pub(crate) fn rewrite(lazy: &mut LazyModel) -> TractResult<(Table, HashSet<usize
         let bias = match f.bias {
             Some(index) => {
                 taken.insert(index);
-                let proto = lazy.initializer(index)?;
-                let t = tract_onnx::tensor::load_tensor(&tract_onnx::data_resolver::MmapDataResolver, &proto, None)?;
+                let t = lazy.tensor(index)?;
                 let shape = t.shape();
                 let (heads, tokens) = (shape[shape.len() - 3], shape[shape.len() - 1]);
                 Some(Bias { heads, tokens, values: t.try_as_plain_ram()?.as_slice::<f32>()?.to_vec() })
@@ -157,9 +156,7 @@ fn find(graph: &GraphProto, lazy: &LazyModel) -> TractResult<Vec<Found>> {
         n.attribute.iter().find(|a| a.name == name).map(|a| a.ints.clone())
     };
     let int64s = |name: &str| -> Option<Vec<i64>> {
-        let &i = inits.get(name)?;
-        let proto = lazy.initializer(i).ok()?;
-        let t = tract_onnx::tensor::load_tensor(&tract_onnx::data_resolver::MmapDataResolver, &proto, None).ok()?;
+        let t = lazy.tensor(*inits.get(name)?).ok()?;
         Some(t.cast_to::<i64>().ok()?.try_as_plain_ram().ok()?.as_slice::<i64>().ok()?.to_vec())
     };
     let scalar = |name: &str| -> Option<f32> {
@@ -168,9 +165,7 @@ fn find(graph: &GraphProto, lazy: &LazyModel) -> TractResult<Vec<Found>> {
         if t.data_type != DataType::Float as i32 || t.dims.iter().product::<i64>() != 1 {
             return None;
         }
-        let proto = lazy.initializer(i).ok()?;
-        let t = tract_onnx::tensor::load_tensor(&tract_onnx::data_resolver::MmapDataResolver, &proto, None).ok()?;
-        t.cast_to_scalar::<f32>().ok()
+        lazy.tensor(i).ok()?.cast_to_scalar::<f32>().ok()
     };
     // `Transpose<perm>(Reshape(x, [1|0, T|0|-1, H|-1, D]))`, possibly then
     // `Mul` by a scalar: (x, D, scale, nodes).
