@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "camera")]
 use super::CaptureError;
 use crate::frame::PixelFormat;
 
