@@ -81,7 +81,7 @@ fn collect_through(sub: &Listener, mut msgs: Vec<(String, Value, bool)>, last: u
 #[test]
 fn a_broker_killed_and_restarted_loses_no_result() {
     let mut broker = Broker::start_persistent();
-    let sub = Listener::persistent(broker.port, &result_topic(), "test-killed-broker");
+    let sub = Listener::persistent_saved(broker.port, &result_topic(), "test-killed-broker");
     let dir = tempfile::tempdir().unwrap();
     let lookout = Daemon::start(&config(dir.path(), broker.port, ""), &[]);
     let mut msgs = sub.until(MIN * 2, |m| received(m).len() >= 3);
@@ -132,7 +132,7 @@ fn a_broker_frozen_for_20_s_loses_no_result() {
 #[test]
 fn lookout_killed_during_an_outage_resumes_from_its_outbox() {
     let mut broker = Broker::start_persistent();
-    let sub = Listener::persistent(broker.port, &result_topic(), "test-killed-lookout");
+    let sub = Listener::persistent_saved(broker.port, &result_topic(), "test-killed-lookout");
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), broker.port, "");
     let mut first = Daemon::start(&cfg, &[]);
