@@ -7,6 +7,7 @@ mod attention;
 pub mod manifest;
 mod onnx;
 mod passes;
+mod placeholder;
 mod qgemm;
 pub mod qlinear;
 mod tract;

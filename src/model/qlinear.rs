@@ -22,13 +22,13 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use tract_linalg::multithread::current_tract_executor;
-use tract_onnx::model::ParsingContext;
 use tract_onnx::pb::{tensor_proto::DataType, NodeProto, TensorProto};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_hir::internal::*;
 
 use super::onnx::LazyModel;
+use super::placeholder::{self, Payload};
 use super::qgemm::{self, Activations, Gelu, Job, Kernel, PackedWeights};
 
 /// The op type of the replacement node (registered with tract-onnx).
@@ -87,8 +87,8 @@ pub struct Rewritten {
     pub packed_bytes: usize,
 }
 
-/// The node name -> weights table [`attach`] hands to the parsed model.
-pub(crate) type Table = HashMap<String, Arc<GroupWeights>>;
+/// The node name -> weights table for [`placeholder::attach`].
+pub(crate) type Table = placeholder::Table<GroupWeights>;
 
 /// Replaces every quantized linear group by a `LookoutQLinear` node and
 /// packs its weights for `kernel`. Returns the weights by node name, what
@@ -323,44 +323,11 @@ fn pack(lazy: &LazyModel, group: &Group, kernel: Kernel) -> TractResult<GroupWei
     Ok(GroupWeights { k, layers, kernel })
 }
 
-/// tract-onnx's builder for `LookoutQLinear` nodes: a placeholder that
-/// [`attach`] gives its weights right after parsing.
-pub(crate) fn parse_node(_ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
-    Ok((expand(QLinearNode { name: node.name.clone(), weights: None }), vec![]))
-}
+impl Payload for GroupWeights {
+    const OP_TYPE: &'static str = OP_TYPE;
 
-/// Gives every `LookoutQLinear` placeholder in `model` its weights.
-pub(crate) fn attach(model: &mut InferenceModel, mut table: Table) -> TractResult<()> {
-    for node in model.nodes_mut() {
-        if let Some(op) = node.op_as_mut::<Box<dyn Expansion>>() {
-            if let Some(q) = op.as_any_mut().downcast_mut::<QLinearNode>() {
-                q.weights = Some(table.remove(&q.name).with_context(|| format!("no weights for {}", q.name))?);
-            }
-        }
-    }
-    ensure!(table.is_empty(), "{} packed groups have no node", table.len());
-    Ok(())
-}
-
-#[derive(Debug, Clone)]
-struct QLinearNode {
-    name: String,
-    weights: Option<Arc<GroupWeights>>,
-}
-
-impl QLinearNode {
-    fn weights(&self) -> TractResult<&Arc<GroupWeights>> {
-        self.weights.as_ref().with_context(|| format!("{} was never given its weights", self.name))
-    }
-}
-
-impl Expansion for QLinearNode {
-    fn name(&self) -> StaticName {
-        OP_TYPE.into()
-    }
-
-    fn nboutputs(&self) -> TractResult<usize> {
-        Ok(self.weights()?.layers.len())
+    fn outputs(&self) -> usize {
+        self.layers.len()
     }
 
     fn rules<'r, 'p: 'r, 's: 'r>(
@@ -369,11 +336,10 @@ impl Expansion for QLinearNode {
         inputs: &'p [TensorProxy],
         outputs: &'p [TensorProxy],
     ) -> InferenceResult {
-        let weights = self.weights()?;
         check_input_arity(inputs, 1)?;
-        check_output_arity(outputs, weights.layers.len())?;
+        check_output_arity(outputs, self.layers.len())?;
         s.equals(&inputs[0].datum_type, f32::datum_type())?;
-        for (o, layer) in outputs.iter().zip(&weights.layers) {
+        for (o, layer) in outputs.iter().zip(&self.layers) {
             let n = layer.packed.n;
             s.equals(&o.datum_type, f32::datum_type())?;
             s.equals(&o.rank, &inputs[0].rank)?;
@@ -388,8 +354,8 @@ impl Expansion for QLinearNode {
         Ok(())
     }
 
-    fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
-        model.wire_node(prefix, QLinear { weights: self.weights()?.clone() }, &inputs[..1])
+    fn op(self: Arc<Self>) -> Box<dyn TypedOp> {
+        Box::new(QLinear { weights: self })
     }
 }
 

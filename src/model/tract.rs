@@ -12,6 +12,7 @@ use tract_onnx::tract_hir::infer::GenericFactoid;
 use super::attention;
 use super::onnx::LazyModel;
 use super::passes::{self, PassReport};
+use super::placeholder;
 use super::qgemm::Kernel;
 use super::qlinear::{self, QLinear};
 use super::{load_labels, Classifier, ModelError, ModelInfo};
@@ -157,8 +158,8 @@ impl TractClassifier {
         report.pass_report.attention = blocks.len();
         let proto = lazy.into_proto(&taken).map_err(|e| load_err(e.to_string()))?;
         let mut onnx = tract_onnx::onnx();
-        onnx.op_register.insert(qlinear::OP_TYPE, qlinear::parse_node);
-        onnx.op_register.insert(attention::OP_TYPE, attention::parse_node);
+        onnx.op_register.insert(qlinear::OP_TYPE, placeholder::parse_node::<qlinear::GroupWeights>);
+        onnx.op_register.insert(attention::OP_TYPE, placeholder::parse_node::<attention::Block>);
         let parsed = onnx
             .parse(&proto, path.parent().and_then(Path::to_str))
             .map_err(|e| load_err(format!("{} (is it an ONNX file?)", root_cause(&e))))?;
@@ -167,8 +168,8 @@ impl TractClassifier {
             return Err(load_err(format!("no node or initializer produces {name:?}")));
         }
         let mut model = parsed.model;
-        qlinear::attach(&mut model, weights).map_err(|e| load_err(root_cause(&e)))?;
-        attention::attach(&mut model, blocks).map_err(|e| load_err(root_cause(&e)))?;
+        placeholder::attach(&mut model, weights).map_err(|e| load_err(root_cause(&e)))?;
+        placeholder::attach(&mut model, blocks).map_err(|e| load_err(root_cause(&e)))?;
         report.pass_report.fused = rewritten;
         report.parse = t.elapsed();
         let t = Instant::now();

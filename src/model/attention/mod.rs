@@ -30,13 +30,13 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use tract_linalg::multithread::{current_tract_executor, Executor};
-use tract_onnx::model::ParsingContext;
 use tract_onnx::pb::{tensor_proto::DataType, GraphProto, NodeProto};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_hir::internal::*;
 
 use super::onnx::LazyModel;
+use super::placeholder::{self, Payload};
 
 /// The op type of the replacement node (registered with tract-onnx).
 pub(crate) const OP_TYPE: &str = "LookoutAttention";
@@ -58,8 +58,8 @@ struct Bias {
     values: Vec<f32>,
 }
 
-/// The node name -> block table [`attach`] hands to the parsed model.
-pub(crate) type Table = HashMap<String, Arc<Block>>;
+/// The node name -> block table for [`placeholder::attach`].
+pub(crate) type Table = placeholder::Table<Block>;
 
 /// Whether this CPU runs the fused block (AVX-512 for now; elsewhere tract
 /// runs the eleven nodes).
@@ -285,34 +285,11 @@ fn find(graph: &GraphProto, lazy: &LazyModel) -> TractResult<Vec<Found>> {
     Ok(found)
 }
 
-/// tract-onnx's builder for `LookoutAttention` nodes: a placeholder that
-/// [`attach`] completes right after parsing.
-pub(crate) fn parse_node(_ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
-    Ok((expand(AttentionNode { name: node.name.clone(), block: None }), vec![]))
-}
+impl Payload for Block {
+    const OP_TYPE: &'static str = OP_TYPE;
 
-/// Gives every `LookoutAttention` placeholder in `model` its block.
-pub(crate) fn attach(model: &mut InferenceModel, mut table: Table) -> TractResult<()> {
-    for node in model.nodes_mut() {
-        if let Some(op) = node.op_as_mut::<Box<dyn Expansion>>() {
-            if let Some(a) = op.as_any_mut().downcast_mut::<AttentionNode>() {
-                a.block = Some(table.remove(&a.name).with_context(|| format!("no block for {}", a.name))?);
-            }
-        }
-    }
-    ensure!(table.is_empty(), "{} attention blocks have no node", table.len());
-    Ok(())
-}
-
-#[derive(Debug, Clone)]
-struct AttentionNode {
-    name: String,
-    block: Option<Arc<Block>>,
-}
-
-impl Expansion for AttentionNode {
-    fn name(&self) -> StaticName {
-        OP_TYPE.into()
+    fn outputs(&self) -> usize {
+        1
     }
 
     fn rules<'r, 'p: 'r, 's: 'r>(
@@ -332,9 +309,8 @@ impl Expansion for AttentionNode {
         Ok(())
     }
 
-    fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
-        let block = self.block.clone().with_context(|| format!("{} was never given its block", self.name))?;
-        model.wire_node(prefix, Attention { block }, inputs)
+    fn op(self: Arc<Self>) -> Box<dyn TypedOp> {
+        Box::new(Attention { block: self })
     }
 }
 
