@@ -384,8 +384,9 @@ unsafe impl Send for Ptr {}
 unsafe impl Sync for Ptr {}
 
 thread_local! {
-    /// Per thread: the head's scaled queries, transposed scaled keys and
-    /// scores (about 270 KB for ViT-L), reused across heads and calls.
+    /// Per thread: the head's scaled queries, transposed scaled keys,
+    /// scores and row sums (about 270 KB for ViT-L), reused across heads
+    /// and calls.
     static SCRATCH: std::cell::RefCell<Vec<f32>> = Default::default();
 }
 
@@ -393,9 +394,10 @@ unsafe fn head(b: &Block, d: &Dims, h: usize, q: Ptr, k: Ptr, v: Ptr, out: Ptr) 
     let (t, hd) = (d.tokens, d.head_dim);
     let tp = t.div_ceil(16) * 16;
     SCRATCH.with_borrow_mut(|scratch| {
-        scratch.resize(t * hd + hd * tp + t * tp, 0.0);
+        scratch.resize(t * hd + hd * tp + t * tp + t, 0.0);
         let (qs, rest) = scratch.split_at_mut(t * hd);
-        let (kt, s) = rest.split_at_mut(hd * tp);
+        let (kt, rest) = rest.split_at_mut(hd * tp);
+        let (s, sums) = rest.split_at_mut(t * tp);
         let col = h * hd;
         for i in 0..t {
             let row = std::slice::from_raw_parts(q.0.add(i * d.width + col), hd);
@@ -414,13 +416,12 @@ unsafe fn head(b: &Block, d: &Dims, h: usize, q: Ptr, k: Ptr, v: Ptr, out: Ptr) 
         #[cfg(target_arch = "x86_64")]
         {
             x86::scores(qs, kt, s, t, tp, hd);
-            let mut sums = vec![0f32; t];
-            x86::exp_rows(s, bias, t, tp, &mut sums);
-            x86::weighted_sum(s, &sums, v.0.add(col), d.width, out.0.add(col), t, tp, hd);
+            x86::exp_rows(s, bias, t, tp, sums);
+            x86::weighted_sum(s, sums, v.0.add(col), d.width, out.0.add(col), t, tp, hd);
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
-            let _ = (v, out, bias, s);
+            let _ = (v, out, bias, s, sums);
             unreachable!("supported() is false off x86_64");
         }
     })
