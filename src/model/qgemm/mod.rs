@@ -9,7 +9,8 @@
 //! one onnxruntime's MLAS uses: weights in panels of [`NR`] columns, 4
 //! consecutive k per column, so one x86 `vpdpbusd` multiplies 4 bytes of a
 //! row (broadcast) by 4 k of 16 columns, and ARM's `sdot` does the same for
-//! 4 columns.
+//! 4 columns. Kernels: AVX-512 VNNI, AVX-VNNI and AVX2 (`x86.rs`), `sdot`
+//! and plain NEON (`aarch64.rs`); every one this CPU runs is tested.
 //!
 //! The integer part is exact. The epilogue is ONNX's `Cast`, `Mul` and `Add`
 //! in that order with no fused multiply-add, so a layer's output equals what
@@ -88,6 +89,14 @@ pub(crate) enum Kernel {
     /// AVX-512 VNNI `vpdpbusd` on zmm (Ice Lake and later, Zen 4 and later).
     #[cfg(target_arch = "x86_64")]
     Avx512Vnni,
+    /// AVX-VNNI `vpdpbusd` on ymm (Alder Lake and later, including the
+    /// N100-class mini PCs, which have no AVX-512).
+    #[cfg(target_arch = "x86_64")]
+    AvxVnni,
+    /// AVX2 without VNNI (Haswell to Comet Lake, Zen 1-3): activations
+    /// widened to 16 bits, `vpmaddwd`, exact (no saturating `vpmaddubsw`).
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
     /// ARMv8.2 `sdot` (Cortex-A55/A76 and later: Pi 5, Jetson Orin).
     #[cfg(target_arch = "aarch64")]
     Dot,
@@ -97,21 +106,48 @@ pub(crate) enum Kernel {
 }
 
 impl Kernel {
-    /// The best kernel this CPU runs; `None` where lookout has none (32-bit
-    /// ARM, x86 without AVX-512 VNNI), and tract's own int8 path is used
-    /// instead.
-    pub(crate) fn detect() -> Option<Kernel> {
+    /// Every kernel this CPU runs, best first.
+    pub(crate) fn supported() -> Vec<Kernel> {
+        #[allow(unused_mut)]
+        let mut all = vec![];
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512vnni")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-            && std::arch::is_x86_feature_detected!("avx512f")
         {
-            return Some(Kernel::Avx512Vnni);
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx512vnni") && has!("avx512bw") && has!("avx512f") {
+                all.push(Kernel::Avx512Vnni);
+            }
+            if has!("avxvnni") && has!("avx2") && has!("fma") {
+                all.push(Kernel::AvxVnni);
+            }
+            if has!("avx2") && has!("fma") {
+                all.push(Kernel::Avx2);
+            }
         }
         #[cfg(target_arch = "aarch64")]
-        return Some(if std::arch::is_aarch64_feature_detected!("dotprod") { Kernel::Dot } else { Kernel::Neon });
-        #[allow(unreachable_code)]
-        None
+        {
+            if std::arch::is_aarch64_feature_detected!("dotprod") {
+                all.push(Kernel::Dot);
+            }
+            all.push(Kernel::Neon);
+        }
+        all
+    }
+
+    /// The best kernel this CPU runs; `None` where lookout has none (32-bit
+    /// ARM, x86 without AVX2), and tract's own int8 path is used instead.
+    /// `LOOKOUT_INT8_KERNEL` picks another (part of its name: `avx2`,
+    /// `neon`...) to compare kernels on one machine, or `tract` for none.
+    pub(crate) fn detect() -> Option<Kernel> {
+        let supported = Kernel::supported();
+        match std::env::var("LOOKOUT_INT8_KERNEL") {
+            Ok(want) if want == "tract" => None,
+            Ok(want) => supported.iter().copied().find(|k| k.name().contains(want.as_str())).or_else(|| {
+                let names: Vec<&str> = supported.iter().map(|k| k.name()).collect();
+                log::warn!("LOOKOUT_INT8_KERNEL={want} names none of this CPU's int8 kernels {names:?}; ignored");
+                supported.first().copied()
+            }),
+            Err(_) => supported.first().copied(),
+        }
     }
 
     /// As the load log and `lookout bench` print it.
@@ -119,6 +155,10 @@ impl Kernel {
         match self {
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512Vnni => "lookout_avx512vnni_u8i8_12x32",
+            #[cfg(target_arch = "x86_64")]
+            Kernel::AvxVnni => "lookout_avxvnni_u8i8_6x16",
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => "lookout_avx2_u8i8_2x16",
             #[cfg(target_arch = "aarch64")]
             Kernel::Dot => "lookout_arm64dot_i8i8_4x16",
             #[cfg(target_arch = "aarch64")]
@@ -132,18 +172,30 @@ impl Kernel {
     fn activation_offset(self) -> i32 {
         match self {
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512Vnni => 0,
+            Kernel::Avx512Vnni | Kernel::AvxVnni | Kernel::Avx2 => 0,
             #[cfg(target_arch = "aarch64")]
             Kernel::Dot | Kernel::Neon => 128,
+        }
+    }
+
+    /// Bytes per activation value in the kernel's rows: the AVX2 kernel
+    /// multiplies 16-bit values, so it gets them widened already.
+    fn activation_bytes(self) -> usize {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => 2,
+            _ => 1,
         }
     }
 
     /// `quantize_into` for one row, returning the sum of its bytes.
     fn quantize_row(self, x: &[f32], q: &mut [u8], scale: f32, zero_point: u8) -> i32 {
         match self {
-            // SAFETY: detect() saw AVX-512 F and BW.
+            // SAFETY: supported() saw AVX-512 F and BW, or AVX2.
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512Vnni => unsafe { x86::quantize_row_avx512(x, q, scale, zero_point) },
+            #[cfg(target_arch = "x86_64")]
+            Kernel::AvxVnni | Kernel::Avx2 => unsafe { x86::quantize_row_avx2(x, q, scale, zero_point) },
             #[allow(unreachable_patterns)]
             _ => {
                 quantize_into(x, q, scale, zero_point);
@@ -154,9 +206,11 @@ impl Kernel {
 
     fn min_max(self, xs: &[f32]) -> (f32, f32) {
         match self {
-            // SAFETY: detect() saw AVX-512 F.
+            // SAFETY: supported() saw AVX-512 F, or AVX2.
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512Vnni => unsafe { x86::min_max_avx512(xs) },
+            #[cfg(target_arch = "x86_64")]
+            Kernel::AvxVnni | Kernel::Avx2 => unsafe { x86::min_max_avx2(xs) },
             #[allow(unreachable_patterns)]
             _ => min_max(xs),
         }
@@ -168,6 +222,10 @@ impl Kernel {
         match self {
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512Vnni => x86::panel_avx512vnni(a, job, panel),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::AvxVnni => x86::panel_avxvnni(a, job, panel),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => x86::panel_avx2(a, job, panel),
             #[cfg(target_arch = "aarch64")]
             Kernel::Dot => aarch64::panel_dot(a, job, panel),
             #[cfg(target_arch = "aarch64")]
@@ -180,7 +238,8 @@ impl Kernel {
 /// padded for the kernel, with the per-row terms of the zero-point algebra.
 #[derive(Default)]
 pub(crate) struct Activations {
-    /// `rows * stride` bytes (`q ^ 0x80` for signed kernels); padding is 0.
+    /// `rows * stride` bytes (`q ^ 0x80` for signed kernels, `q` as a
+    /// little-endian u16 for the AVX2 kernel); padding is 0.
     data: Vec<u8>,
     stride: usize,
     rows: usize,
@@ -199,7 +258,8 @@ impl Activations {
     pub(crate) fn quantize(&mut self, x: &[f32], k: usize, kernel: Kernel, executor: &Executor) {
         assert!(k > 0 && x.len().is_multiple_of(k), "input is not rows of {k}");
         let rows = x.len() / k;
-        let stride = k.div_ceil(4) * 4;
+        let wide = kernel.activation_bytes() == 2;
+        let stride = k.div_ceil(4) * 4 * kernel.activation_bytes();
         let (min, max) = parallel_min_max(x, executor, |xs| kernel.min_max(xs));
         let (scale, zero_point) = scale_and_zero_point(min, max);
         self.data.clear();
@@ -213,6 +273,12 @@ impl Activations {
                 *term = kernel.quantize_row(x, &mut q[..k], scale, zero_point) - zp_term;
                 if flip != 0 {
                     q[..k].iter_mut().for_each(|v| *v ^= flip);
+                }
+                if wide {
+                    // Back to front, so no byte is overwritten before it is read.
+                    for i in (0..k).rev() {
+                        (q[2 * i], q[2 * i + 1]) = (q[i], 0);
+                    }
                 }
             }
         };
@@ -571,25 +637,32 @@ mod tests {
         if let Ok(want) = std::env::var("LOOKOUT_EXPECT_INT8_KERNEL") {
             assert_eq!(Kernel::detect().map(Kernel::name), Some(want.as_str()));
         }
-        let Some(kernel) = Kernel::detect() else {
+        if Kernel::supported().is_empty() {
             eprintln!("no lookout int8 kernel on this CPU; tract's path is used and tested instead");
-            return;
-        };
-        // Shapes that exercise every remainder: rows not a multiple of the
-        // tile, k not a multiple of 4, n not a multiple of a panel, one row
-        // (the classifier head), and a transformer layer's shape.
-        for (rows, k, n) in [(1, 4, 1), (5, 7, 33), (13, 64, 32), (12, 100, 70), (25, 129, 65), (197, 256, 96)] {
-            for (asymmetric, bias, gelu) in [(false, true, None), (true, false, None), (true, true, Some(GELU))] {
-                check(kernel, rows, k, n, asymmetric, bias, gelu, 1);
-            }
         }
-        check(kernel, 197, 512, 300, false, true, Some(GELU), 2);
-        check(kernel, 197, 512, 300, true, true, None, 3);
+        for kernel in Kernel::supported() {
+            eprintln!("checking {}", kernel.name());
+            // Shapes that exercise every remainder: rows not a multiple of
+            // the tile, k not a multiple of 4, n not a multiple of a panel,
+            // one row (the classifier head), and a transformer layer's shape.
+            for (rows, k, n) in [(1, 4, 1), (5, 7, 33), (13, 64, 32), (12, 100, 70), (25, 129, 65), (197, 256, 96)] {
+                for (asymmetric, bias, gelu) in [(false, true, None), (true, false, None), (true, true, Some(GELU))] {
+                    check(kernel, rows, k, n, asymmetric, bias, gelu, 1);
+                }
+            }
+            check(kernel, 197, 512, 300, false, true, Some(GELU), 2);
+            check(kernel, 197, 512, 300, true, true, None, 3);
+        }
     }
 
     #[test]
     fn the_kernels_quantizer_gives_the_portable_bytes_on_awkward_values() {
-        let Some(kernel) = Kernel::detect() else { return };
+        for kernel in Kernel::supported() {
+            quantizer_gives_the_portable_bytes(kernel);
+        }
+    }
+
+    fn quantizer_gives_the_portable_bytes(kernel: Kernel) {
         let mut rng = Rng(7);
         let mut xs: Vec<f32> = (0..1000).map(|i| rng.f32() * [1.0, 10.0, 0.01, 300.0][i % 4]).collect();
         xs[5] = f32::NAN;

@@ -1,4 +1,4 @@
-//! The AVX-512 VNNI kernel: 12 rows x 32 columns of i32 accumulators
+//! The x86 kernels. AVX-512 VNNI: 12 rows x 32 columns of i32 accumulators
 //! (24 zmm), two zmm of weights per k-step, one broadcast register: 28 of
 //! the 32 registers, and 24 `vpdpbusd` per 2 weight loads and 12
 //! broadcasts, so the multiplier, not the load ports, sets the pace.
@@ -165,4 +165,222 @@ unsafe fn gelu(y: __m512, g: Gelu) -> __m512 {
     let erf = _mm512_div_ps(_mm512_mul_ps(x, p), q);
     let m = _mm512_mul_ps(y, _mm512_add_ps(erf, _mm512_set1_ps(g.add)));
     _mm512_mul_ps(m, _mm512_set1_ps(g.mul))
+}
+
+/// The AVX-VNNI kernel (ymm, 16 registers): each half panel of 16 columns
+/// as 6 rows x 2 ymm of accumulators, 2 ymm of weights, one broadcast.
+///
+/// # Safety
+/// AVX2, FMA and AVX-VNNI must be present; `job` and `a` come from
+/// `Job::new` and `Activations::quantize`.
+#[target_feature(enable = "avx2,fma,avxvnni")]
+pub(super) unsafe fn panel_avxvnni(a: &Activations, job: &Job, panel: usize) {
+    for half in 0..2 {
+        if panel * NR + 16 * half >= job.w.n {
+            break;
+        }
+        let mut m = 0;
+        while m + 6 <= a.rows {
+            tile_avxvnni::<6>(a, job, panel, half, m);
+            m += 6;
+        }
+        match a.rows - m {
+            0 => {}
+            1 => tile_avxvnni::<1>(a, job, panel, half, m),
+            2 => tile_avxvnni::<2>(a, job, panel, half, m),
+            3 => tile_avxvnni::<3>(a, job, panel, half, m),
+            4 => tile_avxvnni::<4>(a, job, panel, half, m),
+            _ => tile_avxvnni::<5>(a, job, panel, half, m),
+        }
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,avxvnni")]
+unsafe fn tile_avxvnni<const R: usize>(a: &Activations, job: &Job, panel: usize, half: usize, m0: usize) {
+    let w = job.w;
+    // Step s of this half: 64 bytes at s * 128 + half * 64, 32-aligned.
+    let steps = (w.steps.as_ptr().add(panel * w.k4) as *const u8).add(half * 64);
+    let rows = a.data.as_ptr().add(m0 * a.stride);
+    let mut acc = [[_mm256_setzero_si256(); 2]; R];
+    for s in 0..w.k4 {
+        let b0 = _mm256_load_si256(steps.add(s * 128) as *const __m256i);
+        let b1 = _mm256_load_si256(steps.add(s * 128 + 32) as *const __m256i);
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let q = _mm256_set1_epi32((rows.add(r * a.stride + 4 * s) as *const i32).read_unaligned());
+            acc[0] = _mm256_dpbusd_avx_epi32(acc[0], q, b0);
+            acc[1] = _mm256_dpbusd_avx_epi32(acc[1], q, b1);
+        }
+    }
+    let mut sums = [[_mm256_setzero_si256(); 2]; R];
+    sums.copy_from_slice(&acc);
+    let col0 = panel * NR + 16 * half;
+    for (r, sums) in sums.iter().enumerate() {
+        store8(sums[0], a, job, m0 + r, col0);
+        store8(sums[1], a, job, m0 + r, col0 + 8);
+    }
+}
+
+/// The AVX2 kernel: 2 rows x a half panel of 16 columns. Weights are
+/// sign-extended to 16 bits (4 registers of 4 columns x 4 k), activations
+/// arrive widened, and `vpmaddwd` adds each pair of products into i32
+/// lanes: exact, unlike `vpmaddubsw`, whose 16-bit pair sums saturate.
+///
+/// # Safety
+/// AVX2 and FMA must be present; `job` and `a` come from `Job::new` and
+/// `Activations::quantize` (with this kernel, so values are 16-bit).
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn panel_avx2(a: &Activations, job: &Job, panel: usize) {
+    for half in 0..2 {
+        if panel * NR + 16 * half >= job.w.n {
+            break;
+        }
+        let mut m = 0;
+        while m + 2 <= a.rows {
+            tile_avx2::<2>(a, job, panel, half, m);
+            m += 2;
+        }
+        if m < a.rows {
+            tile_avx2::<1>(a, job, panel, half, m);
+        }
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile_avx2<const R: usize>(a: &Activations, job: &Job, panel: usize, half: usize, m0: usize) {
+    let w = job.w;
+    let steps = (w.steps.as_ptr().add(panel * w.k4) as *const u8).add(half * 64);
+    let rows = a.data.as_ptr().add(m0 * a.stride);
+    // Per row and 4 columns: (k0 + k1, k2 + k3) partial sums per column.
+    let mut acc = [[_mm256_setzero_si256(); 4]; R];
+    for s in 0..w.k4 {
+        let b =
+            [0, 1, 2, 3].map(|j| _mm256_cvtepi8_epi16(_mm_load_si128(steps.add(s * 128 + 16 * j) as *const __m128i)));
+        for (r, acc) in acc.iter_mut().enumerate() {
+            // 4 activations of 16 bits, repeated for each column.
+            let q = _mm256_set1_epi64x((rows.add(r * a.stride + 8 * s) as *const i64).read_unaligned());
+            for j in 0..4 {
+                acc[j] = _mm256_add_epi32(acc[j], _mm256_madd_epi16(b[j], q));
+            }
+        }
+    }
+    let mut sums = [[_mm256_setzero_si256(); 4]; R];
+    sums.copy_from_slice(&acc);
+    let col0 = panel * NR + 16 * half;
+    for (r, p) in sums.iter().enumerate() {
+        // hadd pairs each column's partials; the permute puts columns
+        // 0-3 (lane 0 halves) before 4-7.
+        let lo = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_hadd_epi32(p[0], p[1]));
+        let hi = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_hadd_epi32(p[2], p[3]));
+        store8(lo, a, job, m0 + r, col0);
+        store8(hi, a, job, m0 + r, col0 + 8);
+    }
+}
+
+/// The epilogue for 8 columns from `col` of output row `row`: the same
+/// operations as the zmm kernel's, in the same order.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn store8(sums: __m256i, a: &Activations, job: &Job, row: usize, col: usize) {
+    let w = job.w;
+    if col >= w.n {
+        return;
+    }
+    let lanes = (w.n - col).min(8) as i32;
+    let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    let mut v = _mm256_add_epi32(sums, _mm256_loadu_si256(job.col_add.as_ptr().add(col) as *const __m256i));
+    if let Some(zb) = &w.zero_points {
+        let zb = _mm256_loadu_si256(zb.as_ptr().add(col) as *const __m256i);
+        v = _mm256_sub_epi32(v, _mm256_mullo_epi32(zb, _mm256_set1_epi32(a.row_terms[row])));
+    }
+    let mut f = _mm256_mul_ps(_mm256_cvtepi32_ps(v), _mm256_loadu_ps(job.scale.as_ptr().add(col)));
+    if let Some(bias) = job.bias {
+        f = _mm256_add_ps(f, _mm256_maskload_ps(bias.as_ptr().add(col), mask));
+    }
+    if let Some(g) = job.gelu {
+        f = gelu8(f, g);
+    }
+    _mm256_maskstore_ps(job.out.0.add(row * w.n + col), mask, f);
+}
+
+/// `Gelu::apply` on 8 values.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gelu8(y: __m256, g: Gelu) -> __m256 {
+    let x = _mm256_div_ps(y, _mm256_set1_ps(g.div));
+    let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-4.0)), _mm256_set1_ps(4.0));
+    let x2 = _mm256_mul_ps(x, x);
+    let mut p = _mm256_set1_ps(ERF_P[0]);
+    for c in &ERF_P[1..] {
+        p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(*c));
+    }
+    let mut q = _mm256_set1_ps(ERF_Q[0]);
+    for c in &ERF_Q[1..] {
+        q = _mm256_fmadd_ps(q, x2, _mm256_set1_ps(*c));
+    }
+    let erf = _mm256_div_ps(_mm256_mul_ps(x, p), q);
+    let m = _mm256_mul_ps(y, _mm256_add_ps(erf, _mm256_set1_ps(g.add)));
+    _mm256_mul_ps(m, _mm256_set1_ps(g.mul))
+}
+
+/// `super::quantize_into` 8 values at a time (the tail through it), the
+/// same bytes; returns their sum.
+///
+/// # Safety
+/// AVX2 must be present.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn quantize_row_avx2(x: &[f32], q: &mut [u8], scale: f32, zero_point: u8) -> i32 {
+    let scale_v = _mm256_set1_ps(scale);
+    let zp = _mm256_set1_ps(zero_point as f32);
+    let (lo, hi) = (_mm256_setzero_ps(), _mm256_set1_ps(255.0));
+    let mut sums = _mm256_setzero_si256();
+    let mut i = 0;
+    let mut lanes = [0i32; 8];
+    while i + 8 <= x.len() {
+        let v = _mm256_div_ps(_mm256_loadu_ps(x.as_ptr().add(i)), scale_v);
+        let v = _mm256_and_ps(v, _mm256_cmp_ps::<_CMP_ORD_Q>(v, v));
+        let v = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
+        let v = _mm256_cvtps_epi32(_mm256_max_ps(_mm256_min_ps(_mm256_add_ps(v, zp), hi), lo));
+        sums = _mm256_add_epi32(sums, v);
+        _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, v);
+        for (q, &l) in q[i..i + 8].iter_mut().zip(&lanes) {
+            *q = l as u8;
+        }
+        i += 8;
+    }
+    super::quantize_into(&x[i..], &mut q[i..], scale, zero_point);
+    _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, sums);
+    lanes.iter().sum::<i32>() + q[i..].iter().map(|&v| v as i32).sum::<i32>()
+}
+
+/// `super::min_max` with ymm registers.
+///
+/// # Safety
+/// AVX must be present.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn min_max_avx2(xs: &[f32]) -> (f32, f32) {
+    let mut mins = [_mm256_setzero_ps(); 4];
+    let mut maxs = [_mm256_setzero_ps(); 4];
+    let mut blocks = xs.chunks_exact(32);
+    for block in &mut blocks {
+        for j in 0..4 {
+            let v = _mm256_loadu_ps(block.as_ptr().add(8 * j));
+            mins[j] = _mm256_min_ps(v, mins[j]);
+            maxs[j] = _mm256_max_ps(v, maxs[j]);
+        }
+    }
+    let min = _mm256_min_ps(_mm256_min_ps(mins[0], mins[1]), _mm256_min_ps(mins[2], mins[3]));
+    let max = _mm256_max_ps(_mm256_max_ps(maxs[0], maxs[1]), _mm256_max_ps(maxs[2], maxs[3]));
+    let (mut a, mut b) = ([0f32; 8], [0f32; 8]);
+    _mm256_storeu_ps(a.as_mut_ptr(), min);
+    _mm256_storeu_ps(b.as_mut_ptr(), max);
+    let (mut lo, mut hi) = (0f32, 0f32);
+    for &x in a.iter().chain(blocks.remainder()) {
+        lo = if x < lo { x } else { lo };
+    }
+    for &x in b.iter().chain(blocks.remainder()) {
+        hi = if x > hi { x } else { hi };
+    }
+    (lo, hi)
 }
