@@ -102,8 +102,9 @@ impl TractClassifier {
         // tract panics on some malformed files (a raw-data string tensor:
         // `unimplemented!` in tract-onnx 0.23.9); such a file is a bad
         // model, reported like any other, not a crash. The default hook
-        // would print the panic too, so it is silenced meanwhile: loading
-        // happens before any other thread of lookout's runs.
+        // would print the panic too, so it is silenced meanwhile: the daemon
+        // loads its model before the capture, inference and MQTT threads
+        // start.
         let hook = std::panic::take_hook();
         std::panic::set_hook(Box::new(|_| {}));
         let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Self::load_unguarded(cfg, options)));
