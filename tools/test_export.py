@@ -35,6 +35,26 @@ FIXTURES = REPO / "tests" / "fixtures" / "digits"
 CHECKPOINT = TOOLS / "checkpoints" / "digits"
 TOL = 1e-4
 LOGIT_KEYS = ("torch_logits", "ort_fp32_logits", "ort_int8_logits")
+# onnxruntime's int8 result depends on the CPU it runs on: where there is
+# no VNNI its u8s8 kernel saturates 16-bit pair sums (the committed
+# reference was written on such a machine), while with VNNI it follows the
+# ONNX definition. So int8 logits computed here must equal either the
+# committed ones (same kind of CPU) or the ONNX reference evaluator's
+# (tests/fixtures/digits/onnx-reference-int8.json) within this.
+INT8_SPEC_TOL = 0.1
+
+
+def spec_int8_logits() -> np.ndarray:
+    spec = json.loads((FIXTURES / "onnx-reference-int8.json").read_text())
+    return np.array([im["logits"] for im in spec["images"]], dtype=np.float64)
+
+
+def check_ort_int8(got: np.ndarray, committed: np.ndarray, what: str) -> None:
+    err = float(np.abs(got - committed).max())
+    spec_err = float(np.abs(got - spec_int8_logits()).max())
+    print(f"{what}: max abs diff vs committed {err:.3g}, vs the ONNX reference evaluator {spec_err:.3g}")
+    assert err <= TOL or spec_err <= INT8_SPEC_TOL, (
+        f"{what} is neither the committed onnxruntime result ({err:.3g}) nor the ONNX definition ({spec_err:.3g})")
 
 
 def load_reference(folder: Path) -> dict:
@@ -55,6 +75,9 @@ def compare_reference(got: dict, want: dict) -> None:
     for key in LOGIT_KEYS:
         a = np.array([im[key] for im in got["images"]], dtype=np.float64)
         b = np.array([im[key] for im in want["images"]], dtype=np.float64)
+        if key == "ort_int8_logits":
+            check_ort_int8(a, b, key)
+            continue
         err = float(np.abs(a - b).max())
         print(f"{key}: max abs diff vs committed {err:.3g}")
         assert err <= TOL, f"{key} differs from committed reference by {err:.3g} > {TOL}"
@@ -104,7 +127,10 @@ def test_committed_onnx_matches_reference():
     for variant, key in (("fp32", "ort_fp32_logits"), ("int8", "ort_int8_logits")):
         got = run_onnx(MODELS / f"digits-{variant}.onnx", x)
         want = np.array([im[key] for im in ref["images"]], dtype=np.float32)
-        assert float(np.abs(got - want).max()) <= TOL
+        if variant == "int8":
+            check_ort_int8(got.astype(np.float64), want.astype(np.float64), "committed digits-int8.onnx")
+        else:
+            assert float(np.abs(got - want).max()) <= TOL
     fp32 = np.array([im["ort_fp32_logits"] for im in ref["images"]])
     int8 = np.array([im["ort_int8_logits"] for im in ref["images"]])
     assert float((fp32.argmax(1) == labels).mean()) == pytest.approx(ref["test_accuracy_fp32_ort"])
