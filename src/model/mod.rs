@@ -95,6 +95,16 @@ mod tests {
         assert_eq!(inspect_onnx(&root.join("fuzz/corpus/onnx/qlinear.onnx")), Ok((1, 0)), "the fuzz seed");
     }
 
+    /// Inputs the fuzzer (fuzz/fuzz_targets/onnx.rs) found crashing, kept
+    /// in tests/fixtures/fuzz/: each must now read without a panic.
+    #[test]
+    fn onnx_files_the_fuzzer_found_crashing_are_read() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        // The seed's quantized layer with the Cast's output list emptied.
+        let r = inspect_onnx(&root.join("tests/fixtures/fuzz/onnx-cast-without-output.onnx"));
+        assert_eq!(r, Ok((0, 0)), "nothing to replace in a malformed layer");
+    }
+
     #[test]
     fn labels_are_lines_and_blank_lines_are_errors() {
         let d = tempfile::tempdir().unwrap();

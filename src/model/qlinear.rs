@@ -175,6 +175,12 @@ fn find(lazy: &LazyModel) -> Vec<Group> {
             .then(|| n.input.iter().find(|i| *i != this).cloned())
             .flatten()
     };
+    // A standard-domain node of this type, inputs and one output: every
+    // `input[i]` and `output[0]` below is checked by one of these first, so
+    // a malformed graph cannot index past a node's lists.
+    let is = |n: &NodeProto, op_type: &str, inputs: usize| {
+        n.op_type == op_type && n.domain.is_empty() && n.input.len() == inputs && n.output.len() == 1
+    };
     // `Mul(Mul(y, Add(Erf(Div(y, c)), one)), half)` on `y`, which nothing
     // else reads: the GELU, the nodes and its output.
     let gelu_after = |y: &str| -> Option<(Gelu, Vec<usize>, String)> {
@@ -183,21 +189,21 @@ fn find(lazy: &LazyModel) -> Vec<Group> {
             return None;
         }
         let (div, mul) = match (&graph.node[*a], &graph.node[*b]) {
-            (d, m) if d.op_type == "Div" => (d, m),
-            (m, d) if d.op_type == "Div" => (d, m),
+            (d, m) if is(d, "Div", 2) => (d, m),
+            (m, d) if is(d, "Div", 2) => (d, m),
             _ => return None,
         };
-        if div.input.first().map(String::as_str) != Some(y) || mul.op_type != "Mul" {
+        if div.input[0] != y || !is(mul, "Mul", 2) {
             return None;
         }
         let c_div = scalar(&div.input[1])?;
-        let erf = only_reader(&div.output[0]).filter(|n| n.op_type == "Erf")?;
-        let add = only_reader(&erf.output[0]).filter(|n| n.op_type == "Add")?;
+        let erf = only_reader(&div.output[0]).filter(|n| is(n, "Erf", 1))?;
+        let add = only_reader(&erf.output[0]).filter(|n| is(n, "Add", 2))?;
         let c_add = scalar(&other(add, &erf.output[0])?)?;
         if only_reader(&add.output[0]).map(index_of) != Some(index_of(mul)) || other(mul, y)? != add.output[0] {
             return None;
         }
-        let half = only_reader(&mul.output[0]).filter(|n| n.op_type == "Mul")?;
+        let half = only_reader(&mul.output[0]).filter(|n| is(n, "Mul", 2))?;
         let c_mul = scalar(&other(half, &mul.output[0])?)?;
         let nodes = vec![index_of(div), index_of(erf), index_of(add), index_of(mul), index_of(half)];
         Some((Gelu { div: c_div, add: c_add, mul: c_mul }, nodes, half.output[0].clone()))
@@ -219,6 +225,8 @@ fn find(lazy: &LazyModel) -> Vec<Group> {
         let layer = |mmi: usize| -> Option<(Layer, Vec<usize>, i64)> {
             let mmi_node = &graph.node[mmi];
             if mmi_node.op_type != "MatMulInteger"
+                || !mmi_node.domain.is_empty()
+                || mmi_node.output.len() != 1
                 || !(3..=4).contains(&mmi_node.input.len())
                 || &mmi_node.input[0] != q
                 || &mmi_node.input[2] != z
@@ -236,16 +244,16 @@ fn find(lazy: &LazyModel) -> Vec<Group> {
             };
             let cast = only_reader(&mmi_node.output[0])?;
             let to = cast.attribute.iter().find(|a| a.name == "to").map(|a| a.i);
-            if cast.op_type != "Cast" || to != Some(DataType::Float as i64) {
+            if !is(cast, "Cast", 1) || to != Some(DataType::Float as i64) {
                 return None;
             }
             let mul = only_reader(&cast.output[0])?;
-            if mul.op_type != "Mul" || mul.input.len() != 2 {
+            if !is(mul, "Mul", 2) {
                 return None;
             }
             let scales_name = mul.input.iter().find(|i| *i != &cast.output[0])?;
             let scales = graph.node.iter().find(|m| m.output.first() == Some(scales_name))?;
-            if scales.op_type != "Mul" || only_reader(scales_name).is_none() || !scales.input.contains(s) {
+            if !is(scales, "Mul", 2) || only_reader(scales_name).is_none() || !scales.input.contains(s) {
                 return None;
             }
             let w_scale_name = scales.input.iter().find(|i| *i != s)?;
@@ -256,7 +264,7 @@ fn find(lazy: &LazyModel) -> Vec<Group> {
             let mut nodes = vec![mmi, index_of(cast), index_of(mul), index_of(scales)];
             let mut output = mul.output[0].clone();
             let mut bias = None;
-            if let Some(add) = only_reader(&mul.output[0]).filter(|a| a.op_type == "Add" && a.input.len() == 2) {
+            if let Some(add) = only_reader(&mul.output[0]).filter(|a| is(a, "Add", 2)) {
                 let other = add.input.iter().find(|i| *i != &mul.output[0]);
                 if let Some((b, t)) = other.and_then(|o| init(o, DataType::Float)) {
                     if t.dims[..] == [n] {

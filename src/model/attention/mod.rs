@@ -151,7 +151,17 @@ fn find(graph: &GraphProto, lazy: &LazyModel) -> TractResult<Vec<Found>> {
             _ => None,
         }
     };
-    let op = |i: usize, op_type: &str| graph.node[i].op_type == op_type && graph.node[i].domain.is_empty();
+    // A standard-domain node of this type with its ONNX input count and one
+    // output: every `input[i]` and `output[0]` below is checked by one of
+    // these first, so a malformed graph cannot index past a node's lists.
+    let op = |i: usize, op_type: &str| {
+        let n = &graph.node[i];
+        let inputs = match op_type {
+            "Transpose" | "Softmax" => 1,
+            _ => 2,
+        };
+        n.op_type == op_type && n.domain.is_empty() && n.input.len() == inputs && n.output.len() == 1
+    };
     let ints = |n: &NodeProto, name: &str| -> Option<Vec<i64>> {
         n.attribute.iter().find(|a| a.name == name).map(|a| a.ints.clone())
     };
@@ -190,7 +200,7 @@ fn find(graph: &GraphProto, lazy: &LazyModel) -> TractResult<Vec<Found>> {
         nodes.push(at);
         let reshape = private_producer(&graph.node[at].input[0])?;
         let n = &graph.node[reshape];
-        if !op(reshape, "Reshape") || n.input.len() != 2 {
+        if !op(reshape, "Reshape") {
             return None;
         }
         let shape = int64s(&n.input[1])?;
