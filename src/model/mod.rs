@@ -92,7 +92,8 @@ mod tests {
     fn inspecting_the_digits_model_finds_its_layers_and_blocks() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         assert_eq!(inspect_onnx(&root.join("models/digits/digits-int8.onnx")), Ok((17, 4)));
-        assert_eq!(inspect_onnx(&root.join("fuzz/corpus/onnx/qlinear.onnx")), Ok((1, 0)), "the fuzz seed");
+        // The fuzz target's seed: one dynamically quantized Linear (onnxruntime).
+        assert_eq!(inspect_onnx(&root.join("tests/fixtures/fuzz/onnx-qlinear.onnx")), Ok((1, 0)));
     }
 
     /// Inputs the fuzzer (fuzz/fuzz_targets/onnx.rs) found crashing, kept
@@ -100,7 +101,7 @@ mod tests {
     #[test]
     fn onnx_files_the_fuzzer_found_crashing_are_read() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        // The seed's quantized layer with the Cast's output list emptied.
+        // onnx-qlinear.onnx with the Cast's output list emptied.
         let r = inspect_onnx(&root.join("tests/fixtures/fuzz/onnx-cast-without-output.onnx"));
         assert_eq!(r, Ok((0, 0)), "nothing to replace in a malformed layer");
     }
