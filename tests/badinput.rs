@@ -146,7 +146,7 @@ fn broken_and_mismatched_models_exit_79_and_say_what_is_wrong() {
     assert!(line.contains("truncated.onnx: cannot load the model") && line.contains("ONNX"), "{line}");
 
     // The same cut file with the real model's manifest beside it: the
-    // checksum names the mismatch before any parsing.
+    // checksum names the mismatch, whatever parsing it said.
     std::fs::copy(models().join("digits-int8.manifest.json"), d.path().join("truncated.manifest.json")).unwrap();
     std::fs::copy(models().join("labels.txt"), d.path().join("labels.txt")).unwrap();
     let (code, line) = classify_with(d.path(), &truncated);

@@ -5,7 +5,7 @@
 mod common;
 
 use lookout::config::Config;
-use lookout::model::{Classifier, TractClassifier};
+use lookout::model::{Classifier, ModelError, TractClassifier};
 use lookout::preprocess::{ColorRange, Preprocessor};
 
 struct Reference {
@@ -30,11 +30,15 @@ fn references() -> Vec<Reference> {
         .collect()
 }
 
-fn load(model: &str) -> (TractClassifier, Preprocessor) {
+fn config(model: &str) -> Config {
     let dir = tempfile::tempdir().unwrap();
     let frames = common::root().join("tests/fixtures/digits/test");
     let cfg = common::write_config(dir.path(), &common::digits_config(&frames, model, 1883, ""));
-    let cfg = Config::load(&cfg).unwrap();
+    Config::load(&cfg).unwrap()
+}
+
+fn load(model: &str) -> (TractClassifier, Preprocessor) {
+    let cfg = config(model);
     let classifier = TractClassifier::load(&cfg.model).unwrap();
     let pre = Preprocessor::new(&cfg.model.preprocess, classifier.info().input_size, ColorRange::Full);
     (classifier, pre)
@@ -80,4 +84,28 @@ fn tract_int8_agrees_with_fp32_on_the_held_out_set() {
     assert!(agreement >= 99.0, "agreement {agreement:.2} %");
     assert!(acc32 - acc8 <= 1.0, "accuracy drop {:.2} pp", acc32 - acc8);
     assert!(acc32 >= 90.0, "the small model is really trained: {acc32:.2} %");
+}
+
+/// The file is hashed while tract builds the model: the result is the
+/// file's own hash, and a valid model under a manifest of another still
+/// fails, after a build that succeeded.
+#[test]
+fn the_model_file_is_checked_against_its_manifest() {
+    use sha2::Digest;
+    let mut cfg = config("digits-int8.onnx");
+    let bytes = std::fs::read(&cfg.model.path).unwrap();
+    let hex: String = sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+    let c = TractClassifier::load(&cfg.model).unwrap();
+    assert_eq!(c.info().sha256.as_deref(), Some(hex.as_str()));
+
+    let other = "ab".repeat(32);
+    cfg.model.manifest.as_mut().unwrap().sha256 = other.clone();
+    match TractClassifier::load(&cfg.model) {
+        Err(ModelError::Checksum { expected, actual, .. }) => assert_eq!((expected, actual), (other, hex)),
+        Err(e) => panic!("expected a checksum mismatch, got {e}"),
+        Ok(_) => panic!("a model under another model's manifest loaded"),
+    }
+    cfg.model.verify_sha256 = false;
+    let c = TractClassifier::load(&cfg.model).unwrap();
+    assert_eq!(c.info().sha256.as_deref(), Some("ab".repeat(32).as_str()), "unchecked: the manifest's word");
 }

@@ -125,21 +125,38 @@ impl TractClassifier {
     }
 
     fn load_unguarded(cfg: &ModelConfig, options: &LoadOptions) -> Result<TractClassifier, ModelError> {
+        let path = cfg.path.as_path();
+        let expected = match &cfg.manifest {
+            Some(m) if cfg.verify_sha256 => &m.sha256,
+            m => return Self::build(cfg, options, m.as_ref().map(|m| m.sha256.clone())),
+        };
+        // Hashing the whole file takes seconds for the large model on a
+        // Pi 4 (no SHA instructions), and building it is mostly one thread:
+        // the two run side by side. A mismatch still wins over whatever the
+        // build said, because it names the real problem (the wrong file).
+        std::thread::scope(|s| {
+            let hasher =
+                std::thread::Builder::new().name("lookout-sha256".into()).spawn_scoped(s, || sha256_file(path));
+            let built = Self::build(cfg, options, None);
+            let actual = match hasher {
+                Ok(h) => h.join().unwrap_or_else(|_| Err(std::io::Error::other("the hashing thread panicked"))),
+                Err(_) => sha256_file(path),
+            }
+            .map_err(|e| ModelError::Load { path: path.to_owned(), reason: e.to_string() })?;
+            if !actual.eq_ignore_ascii_case(expected) {
+                return Err(ModelError::Checksum { path: path.to_owned(), expected: expected.clone(), actual });
+            }
+            let mut built = built?;
+            built.info.sha256 = Some(actual);
+            Ok(built)
+        })
+    }
+
+    fn build(cfg: &ModelConfig, options: &LoadOptions, sha256: Option<String>) -> Result<TractClassifier, ModelError> {
         let mut report = LoadReport::default();
         let t = Instant::now();
         let path = cfg.path.as_path();
         let load_err = |reason: String| ModelError::Load { path: path.to_owned(), reason };
-        let sha256 = match &cfg.manifest {
-            Some(m) if cfg.verify_sha256 => {
-                let actual = sha256_file(path).map_err(|e| load_err(e.to_string()))?;
-                if !actual.eq_ignore_ascii_case(&m.sha256) {
-                    return Err(ModelError::Checksum { path: path.to_owned(), expected: m.sha256.clone(), actual });
-                }
-                Some(actual)
-            }
-            Some(m) => Some(m.sha256.clone()),
-            None => None,
-        };
         let labels = load_labels(&cfg.labels)?;
 
         let mut lazy = LazyModel::open(path).map_err(|e| load_err(format!("{e} (is it an ONNX file?)")))?;
