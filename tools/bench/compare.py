@@ -233,8 +233,13 @@ def write_section(path: Path, body: str, size: str) -> None:
     section, sep, rest = tail.partition("\n## ")
     heading = f"### Data2Vec-Vision {size} "
     parts = re.split(r"(?m)^(?=### )", section)
-    kept = [p for p in parts if not p.startswith(heading)]
-    section = "".join(kept).rstrip("\n") + "\n\n" + body
+    # In place, so the prose after the tables keeps reading them in order.
+    at = next((i for i, p in enumerate(parts) if p.startswith(heading)), None)
+    if at is None:
+        section = section.rstrip("\n") + "\n\n" + body
+    else:
+        parts[at] = body.rstrip("\n") + "\n\n"
+        section = "".join(parts)
     path.write_text(head + "## Inference" + section + ("\n" + sep.lstrip("\n") + rest if sep else ""))
 
 
