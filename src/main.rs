@@ -384,13 +384,14 @@ fn load_model(cfg: &Config) -> Result<TractClassifier, Fatal> {
     let classifier = TractClassifier::load(&cfg.model)?;
     let info = classifier.info();
     info!(
-        "model {} ({}x{}, {} classes) loaded in {:.1} s; matmul kernels: {}",
+        "model {} ({}x{}, {} classes) loaded in {:.1} s; matmul kernels: {}; fused attention blocks: {}",
         info.name,
         info.input_size,
         info.input_size,
         info.labels.len(),
         t.elapsed().as_secs_f64(),
-        kernel_summary(&classifier.load_report().kernels)
+        kernel_summary(&classifier.load_report().kernels),
+        classifier.load_report().pass_report.attention
     );
     Ok(classifier)
 }

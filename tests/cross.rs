@@ -29,6 +29,8 @@ struct Variant {
     /// The int8 kernel that must be picked, and one that must not.
     kernel: &'static str,
     not_kernel: &'static str,
+    /// Whether lookout's attention op runs (NEON, every aarch64 CPU).
+    attention: bool,
 }
 
 const VARIANTS: &[Variant] = &[
@@ -40,6 +42,7 @@ const VARIANTS: &[Variant] = &[
         env: &[],
         kernel: "lookout_arm64neon_i8i8_2x16 ",
         not_kernel: "arm64simd_mmm_i32",
+        attention: true,
     },
     Variant {
         triple: "aarch64-unknown-linux-gnu",
@@ -49,6 +52,7 @@ const VARIANTS: &[Variant] = &[
         env: &[],
         kernel: "lookout_arm64dot_i8i8_4x16 ",
         not_kernel: "arm64simd_mmm_i32_8x8",
+        attention: true,
     },
     // qemu 7.2 shows the host's /proc/cpuinfo, where tract looks for NEON
     // on 32-bit ARM; every Pi since the 2 has it, so it is forced on here.
@@ -60,6 +64,7 @@ const VARIANTS: &[Variant] = &[
         env: &[("TRACT_CPU_ARM32_NEON", "true")],
         kernel: "armv7neon_mmm_i32_8x4 ",
         not_kernel: "armvfpv2",
+        attention: false,
     },
 ];
 
@@ -114,6 +119,9 @@ fn arm_builds_under_qemu_match_x86_64() {
         let kernels = log.lines().find(|l| l.contains("matmul kernels:")).unwrap_or_else(|| panic!("{what}: {log}"));
         // Entries read "name xN", so "8x8 " cannot match "8x8_dot x2".
         assert!(kernels.contains(v.kernel) && !kernels.contains(v.not_kernel), "{what}: {kernels}");
+        // The digits model has 4 blocks.
+        let blocks = if v.attention { "fused attention blocks: 4" } else { "fused attention blocks: 0" };
+        assert!(kernels.ends_with(blocks), "{what}: {kernels}");
         assert_eq!(got.len(), expected.len(), "{what}");
         let mut worst = 0f32;
         for ((label, logits), (want_label, want)) in got.iter().zip(&expected) {

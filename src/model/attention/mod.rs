@@ -23,6 +23,8 @@
 //! agree to f32 rounding, not bit for bit (tests/inference.rs holds the
 //! whole model to the ONNX reference evaluator).
 
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
@@ -61,14 +63,15 @@ struct Bias {
 /// The node name -> block table for [`placeholder::attach`].
 pub(crate) type Table = placeholder::Table<Block>;
 
-/// Whether this CPU runs the fused block (AVX-512 for now; elsewhere tract
-/// runs the eleven nodes).
+/// Whether this CPU runs the fused block: AVX-512 on x86_64, NEON (every
+/// aarch64 CPU); elsewhere (AVX2-only x86, 32-bit ARM) tract runs the
+/// eleven nodes.
 pub(crate) fn supported() -> bool {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
         return true;
     }
-    false
+    cfg!(target_arch = "aarch64")
 }
 
 /// A matched block: node indexes and the tensors it reads.
@@ -423,16 +426,20 @@ unsafe fn head(b: &Block, d: &Dims, h: usize, q: Ptr, k: Ptr, v: Ptr, out: Ptr) 
             }
         }
         let bias = b.bias.as_ref().map(|bias| &bias.values[h * t * t..(h + 1) * t * t]);
+        #[cfg(target_arch = "aarch64")]
+        use aarch64 as simd;
         #[cfg(target_arch = "x86_64")]
+        use x86 as simd;
+        #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
         {
-            x86::scores(qs, kt, s, t, tp, hd);
-            x86::exp_rows(s, bias, t, tp, sums);
-            x86::weighted_sum(s, sums, v.0.add(col), d.width, out.0.add(col), t, tp, hd);
+            simd::scores(qs, kt, s, t, tp, hd);
+            simd::exp_rows(s, bias, t, tp, sums);
+            simd::weighted_sum(s, sums, v.0.add(col), d.width, out.0.add(col), t, tp, hd);
         }
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
         {
             let _ = (v, out, bias, s, sums);
-            unreachable!("supported() is false off x86_64");
+            unreachable!("supported() is false on this architecture");
         }
     })
 }
