@@ -151,6 +151,15 @@ impl From<anyhow::Error> for Fatal {
 }
 
 fn main() -> ExitCode {
+    // tract optimises by trying rewrites that fail with anyhow errors, and
+    // with RUST_BACKTRACE set each of those captures a backtrace: 14 G
+    // instructions of unwinding while loading the base model on aarch64
+    // (qemu count; zig's libunwind has no unwind-table cache). Panics keep
+    // their backtraces: this variable covers only captured ones. Set here,
+    // before any thread exists.
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
     let cli = Cli::parse();
     init_logging();
     let result = match cli.command {
