@@ -94,9 +94,8 @@ impl LazyModel {
         let Some(len) = len.filter(|&n| n <= 1 << 32) else { bail!("{}: bad dims {:?}", t.name, t.dims) };
         let (width, typed) = match DataType::try_from(t.data_type) {
             Ok(DataType::Float) => (4, t.float_data.len()),
-            Ok(DataType::Int8 | DataType::Uint8 | DataType::Int32) => {
-                (if t.data_type == 6 { 4 } else { 1 }, t.int32_data.len())
-            }
+            Ok(DataType::Int8 | DataType::Uint8) => (1, t.int32_data.len()),
+            Ok(DataType::Int32) => (4, t.int32_data.len()),
             Ok(DataType::Int64) => (8, t.int64_data.len()),
             _ => bail!("{}: lookout does not read tensors of ONNX type {}", t.name, t.data_type),
         };

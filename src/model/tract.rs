@@ -128,7 +128,12 @@ impl TractClassifier {
         let path = cfg.path.as_path();
         let expected = match &cfg.manifest {
             Some(m) if cfg.verify_sha256 => &m.sha256,
-            m => return Self::build(cfg, options, m.as_ref().map(|m| m.sha256.clone())),
+            // Unchecked: the manifest's word, if there is one.
+            m => {
+                let mut built = Self::build(cfg, options)?;
+                built.info.sha256 = m.as_ref().map(|m| m.sha256.clone());
+                return Ok(built);
+            }
         };
         // Hashing the whole file takes seconds for the large model on a
         // Pi 4 (no SHA instructions), and building it is mostly one thread:
@@ -137,7 +142,7 @@ impl TractClassifier {
         std::thread::scope(|s| {
             let hasher =
                 std::thread::Builder::new().name("lookout-sha256".into()).spawn_scoped(s, || sha256_file(path));
-            let built = Self::build(cfg, options, None);
+            let built = Self::build(cfg, options);
             let actual = match hasher {
                 Ok(h) => h.join().unwrap_or_else(|_| Err(std::io::Error::other("the hashing thread panicked"))),
                 Err(_) => sha256_file(path),
@@ -152,7 +157,8 @@ impl TractClassifier {
         })
     }
 
-    fn build(cfg: &ModelConfig, options: &LoadOptions, sha256: Option<String>) -> Result<TractClassifier, ModelError> {
+    /// The classifier, without `info.sha256` (the caller's to fill).
+    fn build(cfg: &ModelConfig, options: &LoadOptions) -> Result<TractClassifier, ModelError> {
         let mut report = LoadReport::default();
         let t = Instant::now();
         let path = cfg.path.as_path();
@@ -244,7 +250,7 @@ impl TractClassifier {
             .map(|m| m.name.clone())
             .unwrap_or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
         Ok(TractClassifier {
-            info: ModelInfo { name, sha256, input_size: size, labels },
+            info: ModelInfo { name, sha256: None, input_size: size, labels },
             state,
             input: vec![0.0; 3 * (size as usize).pow(2)],
             pool,

@@ -45,6 +45,6 @@ for flags in "" "${variants[@]}"; do
   b=$(count $((1 + runs)) $flags)
   per=$(( (b - a) / runs ))
   base="${base:-$per}"
-  printf '| lookout %s | %s | %s |\n' "${flags:-(default)}" \
-    "$(printf "%'d" "$per" 2>/dev/null || echo "$per")" "$(awk -v p="$per" -v b="$base" 'BEGIN{printf "%.2fx", p/b}')"
+  printf '| lookout %s | %s | %s |\n' "${flags:-(default)}" "$per" \
+    "$(awk -v p="$per" -v b="$base" 'BEGIN{printf "%.2fx", p/b}')"
 done
