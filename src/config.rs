@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::capture::camera::FormatPref;
 use crate::capture::health::HealthParams;
 use crate::model::manifest::{Manifest, ManifestError};
-use crate::preprocess::{PreprocessParams, ResizeFilter};
+use crate::preprocess::{ColorRange, PreprocessParams, ResizeFilter};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -78,6 +78,8 @@ enum SourceSection {
         fps: u32,
         #[serde(default)]
         format: FormatPref,
+        #[serde(default)]
+        color_range: ColorRange,
         #[serde(default = "default_frame_timeout")]
         frame_timeout: f64,
         #[serde(default = "default_reconnect_min")]
@@ -304,6 +306,9 @@ pub enum SourceConfig {
         height: u32,
         fps: u32,
         format: FormatPref,
+        /// How its YUYV/NV12 frames code luma and chroma (V4L2 reports it,
+        /// nokhwa does not pass it on); MJPEG is always full range.
+        color_range: ColorRange,
         /// No frame for this long: the camera is reopened.
         #[serde(with = "secs")]
         frame_timeout: Duration,
@@ -337,6 +342,17 @@ pub enum SourceConfig {
         #[serde(with = "secs")]
         reconnect_max: Duration,
     },
+}
+
+impl SourceConfig {
+    /// The YUV range of the frames this source delivers; only cameras send
+    /// raw YUV, and only their range is configurable.
+    pub fn color_range(&self) -> ColorRange {
+        match self {
+            SourceConfig::Camera { color_range, .. } => *color_range,
+            _ => ColorRange::Limited,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -496,10 +512,16 @@ fn parse_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
     let mut line = e.span().map(|s| line_of(text, s.start)).unwrap_or(0);
     // Errors inside the tagged `[source]` table carry the table's span, not
     // the key's: find the offending key's own line.
+    let span = e.span().unwrap_or(0..0);
+    let table = &text[span.start.min(text.len())..span.end.min(text.len())];
     if let Some(key) = message.strip_prefix("unknown field `").and_then(|m| m.split('`').next()) {
-        let start = e.span().map(|s| s.start).unwrap_or(0);
-        if let Some(off) = find_key(&text[start.min(text.len())..], key) {
-            line = line_of(text, start + off);
+        if let Some(off) = find_key(&text[span.start.min(text.len())..], key) {
+            line = line_of(text, span.start + off);
+        }
+    } else if table.starts_with('[') {
+        // A bad value there: the line holding the value serde quotes.
+        if let Some(off) = bad_value(&message).and_then(|v| find_value(table, &v)) {
+            line = line_of(text, span.start + off);
         }
     }
     if message.starts_with("unknown field") {
@@ -517,6 +539,32 @@ fn parse_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
 
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+}
+
+/// The value a serde message quotes, as TOML writes it: ``unknown variant
+/// `pc` `` -> `"pc"`, `invalid type: string "x"` -> `"x"`, `invalid type:
+/// integer `5`` -> `5`.
+fn bad_value(message: &str) -> Option<String> {
+    if let Some(v) = message.strip_prefix("unknown variant `") {
+        return v.split('`').next().map(|v| format!("{v:?}"));
+    }
+    let rest = message.strip_prefix("invalid type: ")?;
+    match rest.split_once(' ')? {
+        ("string", v) => v.split(", expected").next().map(str::to_owned),
+        (_, v) => v.split('`').nth(1).map(str::to_owned),
+    }
+}
+
+/// Offset of the first `key = value` line in `text` whose value is `value`.
+fn find_value(text: &str, value: &str) -> Option<usize> {
+    let mut off = 0;
+    for l in text.split_inclusive('\n') {
+        if l.split_once('=').is_some_and(|(_, v)| v.split('#').next().unwrap_or("").trim() == value) {
+            return Some(off);
+        }
+        off += l.len();
+    }
+    None
 }
 
 fn find_key(text: &str, key: &str) -> Option<usize> {
@@ -587,7 +635,17 @@ fn resolve(raw: FileConfig, file: &Path, base: &Path) -> Result<Config, ConfigEr
             }
             SourceConfig::Files { path, looping, fps }
         }
-        SourceSection::Camera { device, width, height, fps, format, frame_timeout, reconnect_min, reconnect_max } => {
+        SourceSection::Camera {
+            device,
+            width,
+            height,
+            fps,
+            format,
+            color_range,
+            frame_timeout,
+            reconnect_min,
+            reconnect_max,
+        } => {
             if device.trim().is_empty() {
                 return Err(invalid(file, "source.device", "is empty; give an index (0), /dev/videoN, a /dev/v4l/by-id link or part of the camera's name (`lookout cameras` lists them)"));
             }
@@ -607,7 +665,17 @@ fn resolve(raw: FileConfig, file: &Path, base: &Path) -> Result<Config, ConfigEr
             }
             let (frame_timeout, reconnect_min, reconnect_max) =
                 supervision(file, frame_timeout, reconnect_min, reconnect_max)?;
-            SourceConfig::Camera { device, width, height, fps, format, frame_timeout, reconnect_min, reconnect_max }
+            SourceConfig::Camera {
+                device,
+                width,
+                height,
+                fps,
+                format,
+                color_range,
+                frame_timeout,
+                reconnect_min,
+                reconnect_max,
+            }
         }
         SourceSection::Command { command, frame_timeout, reconnect_min, reconnect_max } => {
             if command.first().is_none_or(|p| p.trim().is_empty()) {
@@ -1035,13 +1103,23 @@ mod tests {
         let model = "\n[model]\npath = \"m.onnx\"\nlabels = \"labels.txt\"\n";
         let parse = |source: &str| Config::parse(&format!("[source]\n{source}{model}"), &cfg);
         let c = parse("kind = \"camera\"\n").unwrap();
-        match c.source {
+        match &c.source {
             SourceConfig::Camera { device, width, height, fps, format, frame_timeout, .. } => {
-                assert_eq!((device.as_str(), width, height, fps, format), ("0", 640, 480, 15, FormatPref::Auto));
-                assert_eq!(frame_timeout, Duration::from_secs(5));
+                assert_eq!((device.as_str(), *width, *height, *fps, *format), ("0", 640, 480, 15, FormatPref::Auto));
+                assert_eq!(*frame_timeout, Duration::from_secs(5));
             }
             other => panic!("{other:?}"),
         }
+        assert_eq!(c.source.color_range(), ColorRange::Limited);
+        let full = parse("kind = \"camera\"\ncolor_range = \"full\"\n").unwrap();
+        assert_eq!(full.source.color_range(), ColorRange::Full);
+        assert!(full.to_toml().contains("color_range = \"full\""), "{}", full.to_toml());
+        let e = parse("kind = \"camera\"\ncolor_range = \"pc\"\n").unwrap_err().to_string();
+        assert!(e.contains(":3: `color_range`: unknown variant `pc`") && e.contains("limited"), "{e}");
+        let e = parse("kind = \"camera\"\nwidth = \"wide\"\n").unwrap_err().to_string();
+        assert!(e.contains(":3: `width`: invalid type: string \"wide\""), "{e}");
+        let e = parse("kind = \"camera\"\nformat = 7\n").unwrap_err().to_string();
+        assert!(e.contains(":3: `format`: invalid type: integer `7`"), "{e}");
         let c = parse("kind = \"snapshot\"\nurl = \"http://cam/snap.jpg\"\nusername = \"u\"\npassword = \"hunter2\"\n")
             .unwrap();
         assert!(matches!(&c.source, SourceConfig::Snapshot { interval, .. } if *interval == Duration::from_secs(1)));

@@ -334,7 +334,7 @@ fn run(path: &Path) -> Result<(), Fatal> {
         interval: cfg.schedule.interval,
         top_k: cfg.model.top_k,
         preprocess: cfg.model.preprocess.clone(),
-        color_range: ColorRange::default(),
+        color_range: cfg.source.color_range(),
         health: cfg.health.clone(),
     };
     let stats = daemon::run_with(&opts, source, &mut classifier, publisher.as_mut(), shutdown, hooks)
