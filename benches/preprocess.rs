@@ -79,6 +79,16 @@ fn main() {
                 let p = py.get(*name).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
                 println!("| {name} | {ms:.2} | {p:.1} | {:.0}x |", p / ms);
             }
+            // What 10x over Python's MJPEG path leaves for the whole frame,
+            // against what the fastest decoder needs for decoding alone.
+            let ms = |k: &str| py.get(k).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+            println!(
+                "\nMJPEG floor: 10x over Python needs <= {:.2} ms per frame; libjpeg-turbo (PIL) decoding \
+                 alone takes {:.2} ms at full size, {:.2} ms at 1/8 DCT scale",
+                ms("mjpeg") / 10.0,
+                ms("jpeg_decode_only"),
+                ms("jpeg_decode_only_1_8"),
+            );
         }
         Err(e) => println!("\nPython reference skipped: {e}"),
     }

@@ -71,9 +71,27 @@ def main():
     def from_jpeg():
         return tensor(Image.open(io.BytesIO(jpg)).convert("RGB"))
 
+    # Not preprocessing: the floor under any MJPEG figure. libjpeg-turbo
+    # (PIL's decoder) decoding alone, at full size and at the smallest DCT
+    # scale it offers (draft mode, 1/8: the IDCT is nearly skipped, the
+    # Huffman pass is not).
+    def decode(scale):
+        def f():
+            img = Image.open(io.BytesIO(jpg))
+            if scale > 1:
+                img.draft("RGB", (img.width // scale, img.height // scale))
+            img.load()
+            return img
+
+        return f
+
     out = {}
-    for name, f, iters in [("rgb8", from_rgb, n), ("yuyv", from_yuyv, n), ("nv12", from_nv12, n), ("mjpeg", from_jpeg, n)]:
+    cases = [("rgb8", from_rgb, n), ("yuyv", from_yuyv, n), ("nv12", from_nv12, n), ("mjpeg", from_jpeg, n)]
+    for name, f, _ in cases:
         assert f().shape == (1, 3, 224, 224)
+    assert decode(8)().width == -(-w // 8)
+    cases += [("jpeg_decode_only", decode(1), 5 * n), ("jpeg_decode_only_1_8", decode(8), 5 * n)]
+    for name, f, iters in cases:
         # Process CPU time, like the Rust side: wall time on a loaded
         # machine counts other processes too.
         t = time.process_time()
