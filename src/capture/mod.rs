@@ -73,13 +73,21 @@ pub fn open(cfg: &SourceConfig) -> Result<Box<dyn FrameSource>, CaptureError> {
             SnapshotSource::new(url, *interval, *timeout, username.clone(), password.clone(), *reconnect_max),
         )),
         #[cfg(feature = "camera")]
-        SourceConfig::Camera { device, width, height, fps, format, frame_timeout, reconnect_min, reconnect_max, .. } => {
-            Ok(Box::new(Supervised::new(
-                camera::CameraConnector::new(device, *width, *height, *fps, *format),
-                *frame_timeout,
-                Backoff::new(*reconnect_min, *reconnect_max),
-            )))
-        }
+        SourceConfig::Camera {
+            device,
+            width,
+            height,
+            fps,
+            format,
+            frame_timeout,
+            reconnect_min,
+            reconnect_max,
+            ..
+        } => Ok(Box::new(Supervised::new(
+            camera::CameraConnector::new(device, *width, *height, *fps, *format),
+            *frame_timeout,
+            Backoff::new(*reconnect_min, *reconnect_max),
+        ))),
         #[cfg(not(feature = "camera"))]
         SourceConfig::Camera { device, .. } => Err(CaptureError::Open {
             source_name: format!("camera:{device}"),
