@@ -9,7 +9,8 @@
 //! - plain NEON for CPUs without it (the Pi 4's Cortex-A72): `smull` of 8
 //!   weight bytes by the row's 4 bytes repeated, then `sadalp` adds each
 //!   pair of 16-bit products into i32 lanes, exactly (one product is at most
-//!   2^14); 2 rows x 16 columns, two accumulators per 4 columns.
+//!   2^14); 2 rows x 16 columns, two accumulators per 4 columns. Weights
+//!   without -128 (onnxruntime's) take two k-steps per `sadalp`.
 
 use std::arch::aarch64::*;
 use std::arch::asm;
@@ -263,6 +264,106 @@ unsafe fn widening_step2(
     );
 }
 
+/// [`widening_step2`] over two k-steps at once, for weights without -128
+/// ([`PackedWeights::no_i8_min`]): `smull` then `smlal` add the two steps'
+/// products in i16 before one `sadalp` widens them, 48 multiplies and adds
+/// per two steps of two rows instead of 64. Exact: a product of a weight in
+/// -127..127 and an activation in -128..127 is at most 16256 in size, two
+/// at most 32512.
+#[inline(always)]
+unsafe fn widening_pair2(
+    a0: &mut [int32x4_t; 8],
+    a1: &mut [int32x4_t; 8],
+    b: &[int8x16_t; 4],
+    b_next: &[int8x16_t; 4],
+    q0: [int8x16_t; 2],
+    q1: [int8x16_t; 2],
+) {
+    asm!(
+        "smull  v28.8h, v16.8b, v24.8b",
+        "smull2 v29.8h, v16.16b, v24.16b",
+        "smlal  v28.8h, v20.8b, v25.8b",
+        "smlal2 v29.8h, v20.16b, v25.16b",
+        "sadalp v0.4s, v28.8h",
+        "sadalp v1.4s, v29.8h",
+        "smull  v30.8h, v17.8b, v24.8b",
+        "smull2 v31.8h, v17.16b, v24.16b",
+        "smlal  v30.8h, v21.8b, v25.8b",
+        "smlal2 v31.8h, v21.16b, v25.16b",
+        "sadalp v2.4s, v30.8h",
+        "sadalp v3.4s, v31.8h",
+        "smull  v28.8h, v18.8b, v24.8b",
+        "smull2 v29.8h, v18.16b, v24.16b",
+        "smlal  v28.8h, v22.8b, v25.8b",
+        "smlal2 v29.8h, v22.16b, v25.16b",
+        "sadalp v4.4s, v28.8h",
+        "sadalp v5.4s, v29.8h",
+        "smull  v30.8h, v19.8b, v24.8b",
+        "smull2 v31.8h, v19.16b, v24.16b",
+        "smlal  v30.8h, v23.8b, v25.8b",
+        "smlal2 v31.8h, v23.16b, v25.16b",
+        "sadalp v6.4s, v30.8h",
+        "sadalp v7.4s, v31.8h",
+        "smull  v28.8h, v16.8b, v26.8b",
+        "smull2 v29.8h, v16.16b, v26.16b",
+        "smlal  v28.8h, v20.8b, v27.8b",
+        "smlal2 v29.8h, v20.16b, v27.16b",
+        "sadalp v8.4s, v28.8h",
+        "sadalp v9.4s, v29.8h",
+        "smull  v30.8h, v17.8b, v26.8b",
+        "smull2 v31.8h, v17.16b, v26.16b",
+        "smlal  v30.8h, v21.8b, v27.8b",
+        "smlal2 v31.8h, v21.16b, v27.16b",
+        "sadalp v10.4s, v30.8h",
+        "sadalp v11.4s, v31.8h",
+        "smull  v28.8h, v18.8b, v26.8b",
+        "smull2 v29.8h, v18.16b, v26.16b",
+        "smlal  v28.8h, v22.8b, v27.8b",
+        "smlal2 v29.8h, v22.16b, v27.16b",
+        "sadalp v12.4s, v28.8h",
+        "sadalp v13.4s, v29.8h",
+        "smull  v30.8h, v19.8b, v26.8b",
+        "smull2 v31.8h, v19.16b, v26.16b",
+        "smlal  v30.8h, v23.8b, v27.8b",
+        "smlal2 v31.8h, v23.16b, v27.16b",
+        "sadalp v14.4s, v30.8h",
+        "sadalp v15.4s, v31.8h",
+        inout("v0") a0[0],
+        inout("v1") a0[1],
+        inout("v2") a0[2],
+        inout("v3") a0[3],
+        inout("v4") a0[4],
+        inout("v5") a0[5],
+        inout("v6") a0[6],
+        inout("v7") a0[7],
+        inout("v8") a1[0],
+        inout("v9") a1[1],
+        inout("v10") a1[2],
+        inout("v11") a1[3],
+        inout("v12") a1[4],
+        inout("v13") a1[5],
+        inout("v14") a1[6],
+        inout("v15") a1[7],
+        in("v16") b[0],
+        in("v17") b[1],
+        in("v18") b[2],
+        in("v19") b[3],
+        in("v20") b_next[0],
+        in("v21") b_next[1],
+        in("v22") b_next[2],
+        in("v23") b_next[3],
+        in("v24") q0[0],
+        in("v25") q0[1],
+        in("v26") q1[0],
+        in("v27") q1[1],
+        out("v28") _,
+        out("v29") _,
+        out("v30") _,
+        out("v31") _,
+        options(pure, nomem, nostack, preserves_flags),
+    );
+}
+
 /// # Safety
 /// `job` and `a` come from `Job::new` and `Activations::quantize` (NEON is
 /// part of every aarch64 CPU).
@@ -292,12 +393,20 @@ unsafe fn tile_neon<const R: usize>(a: &Activations, job: &Job, panel: usize, ha
     // Per row and 4 columns: k0 + k1 and k2 + k3 partial sums of 2 columns
     // (low), of the other 2 (high).
     let mut acc = [[vdupq_n_s32(0); 8]; R];
-    for s in 0..w.k4 {
-        let b = [0, 1, 2, 3].map(|j| vld1q_s8(steps.add(s * 128 + j * 16)));
-        let q = |r: usize| vreinterpretq_s8_s32(vld1q_dup_s32(rows.add(r * a.stride + 4 * s) as *const i32));
+    let b_at = |s: usize| [0, 1, 2, 3].map(|j| vld1q_s8(steps.add(s * 128 + j * 16)));
+    let q = |r: usize, s: usize| vreinterpretq_s8_s32(vld1q_dup_s32(rows.add(r * a.stride + 4 * s) as *const i32));
+    let mut s = 0;
+    if let ([a0, a1], true) = (&mut acc[..], w.no_i8_min) {
+        while s + 2 <= w.k4 {
+            widening_pair2(a0, a1, &b_at(s), &b_at(s + 1), [q(0, s), q(0, s + 1)], [q(1, s), q(1, s + 1)]);
+            s += 2;
+        }
+    }
+    for s in s..w.k4 {
+        let b = b_at(s);
         match &mut acc[..] {
-            [a0, a1] => widening_step2(a0, a1, &b, q(0), q(1)),
-            rows => rows.iter_mut().enumerate().for_each(|(r, acc)| widening_step(acc, &b, q(r))),
+            [a0, a1] => widening_step2(a0, a1, &b, q(0, s), q(1, s)),
+            rows => rows.iter_mut().enumerate().for_each(|(r, acc)| widening_step(acc, &b, q(r, s))),
         }
     }
     let mut sums = [[vdupq_n_s32(0); 4]; R];

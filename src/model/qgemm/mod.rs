@@ -46,6 +46,11 @@ pub(crate) struct PackedWeights {
     /// Per-column zero points, padded; `None` when all are zero (symmetric
     /// weights, onnxruntime's default), which saves a term per output.
     zero_points: Option<Vec<i32>>,
+    /// No weight is -128 (onnxruntime's symmetric int8 range is -127..127),
+    /// so two products with any activation byte sum within i16: the plain
+    /// NEON kernel then adds two k-steps before widening.
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+    no_i8_min: bool,
 }
 
 impl PackedWeights {
@@ -70,7 +75,7 @@ impl PackedWeights {
         }
         let zp = |c: usize| if c >= n { 0 } else { zero_points[if zero_points.len() == 1 { 0 } else { c }] as i32 };
         let zero_points = zero_points.iter().any(|&z| z != 0).then(|| (0..panels * NR).map(zp).collect());
-        PackedWeights { k, n, k4, steps, col_sums, zero_points }
+        PackedWeights { k, n, k4, steps, col_sums, zero_points, no_i8_min: !w.contains(&i8::MIN) }
     }
 
     fn panels(&self) -> usize {
@@ -593,9 +598,22 @@ mod tests {
 
     const GELU: Gelu = Gelu { div: std::f32::consts::SQRT_2, add: 1.0, mul: 0.5 };
 
+    /// What the weights and activations are drawn from.
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    enum Data {
+        /// Every i8 weight, -128 included.
+        Random,
+        /// onnxruntime's symmetric weights, -127..127.
+        Symmetric,
+        /// Only the extremes where sums grow fastest: weights -127 and 127,
+        /// activations at both ends of their range (signed -128 and 127).
+        Extreme,
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn check(
         kernel: Kernel,
+        data: Data,
         rows: usize,
         k: usize,
         n: usize,
@@ -605,8 +623,15 @@ mod tests {
         threads: usize,
     ) {
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (rows * 31 + k * 7 + n) as u64);
-        let x: Vec<f32> = (0..rows * k).map(|_| rng.f32() * 3.0 + 0.4).collect();
-        let w: Vec<i8> = (0..k * n).map(|_| rng.i8()).collect();
+        let x: Vec<f32> = match data {
+            Data::Extreme => (0..rows * k).map(|i| if (i / 3) % 2 == 0 { -2.0 } else { 3.0 }).collect(),
+            _ => (0..rows * k).map(|_| rng.f32() * 3.0 + 0.4).collect(),
+        };
+        let w: Vec<i8> = match data {
+            Data::Random => (0..k * n).map(|_| rng.i8()).collect(),
+            Data::Symmetric => (0..k * n).map(|_| rng.i8().max(-127)).collect(),
+            Data::Extreme => (0..k * n).map(|i| if i % 5 < 3 { -127 } else { 127 }).collect(),
+        };
         let zb: Vec<i8> = if asymmetric { (0..n).map(|_| rng.i8() / 8).collect() } else { vec![0] };
         let w_scale: Vec<f32> = (0..n).map(|_| (rng.f32().abs() + 0.01) * 0.02).collect();
         let bias: Vec<f32> = (0..n).map(|_| rng.f32()).collect();
@@ -627,7 +652,7 @@ mod tests {
         assert_eq!((a.scale.to_bits(), a.zero_point), (scale.to_bits(), zp));
         let want = reference(&q, zp, scale, k, &w, &zb, &w_scale, bias, gelu);
         let diff = out.iter().zip(&want).position(|(a, b)| a.to_bits() != b.to_bits());
-        assert_eq!(diff, None, "{kernel:?} rows {rows} k {k} n {n}: {:?}", diff.map(|i| (out[i], want[i])));
+        assert_eq!(diff, None, "{kernel:?} {data:?} rows {rows} k {k} n {n}: {:?}", diff.map(|i| (out[i], want[i])));
     }
 
     #[test]
@@ -645,13 +670,20 @@ mod tests {
             // Shapes that exercise every remainder: rows not a multiple of
             // the tile, k not a multiple of 4, n not a multiple of a panel,
             // one row (the classifier head), and a transformer layer's shape.
-            for (rows, k, n) in [(1, 4, 1), (5, 7, 33), (13, 64, 32), (12, 100, 70), (25, 129, 65), (197, 256, 96)] {
+            // k of 8 and 12 steps of 4, odd and even, for the A72 kernel's
+            // pairs of steps.
+            for (rows, k, n) in
+                [(1, 4, 1), (5, 7, 33), (13, 64, 32), (12, 100, 70), (25, 129, 65), (4, 47, 20), (197, 256, 96)]
+            {
                 for (asymmetric, bias, gelu) in [(false, true, None), (true, false, None), (true, true, Some(GELU))] {
-                    check(kernel, rows, k, n, asymmetric, bias, gelu, 1);
+                    for data in [Data::Random, Data::Symmetric] {
+                        check(kernel, data, rows, k, n, asymmetric, bias, gelu, 1);
+                    }
                 }
+                check(kernel, Data::Extreme, rows, k, n, false, true, None, 1);
             }
-            check(kernel, 197, 512, 300, false, true, Some(GELU), 2);
-            check(kernel, 197, 512, 300, true, true, None, 3);
+            check(kernel, Data::Random, 197, 512, 300, false, true, Some(GELU), 2);
+            check(kernel, Data::Symmetric, 197, 512, 300, true, true, None, 3);
         }
     }
 
