@@ -72,22 +72,22 @@ fn main() {
     let lookout_ms: Vec<(&str, f64)> = results.iter().skip(1).step_by(2).map(|(n, ms)| (**n, *ms as f64)).collect();
     match python(&frames, w, h) {
         Ok(py) => {
+            let py_ms = |k: &str| py.get(k).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
             println!("\nCPU time per frame, single thread:");
             println!("\n| input (1920x1080 -> 224x224) | lookout ms | Python ms | speed-up |");
             println!("|---|---|---|---|");
             for (name, ms) in &lookout_ms {
-                let p = py.get(*name).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+                let p = py_ms(name);
                 println!("| {name} | {ms:.2} | {p:.1} | {:.0}x |", p / ms);
             }
             // What 10x over Python's MJPEG path leaves for the whole frame,
-            // against what the fastest decoder needs for decoding alone.
-            let ms = |k: &str| py.get(k).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+            // against what libjpeg-turbo needs for decoding alone.
             println!(
                 "\nMJPEG floor: 10x over Python needs <= {:.2} ms per frame; libjpeg-turbo (PIL) decoding \
                  alone takes {:.2} ms at full size, {:.2} ms at 1/8 DCT scale",
-                ms("mjpeg") / 10.0,
-                ms("jpeg_decode_only"),
-                ms("jpeg_decode_only_1_8"),
+                py_ms("mjpeg") / 10.0,
+                py_ms("jpeg_decode_only"),
+                py_ms("jpeg_decode_only_1_8"),
             );
         }
         Err(e) => println!("\nPython reference skipped: {e}"),

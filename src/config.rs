@@ -513,16 +513,16 @@ fn parse_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
     // Errors inside the tagged `[source]` table carry the table's span, not
     // the key's: find the offending key's own line.
     let span = e.span().unwrap_or(0..0);
-    let table = &text[span.start.min(text.len())..span.end.min(text.len())];
-    if let Some(key) = message.strip_prefix("unknown field `").and_then(|m| m.split('`').next()) {
-        if let Some(off) = find_key(&text[span.start.min(text.len())..], key) {
-            line = line_of(text, span.start + off);
-        }
-    } else if table.starts_with('[') {
+    let start = span.start.min(text.len());
+    let table = &text[start..span.end.clamp(start, text.len())];
+    let off = match message.strip_prefix("unknown field `").and_then(|m| m.split('`').next()) {
+        Some(key) => find_key(&text[start..], key),
         // A bad value there: the line holding the value serde quotes.
-        if let Some(off) = bad_value(&message).and_then(|v| find_value(table, &v)) {
-            line = line_of(text, span.start + off);
-        }
+        None if table.starts_with('[') => bad_value(&message).and_then(|v| find_value(table, &v)),
+        None => None,
+    };
+    if let Some(off) = off {
+        line = line_of(text, start + off);
     }
     if message.starts_with("unknown field") {
         let hint = "remove the key or fix its spelling; config/lookout.toml lists every key";
