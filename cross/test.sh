@@ -2,7 +2,7 @@
 # The ARM builds and the packages, tested here (issue #9):
 #   1. cross/build.sh builds each target once (glibc <= 2.31 checked) and
 #      packages it as a .deb;
-#   2. tests/cross.rs runs the ARM binaries under qemu-user (Cortex-A72 and
+#   2. tests/it/cross.rs runs the ARM binaries under qemu-user (Cortex-A72 and
 #      A76 for aarch64, A15 for armv7) on the digits model against this
 #      machine's answers;
 #   3. the aarch64 unit tests run under qemu (Cortex-A72, where lookout's
@@ -47,7 +47,7 @@ triples=()
 for t in "${targets[@]}"; do
   case "$t" in aarch64) triples+=(aarch64-unknown-linux-gnu) ;; armv7) triples+=(armv7-unknown-linux-gnueabihf) ;; esac
 done
-LOOKOUT_CROSS="${triples[*]}" LOOKOUT_CROSS_PROFILE="$profile" cargo test --locked --test cross -- --nocapture
+LOOKOUT_CROSS="${triples[*]}" LOOKOUT_CROSS_PROFILE="$profile" cargo test --locked --test it cross:: -- --nocapture
 
 if [[ " ${triples[*]} " == *" aarch64-unknown-linux-gnu "* ]]; then
   export PATH="$PWD/cross/.venv/bin:$PATH"

@@ -3,7 +3,7 @@
 //!
 //! Resizing happens on 8-bit pixels, as PIL does inside Hugging Face's image
 //! processors, so the tensor matches what the model was trained with
-//! (`tests/preprocess.rs` checks it against `BeitImageProcessor` output);
+//! (`tests/it/preprocess.rs` checks it against `BeitImageProcessor` output);
 //! fast_image_resize's convolution is a port of PIL's, with the same filters,
 //! support scaling and 8-bit rounding between its two passes.
 //!
@@ -261,7 +261,7 @@ impl Preprocessor {
     /// converts only the output's pixels to RGB: 50 k conversions at 224
     /// instead of one per pixel of a 1080-line crop. The conversion is
     /// affine, so this differs from converting first only where a colour
-    /// clips (tests/preprocess.rs holds it to PIL's output). Needs the crop
+    /// clips (tests/it/preprocess.rs holds it to PIL's output). Needs the crop
     /// to start and end on whole chroma pairs (and NV12 rows).
     fn resize_yuv(&mut self, frame: &Frame, (side, left, top): (u32, u32, u32)) -> Result<(), PreprocessError> {
         let err = |e: &dyn std::fmt::Display| PreprocessError::Decode(e.to_string());
@@ -709,7 +709,7 @@ mod tests {
             let diff: Vec<f32> = planes.iter().zip(&exact).map(|(a, b)| (a - b).abs()).collect();
             let mean = diff.iter().sum::<f32>() / diff.len() as f32;
             let max = diff.iter().fold(0f32, |a, &b| a.max(b));
-            // The limits tests/preprocess.rs holds every format to against PIL.
+            // The limits tests/it/preprocess.rs holds every format to against PIL.
             eprintln!("{:?}: mean {mean} max {max}", f.format);
             assert!(mean <= 0.01 && max <= 0.1, "{:?}: mean {mean} max {max}", f.format);
         }

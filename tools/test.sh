@@ -8,12 +8,12 @@ cd "$(dirname "$0")/.."
 need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v mosquitto_sub >/dev/null 2>&1 || need+=(mosquitto-clients)
-# tests/mqtt.rs makes its TLS certificates with the openssl CLI.
+# tests/it/mqtt.rs makes its TLS certificates with the openssl CLI.
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # nokhwa's V4L2 bindings are generated with bindgen, which needs libclang
 # itself: libclang-cpp (the C++ library, on many machines) does not do.
 ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/*/libclang-[0-9]*.so* >/dev/null 2>&1 || need+=(libclang-dev)
-# tests/systemd.rs checks the unit with systemd-analyze.
+# tests/it/systemd.rs checks the unit with systemd-analyze.
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"

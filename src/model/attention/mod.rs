@@ -20,7 +20,7 @@
 //!
 //! The scaling multiplies element by element before the product, as the
 //! graph does; sums run in another order than other runtimes', so results
-//! agree to f32 rounding, not bit for bit (tests/inference.rs holds the
+//! agree to f32 rounding, not bit for bit (tests/it/inference.rs holds the
 //! whole model to the ONNX reference evaluator).
 
 #[cfg(target_arch = "aarch64")]

@@ -2,7 +2,7 @@
 //! public API only (model patches and ops of our own), so a tract upgrade
 //! touches this folder and `tract.rs` and nothing else.
 //!
-//! Each pass keeps the model's outputs: tests/inference.rs compares the
+//! Each pass keeps the model's outputs: tests/it/inference.rs compares the
 //! model with and without them.
 
 mod fold;

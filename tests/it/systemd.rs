@@ -2,14 +2,12 @@
 //! built binary speaks the sd_notify protocol, stops on SIGTERM and logs in
 //! journald's format.
 
-mod common;
-
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 fn systemd_analyze() -> Option<PathBuf> {
     ["/usr/bin/systemd-analyze", "/bin/systemd-analyze"].iter().map(PathBuf::from).find(|p| p.exists())

@@ -2,8 +2,6 @@
 //! server on 127.0.0.1, the built binary listing cameras, and nokhwa's
 //! buffers built from fixture bytes (no camera exists on these machines).
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -16,7 +14,7 @@ use lookout::config::SourceConfig;
 use lookout::frame::PixelFormat;
 
 fn sample(name: &str) -> PathBuf {
-    common::root().join("models/digits/samples").join(name)
+    crate::common::root().join("models/digits/samples").join(name)
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -223,9 +221,9 @@ fn snapshot_errors_name_the_cause_and_back_off() {
 
 #[test]
 fn lookout_cameras_says_when_there_are_none() {
-    let out = common::run_with_timeout(
+    let out = crate::common::run_with_timeout(
         {
-            let mut c = common::lookout();
+            let mut c = crate::common::lookout();
             c.arg("cameras");
             c
         },

@@ -1,6 +1,5 @@
 //! Test harness: a real Mosquitto on a free loopback port, an MQTT
 //! subscriber, and helpers to run the built binary.
-#![allow(dead_code)]
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
@@ -183,10 +182,6 @@ impl Broker {
                 dir.display()
             )
         })
-    }
-
-    pub fn folder(&self) -> &Path {
-        self._dir.path()
     }
 
     /// SIGSTOP: the process stays, its sockets stay open, nothing answers.

@@ -13,12 +13,10 @@
 //! naming the triples it built, whose binaries then must exist; without
 //! it, binaries that are missing are reported as skipped.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 struct Variant {
     triple: &'static str,

@@ -2,8 +2,6 @@
 //! wrote: PyTorch logits for every held-out image, and the int8 model's
 //! agreement with fp32.
 
-mod common;
-
 use lookout::config::Config;
 use lookout::model::{Classifier, ModelError, TractClassifier};
 use lookout::preprocess::{ColorRange, Preprocessor};
@@ -15,7 +13,7 @@ struct Reference {
 }
 
 fn references() -> Vec<Reference> {
-    let dir = common::root().join("tests/fixtures/digits");
+    let dir = crate::common::root().join("tests/fixtures/digits");
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
     v["images"]
@@ -32,8 +30,8 @@ fn references() -> Vec<Reference> {
 
 fn config(model: &str) -> Config {
     let dir = tempfile::tempdir().unwrap();
-    let frames = common::root().join("tests/fixtures/digits/test");
-    let cfg = common::write_config(dir.path(), &common::digits_config(&frames, model, 1883, ""));
+    let frames = crate::common::root().join("tests/fixtures/digits/test");
+    let cfg = crate::common::write_config(dir.path(), &crate::common::digits_config(&frames, model, 1883, ""));
     Config::load(&cfg).unwrap()
 }
 
@@ -51,12 +49,17 @@ fn tract_fp32_reproduces_the_pytorch_logits() {
     let (mut c, mut pre) = load("digits-fp32.onnx");
     let mut worst = 0f32;
     for r in &refs {
-        let got = common::logits_of(&mut c, &mut pre, &r.file);
+        let got = crate::common::logits_of(&mut c, &mut pre, &r.file);
         let range = r.torch.iter().fold(f32::MIN, |a, &b| a.max(b)) - r.torch.iter().fold(f32::MAX, |a, &b| a.min(b));
         let err = got.iter().zip(&r.torch).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         worst = worst.max(err / range);
         assert!(err <= 1e-4 * range, "{}: max abs error {err} over logit range {range}", r.file);
-        assert_eq!(common::argmax(&got), common::argmax(&r.torch), "{}: top-1 differs from PyTorch", r.file);
+        assert_eq!(
+            crate::common::argmax(&got),
+            crate::common::argmax(&r.torch),
+            "{}: top-1 differs from PyTorch",
+            r.file
+        );
     }
     println!("tract fp32 vs PyTorch on {} images: worst max-abs-error / logit range = {worst:.2e}", refs.len());
 }
@@ -68,8 +71,8 @@ fn tract_int8_agrees_with_fp32_on_the_held_out_set() {
     let (mut int8, mut pre8) = load("digits-int8.onnx");
     let (mut agree, mut right32, mut right8) = (0, 0, 0);
     for r in &refs {
-        let a = common::argmax(&common::logits_of(&mut fp32, &mut pre32, &r.file));
-        let b = common::argmax(&common::logits_of(&mut int8, &mut pre8, &r.file));
+        let a = crate::common::argmax(&crate::common::logits_of(&mut fp32, &mut pre32, &r.file));
+        let b = crate::common::argmax(&crate::common::logits_of(&mut int8, &mut pre8, &r.file));
         agree += (a == b) as usize;
         right32 += (a == r.label) as usize;
         right8 += (b == r.label) as usize;

@@ -6,15 +6,13 @@
 //! faults at run time the log line, that the daemon kept running and that
 //! no result was lost.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 const MIN: Duration = Duration::from_secs(60);

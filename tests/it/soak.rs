@@ -15,17 +15,15 @@
 //! The full run (20,000 results, figures in BENCHMARKS.md), against a
 //! release build of lookout (the harness itself may stay a debug build):
 //!   cargo build --release
-//!   LOOKOUT_BIN=target/release/lookout cargo test --test soak -- --ignored --nocapture
+//!   LOOKOUT_BIN=target/release/lookout cargo test --test it soak:: -- --ignored --nocapture
 //! SOAK_RESULTS and SOAK_RESTART_EVERY change its size. The short version
 //! below runs with the other tests.
-
-mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const TOPIC: &str = "lookout/soak/result";
 

@@ -1,11 +1,9 @@
 //! Triggers through the built binary: a change of scene on real frames and
 //! a real model reaches a real broker as exactly the expected transitions.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn a_change_of_scene_publishes_exactly_the_transitions() {

@@ -3,14 +3,12 @@
 //! last will, retained state, Home Assistant discovery; wrong password and
 //! an untrusted TLS certificate.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 const DEVICE: &str = "fault";

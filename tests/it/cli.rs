@@ -1,12 +1,10 @@
 //! Bad input through the built binary: each failure is one line that names
 //! the file and the problem, with its own exit code.
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn run(args: &[&std::ffi::OsStr]) -> (i32, String, String) {
     let mut cmd = lookout();

@@ -1,12 +1,10 @@
 //! The whole path through the built binary: files -> tract -> a real
 //! Mosquitto -> a subscriber.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 /// `lookout classify` on the sample frames: file name -> label.
 fn classify_labels(config: &std::path::Path, frames: &[std::path::PathBuf]) -> BTreeMap<String, String> {

@@ -3,8 +3,6 @@
 //! logits on the same file, each lookout op and pass against plain tract,
 //! and `lookout bench` through the built binary.
 
-mod common;
-
 use std::time::Duration;
 
 use lookout::config::Config;
@@ -18,7 +16,7 @@ struct Reference {
 }
 
 fn references() -> Vec<Reference> {
-    let dir = common::root().join("tests/fixtures/digits");
+    let dir = crate::common::root().join("tests/fixtures/digits");
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
     v["images"]
@@ -34,8 +32,8 @@ fn references() -> Vec<Reference> {
 
 fn load(model: &str, options: &LoadOptions) -> (TractClassifier, Preprocessor) {
     let dir = tempfile::tempdir().unwrap();
-    let frames = common::root().join("tests/fixtures/digits/test");
-    let cfg = common::write_config(dir.path(), &common::digits_config(&frames, model, 1883, ""));
+    let frames = crate::common::root().join("tests/fixtures/digits/test");
+    let cfg = crate::common::write_config(dir.path(), &crate::common::digits_config(&frames, model, 1883, ""));
     let mut cfg = Config::load(&cfg).unwrap();
     // Two threads so the passes' parallel paths and tract's pool run.
     cfg.model.threads = 2;
@@ -50,7 +48,7 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 }
 
 fn spec_logits() -> Vec<Vec<f32>> {
-    let path = common::root().join("tests/fixtures/digits/onnx-reference-int8.json");
+    let path = crate::common::root().join("tests/fixtures/digits/onnx-reference-int8.json");
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     v["images"]
         .as_array()
@@ -79,16 +77,16 @@ fn int8_equals_the_onnx_specification_and_mostly_onnxruntime() {
     assert_eq!(report.fused.layers, int8, "{report:?}");
     let (mut worst_spec, mut worst_ort, mut agree_ort) = (0f32, 0f32, 0);
     for (r, spec) in refs.iter().zip(&spec) {
-        let got = common::logits_of(&mut c, &mut pre, &r.file);
+        let got = crate::common::logits_of(&mut c, &mut pre, &r.file);
         assert_eq!(
-            common::argmax(&got),
-            common::argmax(spec),
+            crate::common::argmax(&got),
+            crate::common::argmax(spec),
             "{}: top-1 differs from the ONNX reference evaluator",
             r.file
         );
         worst_spec = worst_spec.max(max_abs_diff(&got, spec));
         worst_ort = worst_ort.max(max_abs_diff(&got, &r.ort_int8));
-        agree_ort += (common::argmax(&got) == common::argmax(&r.ort_int8)) as usize;
+        agree_ort += (crate::common::argmax(&got) == crate::common::argmax(&r.ort_int8)) as usize;
     }
     println!(
         "lookout int8 on {} images: max abs logit difference {worst_spec:.2e} to the ONNX reference evaluator; \
@@ -126,8 +124,8 @@ fn passes_keep_the_outputs_of_plain_tract() {
     // Every 8th image: the comparison is bit for bit, and a debug-build
     // tract takes about half a second per image and model.
     for r in refs.iter().step_by(8) {
-        let a = common::logits_of(&mut fast, &mut pre, &r.file);
-        let b = common::logits_of(&mut plain, &mut pre_plain, &r.file);
+        let a = crate::common::logits_of(&mut fast, &mut pre, &r.file);
+        let b = crate::common::logits_of(&mut plain, &mut pre_plain, &r.file);
         worst = worst.max(max_abs_diff(&a, &b));
     }
     println!("passes {report:?}: max abs logit difference to plain tract {worst:.3e}");
@@ -157,10 +155,10 @@ fn lookout_int8_layers_agree_with_tracts_int8_path() {
     let (mut worst, mut same) = (0f32, 0);
     let sample: Vec<&Reference> = refs.iter().step_by(4).collect();
     for r in &sample {
-        let a = common::logits_of(&mut fast, &mut pre, &r.file);
-        let b = common::logits_of(&mut plain, &mut pre_plain, &r.file);
+        let a = crate::common::logits_of(&mut fast, &mut pre, &r.file);
+        let b = crate::common::logits_of(&mut plain, &mut pre_plain, &r.file);
         worst = worst.max(max_abs_diff(&a, &b));
-        same += (common::argmax(&a) == common::argmax(&b)) as usize;
+        same += (crate::common::argmax(&a) == crate::common::argmax(&b)) as usize;
     }
     println!("{kernel}: max abs logit difference to tract's int8 {worst:.3e}, same top-1 on {same}/{}", sample.len());
     assert_eq!(same, sample.len());
@@ -170,10 +168,10 @@ fn lookout_int8_layers_agree_with_tracts_int8_path() {
 
 #[test]
 fn bench_reports_latency_load_time_and_peak_rss() {
-    let mut cmd = common::lookout();
+    let mut cmd = crate::common::lookout();
     cmd.args(["bench", "--json", "--threads", "2", "--warmup", "1", "-n", "5", "--model"])
-        .arg(common::root().join("models/digits/digits-int8.onnx"));
-    let out = common::run_with_timeout(cmd, Duration::from_secs(120));
+        .arg(crate::common::root().join("models/digits/digits-int8.onnx"));
+    let out = crate::common::run_with_timeout(cmd, Duration::from_secs(120));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let f = |k: &str| r[k].as_f64().unwrap_or_else(|| panic!("{k} missing in {r}"));
@@ -191,9 +189,9 @@ fn bench_reports_latency_load_time_and_peak_rss() {
         None => assert!(f("replaced_quantizers") > 0.0, "{r}"),
     }
 
-    let mut cmd = common::lookout();
+    let mut cmd = crate::common::lookout();
     cmd.args(["bench", "--model", "/nonexistent/model.onnx"]);
-    let out = common::run_with_timeout(cmd, Duration::from_secs(30));
+    let out = crate::common::run_with_timeout(cmd, Duration::from_secs(30));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_ne!(out.status.code(), Some(0));
     assert_eq!(err.lines().count(), 1, "one line: {err}");
