@@ -602,7 +602,18 @@ fn invalid(path: &Path, key: &'static str, message: impl Into<String>) -> Config
 fn resolve(raw: FileConfig, file: &Path, base: &Path) -> Result<Config, ConfigError> {
     let id = match raw.device.id {
         Some(id) => id,
-        None => default_device_id(),
+        None => default_device_id()
+            .and_then(|id| match id.as_str() {
+                "" | "localhost" | "_none_" => Err(format!("the host name is {id:?}")),
+                _ => Ok(id),
+            })
+            .map_err(|why| {
+                invalid(
+                    file,
+                    "device.id",
+                    format!("is not set and {why}; set a host name (hostnamectl hostname NAME) or device.id"),
+                )
+            })?,
     };
     if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
         return Err(invalid(
@@ -959,14 +970,29 @@ fn resolve_model(m: ModelSection, file: &Path, base: &Path) -> Result<ModelConfi
     })
 }
 
-fn default_device_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let id: String = host.trim().chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
-    if id.is_empty() {
-        "lookout".into()
-    } else {
-        id
+/// The host name, from the kernel (gethostname(2)): never from /proc, which
+/// the unit's `ProcSubset=pid` hides, so every packaged board would share one
+/// id (and knock the others off the broker with the same client id). Names
+/// that say nothing are refused rather than shared by every such board.
+fn default_device_id() -> Result<String, String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; the kernel writes at most
+    // that many bytes and we stop at the first NUL (or the end).
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error().to_string());
     }
+    let host = String::from_utf8_lossy(&buf[..buf.iter().position(|&b| b == 0).unwrap_or(buf.len())]).into_owned();
+    // "(none)" is the kernel's name before anyone set one.
+    match host.trim() {
+        "" | "(none)" | "localhost" => Err(format!("the host name is {host:?}")),
+        _ => Ok(device_id_from_host(&host)),
+    }
+}
+
+/// A host name as an MQTT topic segment: `cam.lan` -> `cam_lan`.
+fn device_id_from_host(host: &str) -> String {
+    host.trim().chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect()
 }
 
 #[cfg(test)]
@@ -999,6 +1025,17 @@ mod tests {
         assert_eq!(c.model.labels, d.path().join("labels.txt"));
         assert_eq!(c.schedule.interval, Duration::from_secs(1));
         assert_eq!(c.mqtt.client_id, format!("lookout-{}", c.device.id));
+    }
+
+    #[test]
+    fn the_default_id_is_the_kernel_host_name() {
+        let (_d, cfg) = fixture();
+        let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::uname(&mut uts) }, 0);
+        let node = unsafe { std::ffi::CStr::from_ptr(uts.nodename.as_ptr()) }.to_string_lossy().into_owned();
+        let c = Config::parse(BASE, &cfg).unwrap();
+        assert_eq!(c.device.id, device_id_from_host(&node));
+        assert_eq!(device_id_from_host("cam.lan\n"), "cam_lan");
     }
 
     #[test]
