@@ -59,6 +59,7 @@ pub mod preprocess;
 pub mod publish;
 pub mod secret;
 pub mod shutdown;
+pub mod snapshot;
 pub mod stats;
 pub mod systemd;
 pub mod thermal;

@@ -68,6 +68,18 @@ enum Command {
     CheckConfig { config: PathBuf },
     /// List V4L2 cameras with their formats, sizes and rates.
     Cameras,
+    /// Take one frame from the configured source and draw every view's
+    /// region and the square the model sees on it, to aim the camera and
+    /// set `roi` by looking.
+    Snapshot {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only this view (and its source).
+        #[arg(long)]
+        view: Option<String>,
+        /// Where to write the picture (.jpg or .png).
+        out: PathBuf,
+    },
     /// Measure the model: load time, then inference latency over N runs
     /// after a warm-up, and peak memory.
     Bench {
@@ -168,6 +180,7 @@ fn main() -> ExitCode {
         Command::Classify { config, model, logits, images } => classify(&config, model.as_deref(), logits, &images),
         Command::CheckConfig { config } => check_config(&config),
         Command::Cameras => cameras(),
+        Command::Snapshot { config, view, out } => snapshot(&config, view.as_deref(), &out),
         Command::Bench {
             config,
             model,
@@ -328,6 +341,59 @@ fn cameras() -> Result<(), Fatal> {
     Ok(())
 }
 
+/// `lookout snapshot`: one frame with the views drawn on it.
+fn snapshot(config: &Path, view: Option<&str>, out: &Path) -> Result<(), Fatal> {
+    use lookout::snapshot::{aim, COLOURS};
+    let cfg = Config::load(config)?;
+    let names: Vec<&str> = cfg.views.iter().map(|v| v.name.as_str()).collect();
+    let source = match view {
+        Some(name) => match cfg.views.iter().find(|v| v.name == name) {
+            Some(v) => v.source.clone(),
+            None => {
+                let message = format!("no view {name:?} in {}; the views are {}", config.display(), names.join(", "));
+                return Err(Fatal { code: exit::CONFIG, message });
+            }
+        },
+        None if cfg.sources.len() == 1 => cfg.sources.keys().next().cloned().unwrap_or_default(),
+        None => {
+            let message = format!("{} has several sources; name a view with --view ({})", config.display(), names.join(", "));
+            return Err(Fatal { code: exit::CONFIG, message });
+        }
+    };
+    let views: Vec<_> = cfg.views.iter().filter(|v| v.source == source && view.is_none_or(|n| n == v.name)).collect();
+    let spec = &cfg.sources[&source];
+    let mut frames = capture::open(spec)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let frame = loop {
+        match frames.next_frame() {
+            Ok(Some(f)) => break f,
+            Ok(None) => return Err(Fatal { code: exit::SOURCE, message: format!("{}: no frames", frames.name()) }),
+            Err(CaptureError::NotYet { wait }) => std::thread::sleep(wait.min(Duration::from_millis(200))),
+            Err(e) => log::warn!("{e}"),
+        }
+        if Instant::now() > deadline {
+            return Err(Fatal { code: exit::SOURCE, message: format!("{}: no frame within 30 s", frames.name()) });
+        }
+    };
+    let full = lookout::preprocess::frame_rgb(&frame, spec.color_range())
+        .map_err(|e| Fatal { code: exit::DATA, message: format!("{}: {e}", frames.name()) })?;
+    let picture = aim(&full, &views.iter().map(|v| (v.roi, v.crop_fraction)).collect::<Vec<_>>());
+    picture
+        .save(out)
+        .map_err(|e| Fatal { code: exit::FAILURE, message: format!("{}: cannot write the picture: {e}", out.display()) })?;
+    println!("{} ({}x{} from {}):", out.display(), full.width(), full.height(), frames.name());
+    for (i, v) in views.iter().enumerate() {
+        let (side, left, top) = lookout::preprocess::crop_region(full.width(), full.height(), v.roi, v.crop_fraction);
+        let roi = v.roi.map_or("the whole frame".to_owned(), |r| format!("roi {r:?}"));
+        println!(
+            "  {}: {} ({roi}; the model sees the {side}x{side} square at {left},{top})",
+            v.name,
+            COLOURS[i % COLOURS.len()].0
+        );
+    }
+    Ok(())
+}
+
 fn run(path: &Path) -> Result<(), Fatal> {
     let cfg = Config::load(path)?;
     let fault = match std::env::var("LOOKOUT_FAULT") {
@@ -371,7 +437,7 @@ fn run(path: &Path) -> Result<(), Fatal> {
         health: cfg.health.clone(),
         thermal: Some(cfg.thermal.clone()),
         watchdog,
-        overrides: Some(Overrides::path(&cfg.device.state_dir)),
+        state_dir: Some(cfg.device.state_dir.clone()),
         fault,
     };
     let stats = daemon::run(opts, sources, views, &mut classifier, publisher.as_mut(), &inbox, shutdown)
@@ -404,6 +470,7 @@ fn publisher_options(cfg: &Config, views: &[View], model_name: &str, inbox: &Inb
                 .map(|v| ViewInfo {
                     name: v.config.name.clone(),
                     interval: v.config.interval.as_secs_f64(),
+                    snapshots: v.config.snapshots.is_some(),
                     triggers: v.triggers.as_ref().map(|t| {
                         let (publish, heartbeat) = t.policy();
                         let mut states: Vec<String> = t.groups().iter().map(|g| g.name.clone()).collect();

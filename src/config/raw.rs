@@ -36,6 +36,33 @@ pub struct FileConfig {
     pub thermal: ThermalConfig,
     #[serde(default)]
     pub health: HealthSection,
+    #[serde(default)]
+    pub snapshots: SnapshotSection,
+}
+
+/// `[snapshots]`: the picture the model saw, for every view unless a view
+/// says otherwise.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotSection {
+    pub enabled: bool,
+    pub max_side: u32,
+    pub quality: u8,
+    pub min_interval: f64,
+    pub keep: usize,
+}
+
+impl Default for SnapshotSection {
+    fn default() -> Self {
+        let d = crate::snapshot::SnapshotConfig::default();
+        SnapshotSection {
+            enabled: d.enabled,
+            max_side: d.max_side,
+            quality: d.quality,
+            min_interval: d.min_interval.as_secs_f64(),
+            keep: d.keep,
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -140,6 +167,8 @@ pub struct ViewSection {
     pub interval: Option<f64>,
     /// Replaces `[triggers]` for this view.
     pub triggers: Option<TriggersConfig>,
+    /// Overrides `[snapshots] enabled` for this view.
+    pub snapshots: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

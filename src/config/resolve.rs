@@ -18,6 +18,7 @@ use crate::model::ModelConfig;
 use crate::preprocess::PreprocessParams;
 use crate::publish::{MqttConfig, TlsFiles, RESERVED};
 use crate::secret::SecretSource;
+use crate::snapshot::SnapshotConfig;
 use crate::triggers::{TriggerError, TriggersConfig};
 
 pub fn invalid(path: &Path, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -82,6 +83,7 @@ pub fn resolve(raw: FileConfig, file: &Path, base: &Path) -> Result<Config, Conf
         return Err(invalid(file, "schedule.interval", "is 0; give the seconds between classifications, e.g. 1.0"));
     }
     check_triggers(&raw.triggers, file, "triggers")?;
+    let snapshots = resolve_snapshots(&raw.snapshots, file)?;
     let mut views_raw = raw.views;
     if views_raw.is_empty() {
         // Each source is one view of the whole picture, named after it.
@@ -91,7 +93,8 @@ pub fn resolve(raw: FileConfig, file: &Path, base: &Path) -> Result<Config, Conf
     }
     let mut views = vec![];
     for (name, v) in views_raw {
-        views.push(resolve_view(name, v, &resolved_sources, &model.preprocess, interval, &raw.triggers, file)?);
+        let defaults = ViewDefaults { model: &model.preprocess, interval, triggers: &raw.triggers, snapshots: &snapshots };
+        views.push(resolve_view(name, v, &resolved_sources, &defaults, file)?);
     }
     for s in resolved_sources.keys() {
         if !views.iter().any(|v| &v.source == s) {
@@ -134,15 +137,41 @@ fn check_triggers(t: &TriggersConfig, file: &Path, section: &str) -> Result<(), 
     })
 }
 
+/// What a view takes from the top-level sections unless it says otherwise.
+struct ViewDefaults<'a> {
+    model: &'a PreprocessParams,
+    interval: Duration,
+    triggers: &'a TriggersConfig,
+    snapshots: &'a SnapshotConfig,
+}
+
+fn resolve_snapshots(s: &super::raw::SnapshotSection, file: &Path) -> Result<SnapshotConfig, ConfigError> {
+    if !(64..=4096).contains(&s.max_side) {
+        return Err(invalid(file, "snapshots.max_side", format!("is {}; give pixels between 64 and 4096", s.max_side)));
+    }
+    if !(1..=100).contains(&s.quality) {
+        return Err(invalid(file, "snapshots.quality", format!("is {}; give a JPEG quality between 1 and 100", s.quality)));
+    }
+    if s.keep > 10_000 {
+        return Err(invalid(file, "snapshots.keep", format!("is {}; keep at most 10000 per view", s.keep)));
+    }
+    Ok(SnapshotConfig {
+        enabled: s.enabled,
+        max_side: s.max_side,
+        quality: s.quality,
+        min_interval: seconds(file, "snapshots.min_interval", s.min_interval, 0.0)?,
+        keep: s.keep,
+    })
+}
+
 fn resolve_view(
     name: String,
     v: ViewSection,
     sources: &BTreeMap<String, SourceConfig>,
-    model: &PreprocessParams,
-    interval: Duration,
-    triggers: &TriggersConfig,
+    defaults: &ViewDefaults,
     file: &Path,
 ) -> Result<ViewConfig, ConfigError> {
+    let (model, interval, triggers) = (defaults.model, defaults.interval, defaults.triggers);
     let key = |k: &str| format!("views.{name}.{k}");
     if !valid_name(&name) || RESERVED.contains(&name.as_str()) {
         return Err(invalid(
@@ -186,7 +215,8 @@ fn resolve_view(
         }
         None => triggers.clone(),
     };
-    Ok(ViewConfig { name, source, roi, crop_fraction, interval, triggers })
+    let snapshots = v.snapshots.unwrap_or(defaults.snapshots.enabled).then(|| defaults.snapshots.clone());
+    Ok(ViewConfig { name, source, roi, crop_fraction, interval, triggers, snapshots })
 }
 
 fn resolve_device(d: super::raw::DeviceSection, file: &Path, base: &Path) -> Result<Device, ConfigError> {

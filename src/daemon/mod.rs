@@ -76,8 +76,9 @@ pub struct Options {
     pub thermal: Option<ThermalConfig>,
     /// Fed on every wake-up; also caps how long the loop sleeps.
     pub watchdog: Option<Watchdog>,
-    /// Where commands' changes are kept across restarts (`None`: not kept).
-    pub overrides: Option<PathBuf>,
+    /// Where commands' changes and the snapshot rings are kept (`None`:
+    /// nothing is kept).
+    pub state_dir: Option<PathBuf>,
     pub fault: Option<Fault>,
 }
 
@@ -98,6 +99,7 @@ struct RunningSource {
     name: String,
     slot: Arc<Slot>,
     live: bool,
+    color_range: ColorRange,
     monitor: HealthMonitor,
     /// The generation whose frame-level health (frozen, dark) was judged.
     judged: u64,
@@ -166,13 +168,14 @@ impl<'a> Loop<'a> {
                 name: s.name,
                 slot,
                 live,
+                color_range: s.color_range,
                 monitor: HealthMonitor::new(opts.health.clone(), now),
                 judged: 0,
                 views: vec![],
             });
         }
-        let overrides = match &opts.overrides {
-            Some(path) => Overrides::load(path)?,
+        let overrides = match &opts.state_dir {
+            Some(dir) => Overrides::load(&Overrides::path(dir))?,
             None => Overrides::default(),
         };
         let mut running = vec![];
@@ -194,6 +197,15 @@ impl<'a> Loop<'a> {
                 next_due: now,
                 last_gen: 0,
                 forced: vec![],
+                roi: v.config.roi,
+                crop_fraction: v.config.crop_fraction,
+                ring: v.config.snapshots.as_ref().filter(|c| c.keep > 0).and_then(|c| {
+                    opts.state_dir.as_deref().map(|dir| crate::snapshot::Ring::new(dir, &v.config.name, c.keep))
+                }),
+                snapshots: v.config.snapshots.clone(),
+                last_snapshot: None,
+                snapshot_asked: false,
+                last_label: None,
             };
             if let Some(o) = overrides.views.get(&r.name) {
                 r.paused = o.paused;
@@ -444,12 +456,60 @@ impl<'a> Loop<'a> {
                 self.stats.publish_errors += 1;
             }
         }
+        let snapshot = self.snapshot(v, frame, &result);
         for req in &forced {
-            let reply = Reply::ok(req).with("seq", result.seq).with("label", &result.label).with("score", result.score);
+            let mut reply =
+                Reply::ok(req).with("seq", result.seq).with("label", &result.label).with("score", result.score);
+            if req.action == Action::Snapshot {
+                reply = match &snapshot {
+                    Some(Ok(bytes)) => reply.with("snapshot_bytes", bytes),
+                    Some(Err(e)) => Reply::error(req, e.clone()),
+                    None => Reply::error(req, "no snapshot was taken"),
+                };
+            }
             self.publisher.reply(&reply);
         }
         self.refresh_counts();
         self.publisher.observe(&self.stats);
+    }
+
+    /// Publishes (and keeps) the picture view `v` classified, when the state
+    /// changed or a command asked, within the view's rate limit. Returns the
+    /// JPEG's size or why there is none, when one was wanted.
+    fn snapshot(&mut self, v: usize, frame: &crate::frame::Frame, result: &Classification) -> Option<Result<usize, String>> {
+        let range = self.sources[self.views[v].source].color_range;
+        let view = &mut self.views[v];
+        let changed = match &result.trigger {
+            Some(t) => t.changed,
+            None => view.last_label.as_deref() != Some(result.label.as_str()),
+        };
+        view.last_label = Some(result.label.clone());
+        let asked = std::mem::take(&mut view.snapshot_asked);
+        let cfg = view.snapshots.as_ref()?;
+        let now = Instant::now();
+        let due = view.last_snapshot.is_none_or(|t| now.duration_since(t) >= cfg.min_interval);
+        if !(asked || changed && due) {
+            return None;
+        }
+        view.last_snapshot = Some(now);
+        let picture = crate::snapshot::view_rgb(frame, range, view.roi, view.crop_fraction, cfg.max_side)
+            .and_then(|img| crate::snapshot::jpeg(&img, cfg.quality));
+        let jpeg = match picture {
+            Ok(j) => j,
+            Err(e) => {
+                warn!("{}: no snapshot: {e}", view.name);
+                return Some(Err(e.to_string()));
+            }
+        };
+        if let Some(ring) = &view.ring {
+            if let Err(e) = ring.save(result.seq, &result.label, &jpeg) {
+                warn!("{e}");
+            }
+        }
+        let len = jpeg.len();
+        let name = view.name.clone();
+        self.publisher.snapshot(&name, jpeg);
+        Some(Ok(len))
     }
 
     /// Sets view `v`'s next due time after serving the period due at `due`
@@ -560,7 +620,20 @@ impl<'a> Loop<'a> {
                     .collect();
                 return self.publisher.reply(&Reply::ok(&req).with("views", views));
             }
-            Action::Snapshot | Action::Teach { .. } | Action::Forget { .. } | Action::Classes => {
+            Action::Snapshot => {
+                if let Some(&v) = targets.iter().find(|&&v| self.views[v].snapshots.is_none()) {
+                    let name = &self.views[v].name;
+                    let e = format!("snapshots are off for view {name:?} ([snapshots] enabled = true turns them on)");
+                    return self.publisher.reply(&Reply::error(&req, e));
+                }
+                for &v in &targets {
+                    let view = Some(self.views[v].name.clone());
+                    self.views[v].snapshot_asked = true;
+                    self.views[v].forced.push(Request { view, ..req.clone() });
+                }
+                return;
+            }
+            Action::Teach { .. } | Action::Forget { .. } | Action::Classes => {
                 let e = format!("`{}` is not available in this lookout", req.action.name());
                 return self.publisher.reply(&Reply::error(&req, e));
             }
@@ -574,8 +647,8 @@ impl<'a> Loop<'a> {
             o.interval = interval_override(&req.action, o.interval);
             o.threshold = threshold_override(&req.action, o.threshold);
         }
-        if let Some(path) = &self.opts.overrides {
-            if let Err(e) = self.overrides.save(path) {
+        if let Some(dir) = &self.opts.state_dir {
+            if let Err(e) = self.overrides.save(&Overrides::path(dir)) {
                 warn!("{e}");
                 return self
                     .publisher

@@ -92,6 +92,7 @@ struct Record {
     health: Vec<(String, Health)>,
     controls: Vec<(String, Control)>,
     replies: Vec<Reply>,
+    snapshots: Vec<(String, Vec<u8>)>,
 }
 
 impl Publisher for Record {
@@ -108,6 +109,9 @@ impl Publisher for Record {
     }
     fn reply(&mut self, r: &Reply) {
         self.replies.push(r.clone());
+    }
+    fn snapshot(&mut self, view: &str, jpeg: Vec<u8>) {
+        self.snapshots.push((view.into(), jpeg));
     }
 }
 
@@ -128,6 +132,9 @@ impl Publisher for Shared {
     }
     fn reply(&mut self, r: &Reply) {
         self.0.lock().unwrap().reply(r)
+    }
+    fn snapshot(&mut self, view: &str, jpeg: Vec<u8>) {
+        self.0.lock().unwrap().snapshot(view, jpeg)
     }
 }
 
@@ -384,7 +391,7 @@ fn commands_classify_pause_set_and_are_kept_across_restarts() {
         let mut with_triggers = view("door", "cam", 3_600_000);
         with_triggers.triggers = Some(Triggers::new(&cfg, &model().info.labels).unwrap());
         let views = vec![with_triggers, view("bins", "cam", 3_600_000)];
-        let o = Options { overrides: Some(saved.clone()), ..opts() };
+        let o = Options { state_dir: Some(dir.path().to_owned()), ..opts() };
         let (mut p, inbox, stop, src) = (rec.clone(), inbox.clone(), shutdown.clone(), source("cam", endless()));
         std::thread::spawn(move || run(o, vec![src], views, &mut model(), &mut p, &inbox, stop).unwrap())
     };
@@ -466,4 +473,38 @@ fn an_injected_hang_stops_the_loop_until_shutdown() {
     t.join().unwrap();
     assert_eq!(Fault::parse("hang-inference-after:3"), Ok(Fault::HangInferenceAfter(3)));
     assert!(Fault::parse("hang-inference-after:0").unwrap_err().contains("LOOKOUT_FAULT"));
+}
+
+#[test]
+fn snapshots_follow_state_changes_within_their_rate_limit_and_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let levels = [Ok(10), Ok(10), Ok(250), Ok(250), Ok(10), Ok(250)];
+    let mut v = view("main", "cam", 1);
+    v.config.snapshots = Some(crate::snapshot::SnapshotConfig {
+        enabled: true,
+        max_side: 64,
+        quality: 80,
+        min_interval: Duration::ZERO,
+        keep: 2,
+    });
+    let o = Options { state_dir: Some(dir.path().to_owned()), ..opts() };
+    let mut out = Record::default();
+    run(o, vec![source("cam", script(&levels, false))], vec![v], &mut model(), &mut out, &Inbox::default(), Shutdown::new())
+        .unwrap();
+    // The first result, then each change of label: frames 0, 2, 4, 5.
+    assert_eq!(out.snapshots.len(), 4);
+    let grays: Vec<u8> = out
+        .snapshots
+        .iter()
+        .map(|(_, jpeg)| image::load_from_memory(jpeg).unwrap().into_rgb8().get_pixel(2, 2).0[0])
+        .collect();
+    assert!(grays[0] < 30 && grays[1] > 230 && grays[2] < 30 && grays[3] > 230, "{grays:?}");
+    let kept = std::fs::read_dir(dir.path().join("snapshots/main")).unwrap().count();
+    assert_eq!(kept, 2, "the ring keeps two");
+
+    // With a rate limit of an hour only the first goes out.
+    let mut v = view("main", "cam", 1);
+    v.config.snapshots = Some(crate::snapshot::SnapshotConfig { min_interval: Duration::from_secs(3600), keep: 0, ..Default::default() });
+    let (_, out) = run_all(opts(), vec![source("cam", script(&levels, false))], vec![v]);
+    assert_eq!(out.snapshots.len(), 1);
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::preprocess::{PreprocessParams, Preprocessor};
+use crate::snapshot::{Ring, SnapshotConfig};
 use crate::triggers::{Triggers, TriggersConfig};
 
 /// A view as the config describes it.
@@ -24,6 +25,9 @@ pub struct ViewConfig {
     #[serde(serialize_with = "secs")]
     pub interval: Duration,
     pub triggers: TriggersConfig,
+    /// What the model saw, published and kept; `None`: off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshots: Option<SnapshotConfig>,
 }
 
 pub fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -50,6 +54,7 @@ impl View {
                 crop_fraction: model.crop_fraction,
                 interval,
                 triggers: TriggersConfig::default(),
+                snapshots: None,
             },
             preprocess: model.clone(),
             triggers: None,
@@ -74,6 +79,16 @@ pub(super) struct Running {
     pub last_gen: u64,
     /// `classify` commands waiting for this view's next result.
     pub forced: Vec<crate::command::Request>,
+    pub roi: Option<[f32; 4]>,
+    pub crop_fraction: f32,
+    pub snapshots: Option<SnapshotConfig>,
+    /// Snapshots kept on disk, when `keep` > 0 and there is a state dir.
+    pub ring: Option<Ring>,
+    pub last_snapshot: Option<Instant>,
+    /// A command asked for a snapshot with the next result.
+    pub snapshot_asked: bool,
+    /// The last result's label, to see a change without triggers.
+    pub last_label: Option<String>,
 }
 
 impl Running {

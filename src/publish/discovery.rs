@@ -199,6 +199,12 @@ impl Discovery<'_> {
             }
         }
 
+        if v.snapshots {
+            let mut image = self.component("image", &unique("snapshot"), &name("Snapshot"));
+            image["image_topic"] = json!(self.topics.view(&v.name, "snapshot"));
+            image["content_type"] = json!("image/jpeg");
+            cmps.insert(key("snapshot"), image);
+        }
         if self.opts.inbox.is_none() {
             return;
         }
@@ -300,6 +306,7 @@ mod tests {
         ViewInfo {
             name: name.into(),
             interval: 2.0,
+            snapshots: false,
             triggers: triggers.then(|| TriggerInfo {
                 states: vec!["low".into(), "nine".into(), "unknown".into()],
                 groups: vec!["low".into()],

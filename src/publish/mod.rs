@@ -70,6 +70,8 @@ pub trait Publisher {
     fn control(&mut self, _view: &str, _control: &Control) {}
     /// The answer to a command.
     fn reply(&mut self, _reply: &Reply) {}
+    /// The picture a view classified (a JPEG), retained on its snapshot topic.
+    fn snapshot(&mut self, _view: &str, _jpeg: Vec<u8>) {}
 }
 
 /// For `mqtt.enabled = false`: results are only logged.

@@ -60,7 +60,8 @@ enum Msg {
         inference_ms: f64,
         total_ms: f64,
     },
-    /// A retained message for a view's topic (`health`, `control`).
+    /// A retained message for a view's topic (`health`, `control`,
+    /// `snapshot`).
     Retained {
         view: String,
         what: &'static str,
@@ -198,6 +199,10 @@ impl Publisher for MqttPublisher {
 
     fn reply(&mut self, reply: &Reply) {
         let _ = self.tx.send(Msg::Reply(serde_json::to_vec(reply).unwrap_or_default()));
+    }
+
+    fn snapshot(&mut self, view: &str, jpeg: Vec<u8>) {
+        let _ = self.tx.send(Msg::Retained { view: view.into(), what: "snapshot", payload: jpeg });
     }
 }
 

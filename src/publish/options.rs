@@ -93,6 +93,8 @@ pub struct ViewInfo {
     /// Seconds between classifications (commands may change it).
     pub interval: f64,
     pub triggers: Option<TriggerInfo>,
+    /// Its snapshot topic is offered as an image entity.
+    pub snapshots: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
