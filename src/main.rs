@@ -356,7 +356,8 @@ fn snapshot(config: &Path, view: Option<&str>, out: &Path) -> Result<(), Fatal> 
         },
         None if cfg.sources.len() == 1 => cfg.sources.keys().next().cloned().unwrap_or_default(),
         None => {
-            let message = format!("{} has several sources; name a view with --view ({})", config.display(), names.join(", "));
+            let message =
+                format!("{} has several sources; name a view with --view ({})", config.display(), names.join(", "));
             return Err(Fatal { code: exit::CONFIG, message });
         }
     };
@@ -378,9 +379,10 @@ fn snapshot(config: &Path, view: Option<&str>, out: &Path) -> Result<(), Fatal> 
     let full = lookout::preprocess::frame_rgb(&frame, spec.color_range())
         .map_err(|e| Fatal { code: exit::DATA, message: format!("{}: {e}", frames.name()) })?;
     let picture = aim(&full, &views.iter().map(|v| (v.roi, v.crop_fraction)).collect::<Vec<_>>());
-    picture
-        .save(out)
-        .map_err(|e| Fatal { code: exit::FAILURE, message: format!("{}: cannot write the picture: {e}", out.display()) })?;
+    picture.save(out).map_err(|e| Fatal {
+        code: exit::FAILURE,
+        message: format!("{}: cannot write the picture: {e}", out.display()),
+    })?;
     println!("{} ({}x{} from {}):", out.display(), full.width(), full.height(), frames.name());
     for (i, v) in views.iter().enumerate() {
         let (side, left, top) = lookout::preprocess::crop_region(full.width(), full.height(), v.roi, v.crop_fraction);

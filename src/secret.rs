@@ -167,6 +167,8 @@ pub fn redact(text: &str) -> String {
             Some(at) => {
                 let userinfo = &tail[..at];
                 match userinfo.split_once(':') {
+                    // A reference names where the secret is: not a secret.
+                    Some((_, pw)) if pw.starts_with("${") && pw.ends_with('}') => out.push_str(userinfo),
                     Some((user, _)) => out.push_str(&format!("{user}:***")),
                     None => out.push_str(userinfo),
                 }
@@ -192,6 +194,7 @@ mod tests {
         );
         assert_eq!(redact("\"http://u:p@cam/x\" and https://h/p@q"), "\"http://u:***@cam/x\" and https://h/p@q");
         assert_eq!(redact("http://user@cam/"), "http://user@cam/");
+        assert_eq!(redact("rtsp://u:${credential:cam}@h/1"), "rtsp://u:${credential:cam}@h/1");
         assert_eq!(redact("no url: a:b@c"), "no url: a:b@c");
     }
 

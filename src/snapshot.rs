@@ -167,7 +167,15 @@ mod tests {
     /// A 40x20 RGB frame: left half black, right half white.
     fn halves() -> Frame {
         let data = (0..20 * 40).flat_map(|i| if i % 40 < 20 { [0u8; 3] } else { [255u8; 3] }).collect();
-        Frame { seq: 0, captured_at: SystemTime::now(), width: 40, height: 20, format: PixelFormat::Rgb8, data, origin: "t".into() }
+        Frame {
+            seq: 0,
+            captured_at: SystemTime::now(),
+            width: 40,
+            height: 20,
+            format: PixelFormat::Rgb8,
+            data,
+            origin: "t".into(),
+        }
     }
 
     #[test]

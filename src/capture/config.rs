@@ -45,6 +45,7 @@ pub enum SourceConfig {
         /// Arguments may hold `${file:..}`, `${env:..}` or
         /// `${credential:..}` references, expanded only when the program
         /// starts (and never logged).
+        #[serde(serialize_with = "redacted_args")]
         command: Vec<String>,
         /// The config file's folder: relative `${file:..}` paths start here.
         #[serde(skip)]
@@ -58,6 +59,7 @@ pub enum SourceConfig {
     },
     /// A JPEG fetched over HTTP(S) every interval.
     Snapshot {
+        #[serde(serialize_with = "redacted")]
         url: String,
         #[serde(serialize_with = "secs")]
         interval: Duration,
@@ -94,6 +96,15 @@ impl SourceConfig {
             _ => false,
         }
     }
+}
+
+/// URLs with a password print without it (`check-config`).
+fn redacted<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::secret::redact(url))
+}
+
+fn redacted_args<S: serde::Serializer>(args: &[String], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(args.iter().map(|a| crate::secret::redact(a)))
 }
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

@@ -335,6 +335,119 @@ mod tests {
     }
 
     #[test]
+    fn several_sources_and_views_resolve_with_defaults_from_the_top() {
+        let (_d, cfg) = fixture();
+        std::fs::create_dir(_d.path().join("more")).unwrap();
+        let model = "[model]\npath = \"m.onnx\"\nlabels = \"labels.txt\"\nroi = [0.0, 0.0, 1.0, 0.5]\n";
+        let text = format!(
+            "[sources.a]\nkind = \"files\"\npath = \"frames\"\n[sources.b]\nkind = \"files\"\npath = \"more\"\n\
+             [views.door]\nsource = \"a\"\nroi = [0.5, 0.0, 0.5, 1.0]\ninterval = 5\n\
+             [views.door.triggers]\nenabled = true\nthreshold = 0.7\n\
+             [views.bins]\nsource = \"a\"\nsnapshots = true\n\
+             [views.porch]\nsource = \"b\"\n{model}[schedule]\ninterval = 2\n"
+        );
+        let c = Config::parse(&text, &cfg).unwrap();
+        assert_eq!(c.sources.keys().collect::<Vec<_>>(), ["a", "b"]);
+        let v: Vec<(&str, &str, Option<[f32; 4]>, f64, bool, bool)> = c
+            .views
+            .iter()
+            .map(|v| {
+                (
+                    v.name.as_str(),
+                    v.source.as_str(),
+                    v.roi,
+                    v.interval.as_secs_f64(),
+                    v.triggers.enabled,
+                    v.snapshots.is_some(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            v,
+            [
+                ("bins", "a", Some([0.0, 0.0, 1.0, 0.5]), 2.0, false, true),
+                ("door", "a", Some([0.5, 0.0, 0.5, 1.0]), 5.0, true, false),
+                ("porch", "b", Some([0.0, 0.0, 1.0, 0.5]), 2.0, false, false),
+            ]
+        );
+        let toml = c.to_toml();
+        assert!(toml.contains("[views.door.triggers]") && toml.contains("[sources.b]"), "{toml}");
+
+        // Without views, each source is one view named after it.
+        let sources_only = format!("{}{model}", text.split("[views.door]").next().unwrap());
+        let names: Vec<String> =
+            Config::parse(&sources_only, &cfg).unwrap().views.into_iter().map(|v| v.name).collect();
+        assert_eq!(names, ["a", "b"]);
+    }
+
+    #[test]
+    fn views_and_sources_name_what_is_wrong() {
+        let (_d, cfg) = fixture();
+        let model = "[model]\npath = \"m.onnx\"\nlabels = \"labels.txt\"\n";
+        let two =
+            "[sources.a]\nkind = \"files\"\npath = \"frames\"\n[sources.b]\nkind = \"files\"\npath = \"frames\"\n";
+        let cases = [
+            (
+                format!("{BASE}[sources.a]\nkind = \"files\"\npath = \"frames\"\n"),
+                "`sources` and [source] are both set",
+            ),
+            (model.to_owned(), "`source` is missing"),
+            (format!("{two}[views.v]\n{model}"), "`views.v.source` is missing; name one of a, b"),
+            (format!("{two}[views.v]\nsource = \"c\"\n{model}"), "`views.v.source` \"c\" is not a source"),
+            (
+                format!("{two}[views.command]\nsource = \"a\"\n[views.x]\nsource = \"b\"\n{model}"),
+                "`views.command` view names",
+            ),
+            (format!("{two}[views.v]\nsource = \"a\"\n{model}"), "`sources.b` has no view"),
+            (
+                format!("{two}[views.v]\nsource = \"a\"\nroi = [0.5, 0, 0.6, 1]\n[views.w]\nsource = \"b\"\n{model}"),
+                "`views.v.roi`",
+            ),
+            (
+                format!("{two}[views.v]\nsource = \"a\"\nintervall = 1\n[views.w]\nsource = \"b\"\n{model}"),
+                "unknown field `intervall`",
+            ),
+            (format!("{BASE}[views.v.triggers]\nthreshold = 2\n"), "`views.v.triggers.threshold`"),
+            (format!("{BASE}[snapshots]\nquality = 0\n"), "`snapshots.quality`"),
+        ];
+        for (text, expect) in cases {
+            let e = Config::parse(&text, &cfg).unwrap_err().to_string();
+            assert!(e.contains(expect), "{text:?} gave {e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_password_in_a_world_readable_config_is_named() {
+        use std::os::unix::fs::PermissionsExt;
+        let (d, cfg) = fixture();
+        let model = "[model]\npath = \"m.onnx\"\nlabels = \"labels.txt\"\n";
+        let inline = format!(
+            "[source]\nkind = \"snapshot\"\nurl = \"http://cam/s.jpg\"\nusername = \"u\"\npassword = \"hunter2\"\n{model}"
+        );
+        let in_url = format!(
+            "[source]\nkind = \"command\"\ncommand = [\"ffmpeg\", \"-i\", \"rtsp://u:hunter2@cam/1\"]\n{model}"
+        );
+        let credential = format!(
+            "[source]\nkind = \"command\"\ncommand = [\"ffmpeg\", \"-i\", \"rtsp://u:${{credential:cam}}@cam/1\"]\n{model}"
+        );
+        for (text, exposed) in [(inline, true), (in_url, true), (credential, false)] {
+            std::fs::write(&cfg, &text).unwrap();
+            std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).unwrap();
+            let c = Config::load(&cfg).unwrap();
+            assert!(!c.to_toml().contains("hunter2"), "check-config prints no password: {}", c.to_toml());
+            let warning = c.exposed_secret();
+            assert_eq!(warning.is_some(), exposed, "{text}: {warning:?}");
+            if let Some(w) = warning {
+                assert!(w.contains("mode 644") && w.contains("chmod 640") && w.contains("source `main`"), "{w}");
+            }
+            std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o640)).unwrap();
+            assert_eq!(Config::load(&cfg).unwrap().exposed_secret(), None);
+        }
+        let _ = d;
+    }
+
+    #[test]
     fn the_documented_example_parses() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         for name in ["config/lookout.toml", "config/demo.toml"] {

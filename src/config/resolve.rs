@@ -93,7 +93,8 @@ pub fn resolve(raw: FileConfig, file: &Path, base: &Path) -> Result<Config, Conf
     }
     let mut views = vec![];
     for (name, v) in views_raw {
-        let defaults = ViewDefaults { model: &model.preprocess, interval, triggers: &raw.triggers, snapshots: &snapshots };
+        let defaults =
+            ViewDefaults { model: &model.preprocess, interval, triggers: &raw.triggers, snapshots: &snapshots };
         views.push(resolve_view(name, v, &resolved_sources, &defaults, file)?);
     }
     for s in resolved_sources.keys() {
@@ -150,7 +151,11 @@ fn resolve_snapshots(s: &super::raw::SnapshotSection, file: &Path) -> Result<Sna
         return Err(invalid(file, "snapshots.max_side", format!("is {}; give pixels between 64 and 4096", s.max_side)));
     }
     if !(1..=100).contains(&s.quality) {
-        return Err(invalid(file, "snapshots.quality", format!("is {}; give a JPEG quality between 1 and 100", s.quality)));
+        return Err(invalid(
+            file,
+            "snapshots.quality",
+            format!("is {}; give a JPEG quality between 1 and 100", s.quality),
+        ));
     }
     if s.keep > 10_000 {
         return Err(invalid(file, "snapshots.keep", format!("is {}; keep at most 10000 per view", s.keep)));

@@ -258,8 +258,15 @@ impl<'a> Loop<'a> {
             if self.shutdown.is_triggered() {
                 break;
             }
-            for req in self.inbox.drain() {
-                self.command(req);
+            let commands = self.inbox.drain();
+            if !commands.is_empty() {
+                for req in commands {
+                    self.command(req);
+                }
+                // A view paused while a replay waited for it.
+                for s in 0..self.sources.len() {
+                    self.consume(s, self.sources[s].slot.gen());
+                }
             }
             let now = Instant::now();
             self.watch_staleness(now);
@@ -476,7 +483,12 @@ impl<'a> Loop<'a> {
     /// Publishes (and keeps) the picture view `v` classified, when the state
     /// changed or a command asked, within the view's rate limit. Returns the
     /// JPEG's size or why there is none, when one was wanted.
-    fn snapshot(&mut self, v: usize, frame: &crate::frame::Frame, result: &Classification) -> Option<Result<usize, String>> {
+    fn snapshot(
+        &mut self,
+        v: usize,
+        frame: &crate::frame::Frame,
+        result: &Classification,
+    ) -> Option<Result<usize, String>> {
         let range = self.sources[self.views[v].source].color_range;
         let view = &mut self.views[v];
         let changed = match &result.trigger {

@@ -120,6 +120,11 @@ impl Slot {
         s.latest.clone()
     }
 
+    /// The newest generation (0 before the first frame).
+    pub fn gen(&self) -> u64 {
+        self.lock().gen
+    }
+
     /// Every view is done with generation `gen`: a replay moves on.
     pub fn consume(&self, gen: u64) {
         let mut s = self.lock();

@@ -489,8 +489,16 @@ fn snapshots_follow_state_changes_within_their_rate_limit_and_are_kept() {
     });
     let o = Options { state_dir: Some(dir.path().to_owned()), ..opts() };
     let mut out = Record::default();
-    run(o, vec![source("cam", script(&levels, false))], vec![v], &mut model(), &mut out, &Inbox::default(), Shutdown::new())
-        .unwrap();
+    run(
+        o,
+        vec![source("cam", script(&levels, false))],
+        vec![v],
+        &mut model(),
+        &mut out,
+        &Inbox::default(),
+        Shutdown::new(),
+    )
+    .unwrap();
     // The first result, then each change of label: frames 0, 2, 4, 5.
     assert_eq!(out.snapshots.len(), 4);
     let grays: Vec<u8> = out
@@ -504,7 +512,11 @@ fn snapshots_follow_state_changes_within_their_rate_limit_and_are_kept() {
 
     // With a rate limit of an hour only the first goes out.
     let mut v = view("main", "cam", 1);
-    v.config.snapshots = Some(crate::snapshot::SnapshotConfig { min_interval: Duration::from_secs(3600), keep: 0, ..Default::default() });
+    v.config.snapshots = Some(crate::snapshot::SnapshotConfig {
+        min_interval: Duration::from_secs(3600),
+        keep: 0,
+        ..Default::default()
+    });
     let (_, out) = run_all(opts(), vec![source("cam", script(&levels, false))], vec![v]);
     assert_eq!(out.snapshots.len(), 1);
 }

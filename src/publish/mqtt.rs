@@ -625,6 +625,10 @@ impl Driver {
     /// or answered with an error at once.
     fn command(&mut self, payload: &[u8], retained: bool) {
         let Some(inbox) = self.inbox.clone() else { return };
+        // An empty message is how a retained one is cleared: not a command.
+        if payload.is_empty() {
+            return;
+        }
         let reply = if retained {
             // A retained command would run again at every connect.
             let e = crate::command::CommandError::Range {

@@ -20,3 +20,4 @@ mod preprocess;
 mod soak;
 mod systemd;
 mod triggers;
+mod views;
