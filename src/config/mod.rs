@@ -348,7 +348,8 @@ mod tests {
         );
         let c = Config::parse(&text, &cfg).unwrap();
         assert_eq!(c.sources.keys().collect::<Vec<_>>(), ["a", "b"]);
-        let v: Vec<(&str, &str, Option<[f32; 4]>, f64, bool, bool)> = c
+        type Row<'a> = (&'a str, &'a str, Option<[f32; 4]>, f64, bool, bool);
+        let v: Vec<Row> = c
             .views
             .iter()
             .map(|v| {
