@@ -13,8 +13,13 @@ req=tests/ha/requirements.txt
 
 if ! cmp -s "$req" "$venv/requirements.txt"; then
   py=""
+  # A pyenv shim is on PATH even where its version is not selected: ask
+  # each candidate for its version.
   for p in "${HA_PYTHON:-}" "$(command -v python3.13 || true)" ~/.pyenv/versions/3.13*/bin/python3.13; do
-    if [ -n "$p" ] && [ -x "$p" ]; then py=$p; break; fi
+    if [ -n "$p" ] && "$p" -c 'import sys; assert sys.version_info[:2] == (3, 13)' 2>/dev/null; then
+      py=$p
+      break
+    fi
   done
   if [ -z "$py" ]; then
     echo "tests/ha: SKIPPED, Home Assistant 2025.4 needs Python 3.13 and there is none (set HA_PYTHON, or install python3.13)"
