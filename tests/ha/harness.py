@@ -238,6 +238,10 @@ class Observer:
         with self._lock:
             return [m for m in self.messages if m.topic == topic and m.at >= since]
 
+    def topics(self, prefix: str) -> set[str]:
+        with self._lock:
+            return {m.topic for m in self.messages if m.topic.startswith(prefix)}
+
     def wait(self, topic: str, since: float, timeout: float, check=lambda m: True) -> Message:
         """The first message on `topic` from `since` on that passes `check`."""
         return wait_until(

@@ -421,8 +421,7 @@ def expire_after(d: str, s: str) -> dict[str, float]:
 def forget(d: str):
     """Removes lookout `d` from Home Assistant: an empty retained discovery
     config removes a device."""
-    topics = {m.topic for m in OBSERVER.messages if m.topic.startswith(f"homeassistant/device/{d}")}
-    for topic in topics:
+    for topic in OBSERVER.topics(f"homeassistant/device/{d}"):
         OBSERVER.publish(topic, b"", retain=True)
 
 
@@ -485,7 +484,8 @@ class Test1SteadyScene(Scenario):
         self.assertEmpty(self.setup_problems, "Home Assistant's view of lookout differs from the table")
 
     def test_2_states_follow_the_state_topic(self):
-        state = OBSERVER.wait(self.topic("state"), self.since, 10).json()
+        OBSERVER.wait(self.topic("state"), self.since, 10)
+        state = OBSERVER.on(self.topic("state"))[-1].json()
         ids = ids_of(HA, self.want)
         wrong = []
         for x in self.want:
