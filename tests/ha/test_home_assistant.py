@@ -63,6 +63,8 @@ SOURCE_DEVICE = "lookout_{d}_{s}"
 # The device name Home Assistant shows ([device] name unset).
 DEVICE_NAME = "lookout {d}"
 SOURCE_DEVICE_NAME = "lookout {d} {s}"
+# One camera: its entities are on the daemon's device, no device of its own.
+ONE_SOURCE_ON_DAEMON_DEVICE = True
 
 
 @dataclass(frozen=True)
@@ -87,11 +89,12 @@ class Spec:
 ENTITIES = [
     Spec("daemon", "lookout_{d}_latency", "sensor", "duration", "ms", "diagnostic", "number", steady=False),
     # Counts results in flight too: 0 and 1 alternate in a steady scene.
-    Spec("daemon", "lookout_{d}_outbox", "sensor", None, None, "diagnostic", "count", steady=False),
+    Spec("daemon", "lookout_{d}_outbox", "sensor", None, "results", "diagnostic", "count", steady=False),
     # A board without a thermal zone (this machine) has no temperature.
     Spec("daemon", "lookout_{d}_temperature", "sensor", "temperature", "°C", "diagnostic", "number_or_unknown"),
-    Spec("daemon", "lookout_{d}_throttled", "binary_sensor", "problem", None, "diagnostic", "off"),
-    Spec("daemon", "lookout_{d}_last_error", "sensor", None, None, "diagnostic", "any"),
+    # Unknown where the board has no throttle flags (this machine).
+    Spec("daemon", "lookout_{d}_throttled", "binary_sensor", "problem", None, "diagnostic", "off_or_unknown"),
+    Spec("daemon", "lookout_{d}_mqtt_error", "sensor", None, None, "diagnostic", "any"),
     Spec("source", "lookout_{d}_{s}_health", "sensor", "enum", None, "diagnostic", "health"),
     Spec("source", "lookout_{d}_{s}_camera", "binary_sensor", "problem", None, "diagnostic", "off"),
     Spec("view", "lookout_{d}_{v}_label", "sensor", None, None, None, "label", lambda p, g: p["label"]),
@@ -100,8 +103,8 @@ ENTITIES = [
         lambda p, g: round(p["score"] * 100, 1),
     ),
     Spec("view", "lookout_{d}_{v}_classify", "button", None, None, None, "any"),
-    Spec("view", "lookout_{d}_{v}_classification", "switch", None, None, "config", "on"),
-    Spec("view", "lookout_{d}_{v}_interval", "number", None, "s", "config", "number"),
+    Spec("view", "lookout_{d}_{v}_running", "switch", None, None, "config", "on"),
+    Spec("view", "lookout_{d}_{v}_interval", "number", "duration", "s", "config", "number"),
     Spec("snapshot", "lookout_{d}_{v}_snapshot", "image", None, None, None, "timestamp"),
     Spec(
         "triggers", "lookout_{d}_{v}_state", "sensor", "enum", None, None, "trigger_state",
@@ -109,7 +112,7 @@ ENTITIES = [
     ),
     Spec("triggers", "lookout_{d}_{v}_threshold", "number", None, None, "config", "number"),
     Spec(
-        "group", "lookout_{d}_{v}_{g}", "binary_sensor", "occupancy", None, None, "on_off",
+        "group", "lookout_{d}_{v}_group_{g}", "binary_sensor", "occupancy", None, None, "on_off",
         lambda p, g: "on" if p["trigger"]["state"] == g else "off",
     ),
 ]
@@ -118,9 +121,9 @@ LABEL = "lookout_{d}_{v}_label"
 CAMERA_PROBLEM = "lookout_{d}_{s}_camera"
 CAMERA_HEALTH = "lookout_{d}_{s}_health"
 CLASSIFY = "lookout_{d}_{v}_classify"
-PAUSE_SWITCH = "lookout_{d}_{v}_classification"
+PAUSE_SWITCH = "lookout_{d}_{v}_running"
 INTERVAL = "lookout_{d}_{v}_interval"
-GROUP = "lookout_{d}_{v}_{g}"
+GROUP = "lookout_{d}_{v}_group_{g}"
 # Where a discovery config for device `d` (and its sources) is published.
 DISCOVERY = "homeassistant/device/{d}{suffix}/config"
 # Control payload keys (P/D/V/control).
@@ -145,6 +148,7 @@ VALID = {
     "number_or_unknown": lambda s: s == "unknown" or _number(s),
     "count": lambda s: s.isdigit(),
     "off": lambda s: s == "off",
+    "off_or_unknown": lambda s: s in ("off", "unknown"),
     "on": lambda s: s == "on",
     "on_off": lambda s: s in ("on", "off"),
     "health": lambda s: s in HEALTH,
@@ -270,6 +274,8 @@ def expected(d: str, sources: dict[str, list[str]], snapshots=(), triggers=True)
             continue
         for s, views in sources.items():
             dev = (SOURCE_DEVICE.format(d=d, s=s), SOURCE_DEVICE_NAME.format(d=d, s=s))
+            if ONE_SOURCE_ON_DAEMON_DEVICE and len(sources) == 1:
+                dev = (DAEMON_DEVICE.format(d=d), DEVICE_NAME.format(d=d))
             if spec.scope == "source":
                 out.append(Expected(spec, spec.unique_id.format(d=d, s=s), *dev))
                 continue
@@ -822,7 +828,11 @@ class Test3Backlog(Scenario):
                 len(changes), len(states) - len(old) + 1, f"{eid}: {len(changes)} changes for {len(states)} states"
             )
         # What Home Assistant says about the outage concerns the broker.
-        outage = ("Error returned from MQTT server: The connection was lost", "Disconnected from MQTT server")
+        outage = (
+            "Error returned from MQTT server: The connection was lost",
+            "Disconnected from MQTT server",
+            "failed to receive on socket: [Errno 104] Connection reset by peer",
+        )
         self.assertEmpty(lookout_log_records(HA, log_mark, outage))
 
 
@@ -841,7 +851,7 @@ class Test4SeveralSources(Scenario):
         text = (
             f'[device]\nid = "{self.d}"\nstate_dir = "state"\n\n'
             f"[sources.porch]\n{files_source(porch)}\n[sources.yard]\n{files_source(yard)}\n"
-            '[views.door]\nsource = "porch"\nsnapshots = true\n\n'
+            '[views.door]\nsource = "porch"\nsnapshots = true\n\n[views.yard]\nsource = "yard"\n\n'
             f'[model]\npath = "{ROOT / "models/digits/digits-int8.onnx"}"\n\n'
             f'[mqtt]\nhost = "127.0.0.1"\nport = {BROKER.port}\ndiagnostics_interval = 5.0\n\n'
             "[schedule]\ninterval = 1.0\n\n[health]\nfrozen_frames = 0\n"
