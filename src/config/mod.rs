@@ -374,6 +374,11 @@ mod tests {
         let toml = c.to_toml();
         assert!(toml.contains("[views.door.triggers]") && toml.contains("[sources.b]"), "{toml}");
 
+        // A source no view names is one view of its whole picture, named after it.
+        let porch_implicit = text.replace("[views.porch]\nsource = \"b\"\n", "");
+        let c = Config::parse(&porch_implicit, &cfg).unwrap();
+        let b = c.views.iter().find(|v| v.source == "b").unwrap();
+        assert_eq!((b.name.as_str(), b.roi), ("b", Some([0.0, 0.0, 1.0, 0.5])));
         // Without views, each source is one view named after it.
         let sources_only = format!("{}{model}", text.split("[views.door]").next().unwrap());
         let names: Vec<String> =
@@ -399,7 +404,10 @@ mod tests {
                 format!("{two}[views.command]\nsource = \"a\"\n[views.x]\nsource = \"b\"\n{model}"),
                 "`views.command` view names",
             ),
-            (format!("{two}[views.v]\nsource = \"a\"\n{model}"), "`sources.b` has no view"),
+            (
+                format!("{two}[views.b]\nsource = \"a\"\n{model}"),
+                "`sources.b` has no view, and the view it would get is taken",
+            ),
             (
                 format!("{two}[views.v]\nsource = \"a\"\nroi = [0.5, 0, 0.6, 1]\n[views.w]\nsource = \"b\"\n{model}"),
                 "`views.v.roi`",

@@ -84,27 +84,25 @@ pub fn resolve(raw: FileConfig, file: &Path, base: &Path) -> Result<Config, Conf
     }
     check_triggers(&raw.triggers, file, "triggers")?;
     let snapshots = resolve_snapshots(&raw.snapshots, file)?;
-    let mut views_raw = raw.views;
-    if views_raw.is_empty() {
-        // Each source is one view of the whole picture, named after it.
-        for name in resolved_sources.keys() {
-            views_raw.insert(name.clone(), ViewSection { source: Some(name.clone()), ..ViewSection::default() });
-        }
-    }
+    let defaults = ViewDefaults { model: &model.preprocess, interval, triggers: &raw.triggers, snapshots: &snapshots };
     let mut views = vec![];
-    for (name, v) in views_raw {
-        let defaults =
-            ViewDefaults { model: &model.preprocess, interval, triggers: &raw.triggers, snapshots: &snapshots };
+    for (name, v) in raw.views {
         views.push(resolve_view(name, v, &resolved_sources, &defaults, file)?);
     }
+    // A source no view names is one view of its whole picture, named after it.
     for s in resolved_sources.keys() {
-        if !views.iter().any(|v| &v.source == s) {
+        if views.iter().any(|v| &v.source == s) {
+            continue;
+        }
+        if views.iter().any(|v| &v.name == s) {
             return Err(invalid(
                 file,
                 format!("sources.{s}"),
-                "has no view; give it a [views.NAME] table with source = \"NAME\" or remove it",
+                format!("has no view, and the view it would get is taken by `views.{s}`; give it a [views.NAME] table"),
             ));
         }
+        let implicit = ViewSection { source: Some(s.clone()), ..ViewSection::default() };
+        views.push(resolve_view(s.clone(), implicit, &resolved_sources, &defaults, file)?);
     }
 
     let mqtt = resolve_mqtt(raw.mqtt, &device.id, file, base)?;

@@ -133,6 +133,7 @@ impl MqttPublisher {
             topics,
             inbox,
             retained: BTreeMap::new(),
+            state_seq: HashMap::new(),
             connected: false,
             link: Arc::new(Link::default()),
             generation: 0,
@@ -278,6 +279,8 @@ struct Driver {
     /// Retained messages besides results (topic -> payload): sent when
     /// they change and again after every connect.
     retained: BTreeMap<String, Vec<u8>>,
+    /// The newest `seq` each view's state topic got, so it never goes back.
+    state_seq: HashMap<String, u64>,
     qos: QoS,
     broker: String,
     commit_interval: Duration,
@@ -457,7 +460,7 @@ impl Driver {
             }
             for (seq, payload) in rows {
                 let late = self.replay_upto.is_some_and(|u| seq <= u);
-                let view = view_of(&payload);
+                let (view, _) = head(&payload);
                 let result = self.topics.view(&view, "result");
                 if late {
                     let replayed = mark_replayed(&payload);
@@ -468,7 +471,12 @@ impl Driver {
                     if !self.publish(&result, false, payload.clone(), Sent::Row(seq)) {
                         return;
                     }
-                    self.publish(&self.topics.view(&view, "state"), true, payload, Sent::Other);
+                    // Never older than what the state topic already holds
+                    // (announce() may have sent a newer one first).
+                    if self.state_seq.get(&view).is_none_or(|&s| seq > s) {
+                        self.state_seq.insert(view.clone(), seq);
+                        self.publish(&self.topics.view(&view, "state"), true, payload, Sent::Other);
+                    }
                 }
                 self.cursor = Some(seq);
                 self.in_window += 1;
@@ -580,8 +588,14 @@ impl Driver {
         for (topic, payload) in discovery::payloads(&self.opts, &self.topics) {
             self.publish(&topic, true, serde_json::to_vec(&payload).unwrap_or_default(), Sent::Other);
         }
-        let states: Vec<(String, Vec<u8>)> =
-            self.outbox.last_states().iter().map(|(v, p)| (self.topics.view(v, "state"), p.clone())).collect();
+        let mut states = vec![];
+        for (view, payload) in self.outbox.last_states() {
+            if let (_, Some(seq)) = head(payload) {
+                let newest = self.state_seq.entry(view.clone()).or_insert(seq);
+                *newest = (*newest).max(seq);
+            }
+            states.push((self.topics.view(view, "state"), payload.clone()));
+        }
         let retained: Vec<(String, Vec<u8>)> = self.retained.iter().map(|(t, p)| (t.clone(), p.clone())).collect();
         for (topic, payload) in states.into_iter().chain(retained) {
             self.publish(&topic, true, payload, Sent::Other);
@@ -682,14 +696,17 @@ impl Driver {
     }
 }
 
-/// The view a stored result belongs to; results stored before lookout had
-/// views belong to `main`.
-fn view_of(payload: &[u8]) -> String {
+/// The view a stored result belongs to (results stored before lookout had
+/// views belong to `main`) and its `seq`.
+fn head(payload: &[u8]) -> (String, Option<u64>) {
     #[derive(serde::Deserialize)]
     struct Head {
         view: Option<String>,
+        seq: Option<u64>,
     }
-    serde_json::from_slice::<Head>(payload).ok().and_then(|h| h.view).unwrap_or_else(|| "main".into())
+    let h = serde_json::from_slice::<Head>(payload).ok();
+    let seq = h.as_ref().and_then(|h| h.seq);
+    (h.and_then(|h| h.view).unwrap_or_else(|| "main".into()), seq)
 }
 
 /// Adds `"replayed": true` to a stored result.

@@ -128,11 +128,17 @@ fn commands_are_applied_answered_and_kept_across_a_restart() {
     );
     cmd(r#"{"cmd":"pause","view":"right","id":"b"}"#);
     assert_eq!(reply_to(&replies, "b")["ok"], true);
-    // From now on: left only, until a command asks for the others.
-    std::thread::sleep(Duration::from_millis(500));
-    let _ = results.until(Duration::from_millis(100), |_| false);
-    let quiet = results.until(Duration::from_secs(2), |_| false);
-    let views: std::collections::BTreeSet<&str> = quiet.iter().map(|(_, v, _)| v["view"].as_str().unwrap()).collect();
+    // From now on: left only, until a command asks for the others. Commands
+    // apply in order, so results after this classification's came after
+    // the pause (earlier ones may still be on their way).
+    cmd(r#"{"cmd":"classify","view":"left","id":"mark"}"#);
+    let mark = reply_to(&replies, "mark")["seq"].as_u64().unwrap();
+    let quiet = results.until(Duration::from_secs(3), |_| false);
+    let views: std::collections::BTreeSet<&str> = quiet
+        .iter()
+        .filter(|(_, v, _)| v["seq"].as_u64().unwrap() > mark)
+        .map(|(_, v, _)| v["view"].as_str().unwrap())
+        .collect();
     assert_eq!(views, ["left"].into(), "{quiet:?}");
     cmd(r#"{"cmd":"classify","view":"other","id":"c"}"#);
     let r = reply_to(&replies, "c");
