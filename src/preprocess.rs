@@ -380,7 +380,7 @@ pub fn model_view_jpeg(
                 rgb.extend(row[l..l + s].iter().flat_map(|&g| [g, g, g]));
             }
         }
-        PixelFormat::Yuyv | PixelFormat::Nv12 => Yuv::new(range).convert_crop(frame, l, t, s, &mut rgb),
+        PixelFormat::Yuyv | PixelFormat::Nv12 => Yuv::new(range).convert_crop(frame, l, t, s, s, &mut rgb),
     }
     let out_side = side.min(max_side.max(1));
     if out_side < side {

@@ -125,12 +125,12 @@ def make_config():
     )
 
 
-def train(x_train: np.ndarray, y_train: np.ndarray, epochs: int, batch_size: int, lr: float):
+def train(x_train: np.ndarray, y_train: np.ndarray, epochs: int, batch_size: int, lr: float, config=None):
     import torch
     from transformers import Data2VecVisionForImageClassification
 
     ex.seed_everything(SEED)
-    model = Data2VecVisionForImageClassification(make_config())
+    model = Data2VecVisionForImageClassification(config or make_config())
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     steps_per_epoch = (len(x_train) + batch_size - 1) // batch_size
     sched = torch.optim.lr_scheduler.OneCycleLR(
