@@ -193,13 +193,12 @@ def table(res: dict, taught_what: str, others_what: str | None) -> str:
     return "\n".join(lines)
 
 
-def evaluate(bin_: Path, draws: int) -> dict:
+def evaluate(bin_: Path, draws: int, model: Path) -> dict:
     images, labels, train_idx, test_idx = ts.load_data()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         pool = write_pngs(tmp / "train", [i for i in train_idx if labels[i] >= 5], images, labels)
         write_pngs(tmp / "test", test_idx, images, labels)
-        model = OUT / "model" / "digits04-int8.onnx"
         named = {ts.WORDS[d]: pool[d] for d in NEW}
         res = {"draws": draws, "shots": few_shot(bin_, model, named, tmp / "test", SHOTS, draws, tmp / "runs")}
         probe = tmp / "probe"
@@ -218,11 +217,13 @@ def main(argv=None) -> int:
     p.add_argument("--draws", type=int, default=10)
     p.add_argument("--bin", default=str(REPO / "target" / "release" / "lookout"))
     p.add_argument("--json", default=None, help="write the figures here")
+    p.add_argument("--model", default=str(OUT / "model" / "digits04-int8.onnx"),
+                   help="the backbone (models/digits/digits-int8.onnx: one whose training saw 5-9, for contrast)")
     args = p.parse_args(argv)
-    if not args.eval_only:
+    if not args.eval_only and args.model == p.get_default("model"):
         ex.seed_everything(ts.SEED)
         export(train_half(args.epochs))
-    res = evaluate(Path(args.bin), args.draws)
+    res = evaluate(Path(args.bin), args.draws, Path(args.model).resolve())
     print()
     print(table(res, "5-9", "held-out 0-4 (no taught class)"))
     if args.json:

