@@ -11,7 +11,8 @@ use std::time::Instant;
 
 use lookout::custom::{ClassStore, Prototypes, EXAMPLE_QUALITY, EXAMPLE_SIDE};
 use lookout::frame::Frame;
-use lookout::preprocess::{model_view_jpeg, ColorRange, PreprocessParams};
+use lookout::preprocess::ColorRange;
+use lookout::snapshot;
 
 fn main() {
     let bench = std::env::args().any(|a| a == "--bench");
@@ -70,8 +71,8 @@ fn main() {
     let photo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/preprocess/china.jpg");
     let frame = Frame::encoded(0, std::fs::read(&photo).unwrap(), "china.jpg");
     let t = Instant::now();
-    let jpeg =
-        model_view_jpeg(&frame, &PreprocessParams::default(), ColorRange::Full, EXAMPLE_SIDE, EXAMPLE_QUALITY).unwrap();
+    let view = snapshot::view_rgb(&frame, ColorRange::Full, None, 1.0, EXAMPLE_SIDE).unwrap();
+    let jpeg = snapshot::jpeg(&view, EXAMPLE_QUALITY).unwrap();
     let encode = t.elapsed();
     let dir = tempfile::tempdir().unwrap();
     let mut store = ClassStore::open(dir.path(), &"0".repeat(64)).unwrap();

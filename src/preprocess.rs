@@ -340,64 +340,6 @@ impl Preprocessor {
     }
 }
 
-/// The square the model sees in `frame` (region of interest, then centre
-/// crop), as a JPEG at most `max_side` pixels a side (downscaled with a
-/// Lanczos filter, never enlarged): what a custom-class example keeps for
-/// re-embedding and what a snapshot shows. One allocation per call; for
-/// occasional use (teaching, snapshots), not every frame.
-pub fn model_view_jpeg(
-    frame: &Frame,
-    params: &PreprocessParams,
-    range: ColorRange,
-    max_side: u32,
-    quality: u8,
-) -> Result<Vec<u8>, PreprocessError> {
-    if frame.data.is_empty() {
-        return Err(PreprocessError::Empty { width: frame.width, height: frame.height, len: 0 });
-    }
-    let mut decoded = Vec::new();
-    let (pixels, w, h) = if frame.format == PixelFormat::Encoded {
-        let (w, h) = decode_into(&frame.data, &mut decoded)?;
-        (&decoded[..], w, h)
-    } else {
-        check_len(frame)?;
-        (&frame.data[..], frame.width, frame.height)
-    };
-    let (side, left, top) = crop_region(w, h, params.roi, params.crop_fraction);
-    let (s, l, t) = (side as usize, left as usize, top as usize);
-    let mut rgb = Vec::with_capacity(s * s * 3);
-    match frame.format {
-        PixelFormat::Encoded | PixelFormat::Rgb8 | PixelFormat::Bgr8 => {
-            for row in pixels.chunks_exact(w as usize * 3).skip(t).take(s) {
-                rgb.extend_from_slice(&row[l * 3..(l + s) * 3]);
-            }
-            if frame.format == PixelFormat::Bgr8 {
-                rgb.chunks_exact_mut(3).for_each(|px| px.swap(0, 2));
-            }
-        }
-        PixelFormat::Gray8 => {
-            for row in pixels.chunks_exact(w as usize).skip(t).take(s) {
-                rgb.extend(row[l..l + s].iter().flat_map(|&g| [g, g, g]));
-            }
-        }
-        PixelFormat::Yuyv | PixelFormat::Nv12 => Yuv::new(range).convert_crop(frame, l, t, s, s, &mut rgb),
-    }
-    let out_side = side.min(max_side.max(1));
-    if out_side < side {
-        let err = |e: &dyn std::fmt::Display| PreprocessError::Decode(e.to_string());
-        let src = fr::images::Image::from_vec_u8(side, side, rgb, fr::PixelType::U8x3).map_err(|e| err(&e))?;
-        let mut dst = fr::images::Image::new(out_side, out_side, fr::PixelType::U8x3);
-        let opts = fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Lanczos3));
-        fr::Resizer::new().resize(&src, &mut dst, &opts).map_err(|e| err(&e))?;
-        rgb = dst.into_vec();
-    }
-    let mut jpeg = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, quality.clamp(1, 100))
-        .encode(&rgb, out_side, out_side, image::ExtendedColorType::Rgb8)
-        .map_err(|e| PreprocessError::Decode(format!("cannot encode the view as JPEG: {e}")))?;
-    Ok(jpeg)
-}
-
 /// PIL's nearest-neighbour resize of the `side` square at (`left`, `top`)
 /// into `size` x `size`: pixel `x` takes source pixel `floor((x + 0.5) *
 /// side / size)`, with the position accumulated in f64 as PIL's
@@ -892,47 +834,6 @@ mod tests {
         assert_eq!(decode(&data).unwrap().dimensions(), (128, 96));
         let e = decode(&data[..data.len() / 2]).unwrap_err().to_string();
         assert!(e.contains("truncated JPEG"), "{e}");
-    }
-
-    #[test]
-    fn the_model_view_jpeg_is_the_cropped_square_the_model_sees() {
-        // 128x96 RGB: left half red, right half blue, a green band at the
-        // top rows. A region of interest on the right half, centre-cropped:
-        // a 64x64 square at (64, 16), all blue.
-        let (w, h) = (128u32, 96u32);
-        let px = |x: u32, y: u32| {
-            if y < 8 {
-                [0, 255, 0]
-            } else if x < 64 {
-                [255, 0, 0]
-            } else {
-                [0, 0, 255]
-            }
-        };
-        let rgb: Vec<u8> = (0..h).flat_map(|y| (0..w).flat_map(move |x| px(x, y))).collect();
-        let params = PreprocessParams { roi: Some([0.5, 0.0, 0.5, 1.0]), ..Default::default() };
-        for (format, data) in [
-            (PixelFormat::Rgb8, rgb.clone()),
-            (PixelFormat::Bgr8, rgb.chunks(3).flat_map(|p| [p[2], p[1], p[0]]).collect()),
-        ] {
-            let jpeg = model_view_jpeg(&frame(format, w, h, data), &params, ColorRange::Full, 256, 90).unwrap();
-            let img = decode(&jpeg).unwrap();
-            assert_eq!(img.dimensions(), (64, 64), "{format:?}: never enlarged");
-            let mean = |c: usize| img.pixels().map(|p| p[c] as f64).sum::<f64>() / 4096.0;
-            assert!(mean(2) > 240.0 && mean(0) < 15.0 && mean(1) < 15.0, "{format:?}: blue, not red or green");
-        }
-        // A real JPEG frame (a 128x96 digit sample): its 96x96 centre,
-        // downscaled to 48, still the digit's picture (mostly dark with a
-        // bright stroke, like the frame's centre).
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/digits/samples/0-zero.jpg");
-        let f = Frame::encoded(0, std::fs::read(path).unwrap(), "0-zero.jpg");
-        let jpeg = model_view_jpeg(&f, &PreprocessParams::default(), ColorRange::Full, 48, 85).unwrap();
-        let img = decode(&jpeg).unwrap();
-        assert_eq!(img.dimensions(), (48, 48));
-        let bright = img.pixels().filter(|p| p[0] > 128).count();
-        assert!((100..1500).contains(&bright), "{bright} bright pixels of 2304");
-        let e = model_view_jpeg(&frame(PixelFormat::Rgb8, 4, 4, vec![0; 47]), &params, ColorRange::Full, 8, 90);
-        assert!(e.unwrap_err().to_string().contains("should be 48 bytes"));
     }
 
     /// A 128x96 sample whose header claims `side`x`side`.

@@ -22,7 +22,8 @@ pub use self::store::{ClassStore, ClassSummary, Example};
 
 use crate::frame::Frame;
 use crate::model::Classifier;
-use crate::preprocess::{model_view_jpeg, ColorRange, PreprocessParams, Preprocessor};
+use crate::preprocess::{ColorRange, PreprocessParams, Preprocessor};
+use crate::snapshot::{self, SnapshotError};
 
 /// The label a view far from every class gets; no class may take it.
 pub const UNKNOWN: &str = "unknown";
@@ -133,8 +134,10 @@ pub fn teach_files(
     for path in images {
         let frame = read_image(path)?;
         let (embedding, _) = embed_frame(classifier, pre, &frame)?;
-        let jpeg = model_view_jpeg(&frame, params, ColorRange::Full, side, EXAMPLE_QUALITY)
-            .map_err(|e| CustomError::Image { path: path.clone(), reason: e.to_string() })?;
+        let image_err = |e: SnapshotError| CustomError::Image { path: path.clone(), reason: e.to_string() };
+        let view =
+            snapshot::view_rgb(&frame, ColorRange::Full, params.roi, params.crop_fraction, side).map_err(image_err)?;
+        let jpeg = snapshot::jpeg(&view, EXAMPLE_QUALITY).map_err(image_err)?;
         ready.push((path, embedding, jpeg));
     }
     ready

@@ -2,7 +2,7 @@
 //! example.
 //!
 //! ```text
-//! <dir>/<class>/<id>.jpg    the view the model saw (model_view_jpeg)
+//! <dir>/<class>/<id>.jpg    the view the model saw (snapshot::view_rgb)
 //! <dir>/<class>/<id>.json   {"model_sha256": .., "added": unix s, "embedding": [..]}
 //! ```
 //!
