@@ -36,7 +36,7 @@ pub const EXAMPLE_QUALITY: u8 = 90;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CustomError {
-    #[error("bad class name {0:?}: use 1 to 64 letters, digits, '-' or '_' (\"unknown\" is reserved)")]
+    #[error("bad class name {0:?}: class names are 1-64 letters, digits, spaces, '-' or '_', not starting or ending with a space (\"unknown\" is reserved)")]
     BadName(String),
     #[error("no class {class:?} (classes: {known})")]
     NoClass { class: String, known: String },
@@ -63,10 +63,12 @@ pub enum CustomError {
 }
 
 /// Class names become folder names, MQTT payloads and Home Assistant
-/// states: short, plain ASCII, never a path.
+/// states: short, letters and digits ("Tür offen" too), never a path. The
+/// same rule as the `teach` command's (src/command.rs).
 pub fn check_class_name(name: &str) -> Result<(), CustomError> {
     let ok = (1..=64).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && name.trim() == name
+        && name.chars().all(|c| c.is_alphanumeric() || " -_".contains(c))
         && name != UNKNOWN;
     if ok {
         Ok(())
@@ -175,10 +177,10 @@ mod tests {
 
     #[test]
     fn class_names_are_plain_and_unknown_is_reserved() {
-        for ok in ["open", "car-in", "bins_out", "A1", &"x".repeat(64)] {
+        for ok in ["open", "car-in", "bins_out", "A1", "door open", "Tür offen", &"x".repeat(64)] {
             assert!(check_class_name(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "unknown", "a b", "a/b", "..", "é", &"x".repeat(65)] {
+        for bad in ["", "unknown", " a", "a ", "a/b", "..", ".hidden", "a\nb", &"x".repeat(65)] {
             assert!(check_class_name(bad).is_err(), "{bad}");
         }
     }
