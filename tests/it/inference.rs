@@ -232,6 +232,19 @@ fn the_int8_embedding_stays_close_to_pytorch() {
     assert!(n >= 50);
     assert!(least >= EMBEDDING_MIN_COSINE, "least cosine similarity {least}");
     assert!(worst <= EMBEDDING_MAX_ABS, "max abs difference {worst}");
+
+    // tract's own int8 path (CPUs without lookout's kernels) keeps the
+    // second output too; every 4th image, as tract is slow in a debug build.
+    let (mut plain, mut pre) = load("digits-int8.onnx", &PLAIN_TRACT);
+    let mut least = 1f64;
+    for im in v["images"].as_array().unwrap().iter().step_by(4) {
+        let want: Vec<f32> =
+            im["torch_embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+        crate::common::logits_of(&mut plain, &mut pre, &dir.join(im["file"].as_str().unwrap()).display().to_string());
+        least = least.min(cosine(plain.embedding().unwrap(), &want));
+    }
+    println!("tract's int8 path: least cosine {least:.5}");
+    assert!(least >= EMBEDDING_MIN_COSINE, "tract's int8 path: least cosine similarity {least}");
 }
 
 /// The tolerance for lookout's int8 embedding against PyTorch fp32, the
