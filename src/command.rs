@@ -29,18 +29,21 @@ pub enum Action {
     Classify,
     Pause,
     Resume,
-    /// Change a view's interval and/or trigger threshold.
+    /// Change a view's interval, trigger threshold and/or the class its
+    /// next `teach` without a class adds to.
     Set {
         interval: Option<f64>,
         threshold: Option<f32>,
+        teach_class: Option<String>,
     },
     /// Publish the picture the model sees now.
     Snapshot,
     /// Reply with every view's settings and health.
     Status,
-    /// Add the view's current picture to a custom class.
+    /// Add the view's current picture to a custom class (the view's
+    /// `teach_class` when none is given).
     Teach {
-        class: String,
+        class: Option<String>,
     },
     /// Remove a custom class, or one of its examples.
     Forget {
@@ -111,6 +114,8 @@ struct Wire {
     class: Option<String>,
     #[serde(default)]
     example: Option<u64>,
+    #[serde(default)]
+    teach_class: Option<String>,
 }
 
 impl Request {
@@ -143,11 +148,12 @@ impl Request {
                 });
             }
         }
-        let given: [(&'static str, bool); 4] = [
+        let given: [(&'static str, bool); 5] = [
             ("interval", w.interval.is_some()),
             ("threshold", w.threshold.is_some()),
             ("class", w.class.is_some()),
             ("example", w.example.is_some()),
+            ("teach_class", w.teach_class.is_some()),
         ];
         let only = |cmd: &'static str, allowed: &[&str]| -> Result<(), CommandError> {
             match given.iter().find(|(f, set)| *set && !allowed.contains(f)) {
@@ -155,16 +161,16 @@ impl Request {
                 None => Ok(()),
             }
         };
-        let class = |cmd: &'static str| -> Result<String, CommandError> {
-            let c = w.class.clone().ok_or(CommandError::Missing { cmd, field: "class" })?;
-            if !valid_class(&c) {
-                return Err(CommandError::Range {
-                    field: "class",
-                    value: format!("{c:?}"),
-                    hint: "class names are 1-64 letters, digits, spaces, '-' or '_'",
-                });
-            }
+        let checked = |field: &'static str, c: String| -> Result<String, CommandError> {
+            crate::custom::check_class_name(&c).map_err(|_| CommandError::Range {
+                field,
+                value: format!("{c:?}"),
+                hint: "class names are 1-64 letters, digits, spaces, '-' or '_' (not \"unknown\")",
+            })?;
             Ok(c)
+        };
+        let class = |cmd: &'static str| -> Result<String, CommandError> {
+            checked("class", w.class.clone().ok_or(CommandError::Missing { cmd, field: "class" })?)
         };
         let action = match w.cmd.as_str() {
             "classify" => only("classify", &[]).map(|_| Action::Classify)?,
@@ -174,9 +180,9 @@ impl Request {
             "status" => only("status", &[]).map(|_| Action::Status)?,
             "classes" => only("classes", &[]).map(|_| Action::Classes)?,
             "set" => {
-                only("set", &["interval", "threshold"])?;
-                if w.interval.is_none() && w.threshold.is_none() {
-                    return Err(CommandError::Missing { cmd: "set", field: "interval` or `threshold" });
+                only("set", &["interval", "threshold", "teach_class"])?;
+                if w.interval.is_none() && w.threshold.is_none() && w.teach_class.is_none() {
+                    return Err(CommandError::Missing { cmd: "set", field: "interval`, `threshold` or `teach_class" });
                 }
                 if let Some(i) = w.interval {
                     if !(i.is_finite() && (INTERVAL_RANGE.0..=INTERVAL_RANGE.1).contains(&i)) {
@@ -196,11 +202,12 @@ impl Request {
                         });
                     }
                 }
-                Action::Set { interval: w.interval, threshold: w.threshold.map(|t| t as f32) }
+                let teach_class = w.teach_class.clone().map(|c| checked("teach_class", c)).transpose()?;
+                Action::Set { interval: w.interval, threshold: w.threshold.map(|t| t as f32), teach_class }
             }
             "teach" => {
                 only("teach", &["class"])?;
-                Action::Teach { class: class("teach")? }
+                Action::Teach { class: w.class.clone().map(|c| checked("class", c)).transpose()? }
             }
             "forget" => {
                 only("forget", &["class", "example"])?;
@@ -217,11 +224,6 @@ pub fn valid_name(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
-fn valid_class(s: &str) -> bool {
-    let t = s.trim();
-    !t.is_empty() && t == s && s.len() <= 64 && s.chars().all(|c| c.is_alphanumeric() || " -_".contains(c))
-}
-
 /// The settings commands change, published on the view's control topic and
 /// kept across restarts.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -231,6 +233,10 @@ pub struct Control {
     /// The trigger threshold; `None` when the view has no triggers.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub threshold: Option<f32>,
+    /// The custom class a `teach` without one adds to (Home Assistant's
+    /// "Class to teach").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub teach_class: Option<String>,
 }
 
 /// The answer to one command, published on the reply topic.
@@ -328,10 +334,15 @@ mod tests {
         assert_eq!((r.action, r.view.as_deref(), r.id), (Action::Classify, Some("door"), Some(Value::from("a1"))));
         assert_eq!(parse(r#"{"cmd":"pause"}"#).unwrap().view, None);
         let r = parse(r#"{"cmd":"set","view":"v","interval":5,"threshold":0.25,"id":7}"#).unwrap();
-        assert_eq!(r.action, Action::Set { interval: Some(5.0), threshold: Some(0.25) });
+        assert_eq!(r.action, Action::Set { interval: Some(5.0), threshold: Some(0.25), teach_class: None });
         assert_eq!(
             parse(r#"{"cmd":"teach","class":"door open"}"#).unwrap().action,
-            Action::Teach { class: "door open".into() }
+            Action::Teach { class: Some("door open".into()) }
+        );
+        assert_eq!(parse(r#"{"cmd":"teach","view":"v"}"#).unwrap().action, Action::Teach { class: None });
+        assert_eq!(
+            parse(r#"{"cmd":"set","view":"v","teach_class":"open"}"#).unwrap().action,
+            Action::Set { interval: None, threshold: None, teach_class: Some("open".into()) }
         );
         assert_eq!(
             parse(r#"{"cmd":"forget","class":"bins","example":3}"#).unwrap().action,
@@ -346,11 +357,12 @@ mod tests {
             ("[1,2]", "not a JSON object"),
             (r#"{"cmd":"explode"}"#, "unknown command \"explode\""),
             (r#"{"cmd":"classify","interval":3}"#, "`classify` does not take `interval`"),
-            (r#"{"cmd":"set","view":"v"}"#, "`set` needs `interval` or `threshold`"),
+            (r#"{"cmd":"set","view":"v"}"#, "`set` needs `interval`, `threshold` or `teach_class`"),
+            (r#"{"cmd":"set","view":"v","teach_class":"unknown"}"#, "`teach_class` is \"unknown\""),
             (r#"{"cmd":"set","interval":0}"#, "`interval` is 0"),
             (r#"{"cmd":"set","interval":1e400}"#, "not a JSON object"),
             (r#"{"cmd":"set","threshold":1.5}"#, "between 0 and 1"),
-            (r#"{"cmd":"teach"}"#, "`teach` needs `class`"),
+            (r#"{"cmd":"forget"}"#, "`forget` needs `class`"),
             (r#"{"cmd":"teach","class":"a/b"}"#, "class names"),
             (r#"{"cmd":"pause","view":"a/#"}"#, "view names"),
             (r#"{"cmd":"pause","colour":"red"}"#, "unknown field `colour`"),

@@ -13,7 +13,7 @@ use lookout::capture::{self, CaptureError};
 use lookout::command::Inbox;
 use lookout::config::{Config, ConfigError};
 use lookout::custom::{self, ClassStore, CustomError};
-use lookout::daemon::{self, Overrides, View};
+use lookout::daemon::{self, LabelSource, Overrides, View};
 use lookout::frame::Frame;
 use lookout::model::{
     kernel_summary, Classifier, LoadOptions, ModelError, TractClassifier, POOL_THREAD_PREFIX, TRACT_VERSION,
@@ -74,6 +74,9 @@ enum Command {
     Teach {
         #[arg(long, short)]
         config: PathBuf,
+        /// The view whose classes to teach (needed when there are several).
+        #[arg(long)]
+        view: Option<String>,
         #[arg(long)]
         class: String,
         #[arg(required = true)]
@@ -84,6 +87,9 @@ enum Command {
     Eval {
         #[arg(long, short)]
         config: PathBuf,
+        /// The view whose taught classes to evaluate (needed when there are several).
+        #[arg(long)]
+        view: Option<String>,
         /// Cross-validation folds for custom classes from DIR (0: leave-one-out).
         #[arg(long, default_value_t = 5)]
         folds: usize,
@@ -220,8 +226,8 @@ fn main() -> ExitCode {
         Command::Classify { config, model, logits, embedding, images } => {
             classify(&config, model.as_deref(), (logits, embedding), &images)
         }
-        Command::Teach { config, class, images } => teach(&config, &class, &images),
-        Command::Eval { config, folds, json, dir } => eval(&config, folds, json, &dir),
+        Command::Teach { config, view, class, images } => teach(&config, view.as_deref(), &class, &images),
+        Command::Eval { config, view, folds, json, dir } => eval(&config, view.as_deref(), folds, json, &dir),
         Command::CheckConfig { config } => check_config(&config),
         Command::Cameras => cameras(),
         Command::Snapshot { config, view, out } => snapshot(&config, view.as_deref(), &out),
@@ -280,7 +286,8 @@ fn views(cfg: &Config) -> Result<Vec<View>, Fatal> {
     let labels = lookout::model::load_labels(&cfg.model.labels)?;
     let mut views = vec![];
     for v in &cfg.views {
-        let triggers = if v.triggers.enabled {
+        // Over custom classes the triggers are built once they are known.
+        let triggers = if v.triggers.enabled && v.labels == LabelSource::Model {
             let t = Triggers::new(&v.triggers, &labels).map_err(|e| {
                 let at = if cfg.views.len() > 1 {
                     format!("{} (view {})", cfg.file.display(), v.name)
@@ -297,9 +304,37 @@ fn views(cfg: &Config) -> Result<Vec<View>, Fatal> {
         };
         let preprocess =
             PreprocessParams { roi: v.roi, crop_fraction: v.crop_fraction, ..cfg.model.preprocess.clone() };
-        views.push(View { config: v.clone(), preprocess, triggers });
+        views.push(View { config: v.clone(), preprocess, triggers, classes: Err("not opened".into()) });
     }
     Ok(views)
+}
+
+/// Opens each view's custom classes (`<state_dir>/classes/<view>/`),
+/// re-embedded when the model changed, or says why there can be none.
+fn open_classes(cfg: &Config, classifier: &mut TractClassifier, views: &mut [View]) -> Result<(), Fatal> {
+    for v in views {
+        v.classes = match custom::model_key(classifier) {
+            Ok(_) => Ok(class_store(cfg, classifier, &v.config.name, &v.preprocess)?),
+            Err(e) => Err(e.to_string()),
+        };
+        match &v.classes {
+            Ok(store) if !store.list().is_empty() => {
+                info!("{}: custom classes {}", v.config.name, store.prototypes().labels().join(", "))
+            }
+            Ok(_) => {}
+            Err(why) if v.config.labels == LabelSource::Custom => {
+                return Err(Fatal {
+                    code: exit::MODEL,
+                    message: format!("view {} has labels = \"custom\" but {why}", v.config.name),
+                });
+            }
+            Err(_) => {}
+        }
+        if let (LabelSource::Custom, true, Ok(store)) = (v.config.labels, v.config.triggers.enabled, &v.classes) {
+            v.triggers = daemon::custom_triggers(&v.config.name, &v.config.triggers, store.prototypes().labels());
+        }
+    }
+    Ok(())
 }
 
 fn check_config(path: &Path) -> Result<(), Fatal> {
@@ -449,8 +484,9 @@ fn run(path: &Path) -> Result<(), Fatal> {
     let shutdown = Shutdown::new();
     handle_signals(&shutdown)?;
 
-    let views = views(&cfg)?;
+    let mut views = views(&cfg)?;
     let mut classifier = load_model(&cfg)?;
+    open_classes(&cfg, &mut classifier, &mut views)?;
     let mut sources = vec![];
     for (name, source) in &cfg.sources {
         let frames = capture::open(source)?;
@@ -517,6 +553,8 @@ fn publisher_options(cfg: &Config, views: &[View], model_name: &str, inbox: &Inb
                     name: v.config.name.clone(),
                     interval: v.config.interval.as_secs_f64(),
                     snapshots: v.config.snapshots.is_some(),
+                    classes: v.classes.as_ref().ok().map(|s| s.prototypes().labels().to_vec()),
+                    custom_labels: v.config.labels == LabelSource::Custom,
                     triggers: v.triggers.as_ref().map(|t| {
                         let (publish, heartbeat) = t.policy();
                         let mut states: Vec<String> = t.groups().iter().map(|g| g.name.clone()).collect();
@@ -663,25 +701,58 @@ fn classify(
     }
 }
 
-/// The custom-class store of the config's model, re-embedded if the model
-/// changed since the examples were taught.
-fn class_store(cfg: &Config, classifier: &mut TractClassifier) -> Result<ClassStore, Fatal> {
+/// A view's custom classes (`<state_dir>/classes/<view>/`), re-embedded if
+/// the model changed since the examples were taught.
+fn class_store(
+    cfg: &Config,
+    classifier: &mut TractClassifier,
+    view: &str,
+    preprocess: &PreprocessParams,
+) -> Result<ClassStore, Fatal> {
     let key = custom::model_key(classifier)?;
-    let mut store = ClassStore::open(&cfg.device.state_dir.join("classes"), &key)?;
-    let n = custom::reembed(classifier, &cfg.model.preprocess, &mut store)?;
+    let mut store = ClassStore::open(&cfg.device.state_dir.join("classes").join(view), &key)?;
+    let n = custom::reembed(classifier, preprocess, &mut store)?;
     if n > 0 {
         info!("re-embedded {n} examples for model {}", classifier.info().name);
     }
     Ok(store)
 }
 
-fn teach(config: &Path, class: &str, images: &[PathBuf]) -> Result<(), Fatal> {
+/// The view a command names, or the config's only one.
+fn pick_view(cfg: &Config, view: Option<&str>) -> Result<(String, PreprocessParams), Fatal> {
+    let names: Vec<&str> = cfg.views.iter().map(|v| v.name.as_str()).collect();
+    let v = match view {
+        Some(name) => cfg.views.iter().find(|v| v.name == name),
+        None if cfg.views.len() == 1 => cfg.views.first(),
+        None => {
+            let message =
+                format!("{} has several views; name one with --view ({})", cfg.file.display(), names.join(", "));
+            return Err(Fatal { code: exit::USAGE, message });
+        }
+    };
+    let v = v.ok_or_else(|| Fatal {
+        code: exit::USAGE,
+        message: format!(
+            "no view {:?} in {}; the views are {}",
+            view.unwrap_or(""),
+            cfg.file.display(),
+            names.join(", ")
+        ),
+    })?;
+    Ok((
+        v.name.clone(),
+        PreprocessParams { roi: v.roi, crop_fraction: v.crop_fraction, ..cfg.model.preprocess.clone() },
+    ))
+}
+
+fn teach(config: &Path, view: Option<&str>, class: &str, images: &[PathBuf]) -> Result<(), Fatal> {
     custom::check_class_name(class)?;
     let cfg = Config::load(config)?;
+    let (view, params) = pick_view(&cfg, view)?;
     let mut classifier = load_model(&cfg)?;
-    let mut store = class_store(&cfg, &mut classifier)?;
-    let mut pre = Preprocessor::new(&cfg.model.preprocess, classifier.info().input_size, ColorRange::Full);
-    let taught = custom::teach_files(&mut classifier, &mut pre, &cfg.model.preprocess, &mut store, class, images)?;
+    let mut store = class_store(&cfg, &mut classifier, &view, &params)?;
+    let mut pre = Preprocessor::new(&params, classifier.info().input_size, ColorRange::Full);
+    let taught = custom::teach_files(&mut classifier, &mut pre, &params, &mut store, class, images)?;
     for t in &taught {
         println!("{class}: example {} from {} ({} byte picture)", t.id, t.image.display(), t.jpeg_bytes);
     }
@@ -693,17 +764,18 @@ fn teach(config: &Path, class: &str, images: &[PathBuf]) -> Result<(), Fatal> {
     Ok(())
 }
 
-fn eval(config: &Path, folds: usize, json: bool, dir: &Path) -> Result<(), Fatal> {
+fn eval(config: &Path, view: Option<&str>, folds: usize, json: bool, dir: &Path) -> Result<(), Fatal> {
     let cfg = Config::load(config)?;
+    let (view, params) = pick_view(&cfg, view)?;
     let mut classifier = load_model(&cfg)?;
     let store = match custom::model_key(&classifier) {
-        Ok(_) => Some(class_store(&cfg, &mut classifier)?),
+        Ok(_) => Some(class_store(&cfg, &mut classifier, &view, &params)?),
         Err(e) => {
             log::warn!("{e}: evaluating the model's labels only");
             None
         }
     };
-    let mut pre = Preprocessor::new(&cfg.model.preprocess, classifier.info().input_size, ColorRange::Full);
+    let mut pre = Preprocessor::new(&params, classifier.info().input_size, ColorRange::Full);
     let sections = custom::eval::evaluate(&mut classifier, &mut pre, dir, store.as_ref(), folds)?;
     if json {
         println!("{}", serde_json::json!({ "dir": dir, "sections": sections }));

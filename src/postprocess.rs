@@ -58,6 +58,9 @@ pub struct Classification {
     /// The smoothed trigger state, when `[triggers]` is enabled.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trigger: Option<crate::triggers::TriggerState>,
+    /// The nearest of the view's custom classes, when it has any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub custom: Option<crate::custom::CustomMatch>,
 }
 
 pub fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {

@@ -169,6 +169,8 @@ pub struct ViewSection {
     pub triggers: Option<TriggersConfig>,
     /// Overrides `[snapshots] enabled` for this view.
     pub snapshots: Option<bool>,
+    /// `"model"` or `"custom"`: what the label and the triggers come from.
+    pub labels: Option<crate::daemon::LabelSource>,
 }
 
 #[derive(Debug, Deserialize)]

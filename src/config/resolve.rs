@@ -219,7 +219,16 @@ fn resolve_view(
         None => triggers.clone(),
     };
     let snapshots = v.snapshots.unwrap_or(defaults.snapshots.enabled).then(|| defaults.snapshots.clone());
-    Ok(ViewConfig { name, source, roi, crop_fraction, interval, triggers, snapshots })
+    Ok(ViewConfig {
+        name,
+        source,
+        roi,
+        crop_fraction,
+        interval,
+        triggers,
+        snapshots,
+        labels: v.labels.unwrap_or_default(),
+    })
 }
 
 fn resolve_device(d: super::raw::DeviceSection, file: &Path, base: &Path) -> Result<Device, ConfigError> {

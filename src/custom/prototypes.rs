@@ -113,6 +113,16 @@ impl Prototypes {
         self.labels.iter().position(|l| l == label).and_then(|i| self.thresholds[i])
     }
 
+    /// The cosine similarity of `embedding` to every class, in `labels()`
+    /// order; empty for an embedding of another width.
+    pub fn similarities(&self, embedding: &[f32]) -> Vec<f32> {
+        if embedding.len() != self.width || self.width == 0 {
+            return vec![];
+        }
+        let norm = dot(embedding, embedding).sqrt().max(f32::MIN_POSITIVE);
+        self.means.chunks_exact(self.width).map(|m| dot(m, embedding) / norm).collect()
+    }
+
     /// The nearest class; `None` without classes or for an embedding of
     /// another width. A few thousand multiply-adds: no allocation but the
     /// label.

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use log::{info, warn};
 
 pub use overrides::{Overrides, OverridesError, ViewOverride};
-pub use view::{View, ViewConfig};
+pub use view::{LabelSource, View, ViewConfig};
 
 use crate::capture::health::{self, Health, HealthMonitor, HealthParams};
 use crate::capture::FrameSource;
@@ -206,6 +206,10 @@ impl<'a> Loop<'a> {
                 last_snapshot: None,
                 snapshot_asked: false,
                 last_label: None,
+                classes: v.classes,
+                labels: v.config.labels,
+                triggers_config: v.config.triggers.clone(),
+                teach_class: None,
             };
             if let Some(o) = overrides.views.get(&r.name) {
                 r.paused = o.paused;
@@ -215,6 +219,7 @@ impl<'a> Loop<'a> {
                 if let (Some(t), Some(tr)) = (o.threshold, r.triggers.as_mut()) {
                     tr.set_threshold(t);
                 }
+                r.teach_class = o.teach_class.clone();
                 info!("view {}: settings from earlier commands: {:?}", r.name, r.control());
             }
             running.push(r);
@@ -423,24 +428,36 @@ impl<'a> Loop<'a> {
             }
         };
         let t2 = Instant::now();
-        let ranked = top_k(&logits, &self.labels, self.opts.top_k);
-        let ms = |d: Duration| d.as_secs_f64() * 1e3;
         let view = &mut self.views[v];
-
+        let embedding = self.classifier.embedding();
+        let custom = view.classes.as_ref().ok().zip(embedding).and_then(|(store, e)| store.classify(e));
+        // What the label, the top-k and the triggers see: the model's
+        // classes, or the view's own (one-hot on the nearest class, nothing
+        // when it is unknown: the calibrated threshold already decided).
+        let (ranked, probs) = match (view.labels, view.classes.as_ref()) {
+            (LabelSource::Custom, Ok(store)) => custom_ranking(store, embedding, custom.as_ref(), self.opts.top_k),
+            _ => (top_k(&logits, &self.labels, self.opts.top_k), softmax(&logits)),
+        };
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let (label, index, score) = ranked.first().map_or((crate::custom::UNKNOWN.to_owned(), 0, 0.0), |r| {
+            let unknown = view.labels == LabelSource::Custom && custom.as_ref().is_none_or(|c| c.unknown);
+            (if unknown { crate::custom::UNKNOWN.to_owned() } else { r.label.clone() }, r.index, r.score)
+        });
         let mut result = Classification {
             seq: self.seq,
             view: view.name.clone(),
             frame_seq: frame.seq,
             captured_at: frame.captured_at,
-            label: ranked[0].label.clone(),
-            index: ranked[0].index,
-            score: ranked[0].score,
+            label,
+            index,
+            score,
             top_k: ranked,
             latency_ms: Latency { preprocess: ms(t1 - start), inference: ms(t2 - t1), total: ms(t2 - start) },
             late_ms: if forced.is_empty() { (ms(late) * 10.0).round() / 10.0 } else { 0.0 },
             model: self.model.clone(),
             health: health.as_str().into(),
             trigger: None,
+            custom,
         };
         self.seq += 1;
         self.stats.classified += 1;
@@ -449,11 +466,15 @@ impl<'a> Loop<'a> {
             result.seq, view.name, frame.seq, frame.origin, result.label, result.score, result.latency_ms.total
         );
         if let Some(t) = view.triggers.as_mut() {
-            let state = t.observe(&softmax(&logits), t2);
+            let state = t.observe(&probs, t2);
             if state.changed {
                 info!("{}: state {} ({:.3})", view.name, state.state, state.score);
             }
             result.trigger = Some(state);
+        }
+        for req in forced.iter().filter(|r| matches!(r.action, Action::Teach { .. })) {
+            let reply = self.teach(v, frame, req);
+            self.publisher.reply(&reply);
         }
         // A command asked for this result: it goes out whatever the policy.
         let publish = !forced.is_empty() || result.trigger.as_ref().is_none_or(|t| t.publish);
@@ -464,7 +485,7 @@ impl<'a> Loop<'a> {
             }
         }
         let snapshot = self.snapshot(v, frame, &result);
-        for req in &forced {
+        for req in forced.iter().filter(|r| !matches!(r.action, Action::Teach { .. })) {
             let mut reply =
                 Reply::ok(req).with("seq", result.seq).with("label", &result.label).with("score", result.score);
             if req.action == Action::Snapshot {
@@ -478,6 +499,63 @@ impl<'a> Loop<'a> {
         }
         self.refresh_counts();
         self.publisher.observe(&self.stats);
+    }
+
+    /// Adds view `v`'s picture, just classified, to a custom class.
+    fn teach(&mut self, v: usize, frame: &crate::frame::Frame, req: &Request) -> Reply {
+        use crate::custom::{EXAMPLE_QUALITY, EXAMPLE_SIDE};
+        let range = self.sources[self.views[v].source].color_range;
+        let side = EXAMPLE_SIDE.max(self.classifier.info().input_size);
+        let view = &mut self.views[v];
+        let class = match (&req.action, &view.teach_class) {
+            (Action::Teach { class: Some(c) }, _) | (Action::Teach { class: None }, Some(c)) => c.clone(),
+            _ => {
+                return Reply::error(
+                    req,
+                    "no class to teach: give \"class\", or set the view's teach_class first (Home Assistant's Class to teach)",
+                )
+            }
+        };
+        let Some(embedding) = self.classifier.embedding().map(<[f32]>::to_vec) else {
+            return Reply::error(req, "the model gave no embedding");
+        };
+        let picture = crate::snapshot::view_rgb(frame, range, view.roi, view.crop_fraction, side)
+            .and_then(|img| crate::snapshot::jpeg(&img, EXAMPLE_QUALITY));
+        let added = match (view.classes.as_mut(), picture) {
+            (Err(why), _) => Err(why.clone()),
+            (_, Err(e)) => Err(e.to_string()),
+            (Ok(store), Ok(jpeg)) => store.add(&class, &embedding, &jpeg).map_err(|e| e.to_string()).map(|id| {
+                let list = store.list();
+                (id, list)
+            }),
+        };
+        match added {
+            Ok((id, list)) => {
+                info!("{}: taught class {class:?} example {id}", view.name);
+                let reply = Reply::ok(req).with("class", &class).with("example", id).with("classes", list);
+                self.classes_changed(v);
+                reply
+            }
+            Err(e) => Reply::error(req, e),
+        }
+    }
+
+    /// A view's custom classes changed: its triggers (when they work on
+    /// them) are built again over the new classes, and Home Assistant is
+    /// told the new list.
+    fn classes_changed(&mut self, v: usize) {
+        let view = &mut self.views[v];
+        let Ok(store) = &view.classes else { return };
+        let labels: Vec<String> = store.prototypes().labels().to_vec();
+        if view.labels == LabelSource::Custom && view.triggers_config.enabled {
+            let threshold = view.triggers.as_ref().map(|t| t.threshold());
+            view.triggers = custom_triggers(&view.name, &view.triggers_config, &labels);
+            if let (Some(t), Some(tr)) = (threshold, view.triggers.as_mut()) {
+                tr.set_threshold(t);
+            }
+        }
+        let name = view.name.clone();
+        self.publisher.classes(&name, &labels);
     }
 
     /// Publishes (and keeps) the picture view `v` classified, when the state
@@ -599,7 +677,7 @@ impl<'a> Loop<'a> {
                     view.next_due = now;
                 }
             }
-            Action::Set { interval, threshold } => {
+            Action::Set { interval, threshold, teach_class } => {
                 if threshold.is_some() {
                     if let Some(v) = targets.iter().find(|&&v| self.views[v].triggers.is_none()) {
                         let name = &self.views[*v].name;
@@ -615,6 +693,9 @@ impl<'a> Loop<'a> {
                     }
                     if let (Some(t), Some(tr)) = (threshold, view.triggers.as_mut()) {
                         tr.set_threshold(*t);
+                    }
+                    if teach_class.is_some() {
+                        view.teach_class = teach_class.clone();
                     }
                 }
             }
@@ -645,9 +726,57 @@ impl<'a> Loop<'a> {
                 }
                 return;
             }
-            Action::Teach { .. } | Action::Forget { .. } | Action::Classes => {
-                let e = format!("`{}` is not available in this lookout", req.action.name());
-                return self.publisher.reply(&Reply::error(&req, e));
+            Action::Teach { .. } => {
+                let Some(name) = &req.view else {
+                    return self.publisher.reply(&Reply::error(&req, "`teach` needs the view whose picture to learn"));
+                };
+                let v = targets[0];
+                if let Err(why) = &self.views[v].classes {
+                    let e = format!("custom classes are not available for view {name:?}: {why}");
+                    return self.publisher.reply(&Reply::error(&req, e));
+                }
+                // Replied to after the next inference, with the example.
+                self.views[v].forced.push(req.clone());
+                return;
+            }
+            Action::Forget { class, example } => {
+                let v = targets[0];
+                let reply = match self.views[v].classes.as_mut() {
+                    Err(why) => Reply::error(&req, format!("no custom classes: {why}")),
+                    Ok(store) => {
+                        let done = match example {
+                            Some(id) => store.remove_example(*id).and_then(|owner| {
+                                if owner == *class {
+                                    Ok(1)
+                                } else {
+                                    Err(crate::custom::CustomError::NoExample(*id))
+                                }
+                            }),
+                            None => store.remove_class(class),
+                        };
+                        match done {
+                            Ok(n) => Reply::ok(&req).with("removed", n).with("classes", store.list()),
+                            Err(e) => Reply::error(&req, e.to_string()),
+                        }
+                    }
+                };
+                if reply.ok {
+                    self.classes_changed(v);
+                }
+                return self.publisher.reply(&reply);
+            }
+            Action::Classes => {
+                let classes: serde_json::Map<String, serde_json::Value> = targets
+                    .iter()
+                    .map(|&v| {
+                        let list = match &self.views[v].classes {
+                            Ok(store) => serde_json::to_value(store.list()).unwrap_or_default(),
+                            Err(why) => serde_json::json!({ "unavailable": why }),
+                        };
+                        (self.views[v].name.clone(), list)
+                    })
+                    .collect();
+                return self.publisher.reply(&Reply::ok(&req).with("views", classes));
             }
         }
         // The settings changed: keep them, publish them, answer.
@@ -658,6 +787,7 @@ impl<'a> Loop<'a> {
             o.paused = c.paused;
             o.interval = interval_override(&req.action, o.interval);
             o.threshold = threshold_override(&req.action, o.threshold);
+            o.teach_class = c.teach_class.clone();
         }
         if let Some(dir) = &self.opts.state_dir {
             if let Err(e) = self.overrides.save(&Overrides::path(dir)) {
@@ -694,6 +824,54 @@ impl<'a> Loop<'a> {
         }
         self.refresh_counts();
     }
+}
+
+/// Triggers over a view's custom classes; label groups naming a class not
+/// taught yet are left out (with a warning) rather than losing the triggers.
+pub fn custom_triggers(
+    view: &str,
+    cfg: &crate::triggers::TriggersConfig,
+    labels: &[String],
+) -> Option<crate::triggers::Triggers> {
+    use crate::triggers::Triggers;
+    if labels.is_empty() {
+        return None;
+    }
+    let cfg = crate::triggers::TriggersConfig { builtin_groups: crate::triggers::BuiltinGroups::None, ..cfg.clone() };
+    match Triggers::new(&cfg, labels) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            warn!("{view}: triggers over the custom classes without their groups: {e}");
+            let bare = crate::triggers::TriggersConfig { groups: vec![], thresholds: Default::default(), ..cfg };
+            Triggers::new(&bare, labels).ok()
+        }
+    }
+}
+
+/// The top-k over a view's custom classes (cosine similarity as the score)
+/// and the one-hot vector the triggers get.
+fn custom_ranking(
+    store: &crate::custom::ClassStore,
+    embedding: Option<&[f32]>,
+    best: Option<&crate::custom::CustomMatch>,
+    k: usize,
+) -> (Vec<crate::postprocess::Ranked>, Vec<f32>) {
+    let labels = store.prototypes().labels();
+    let sims = embedding.map(|e| store.prototypes().similarities(e)).unwrap_or_default();
+    let mut ranked: Vec<crate::postprocess::Ranked> = sims
+        .iter()
+        .enumerate()
+        .map(|(i, &s)| crate::postprocess::Ranked { index: i, label: labels[i].clone(), score: s })
+        .collect();
+    ranked.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.index.cmp(&b.index)));
+    ranked.truncate(k);
+    let mut probs = vec![0.0; labels.len()];
+    if let Some(m) = best.filter(|m| !m.unknown) {
+        if let Some(i) = labels.iter().position(|l| *l == m.label) {
+            probs[i] = 1.0;
+        }
+    }
+    (ranked, probs)
 }
 
 fn interval_override(a: &Action, old: Option<f64>) -> Option<f64> {

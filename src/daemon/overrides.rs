@@ -18,6 +18,8 @@ pub struct ViewOverride {
     pub interval: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threshold: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teach_class: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -82,7 +84,10 @@ mod tests {
         let path = Overrides::path(d.path());
         assert_eq!(Overrides::load(&path).unwrap(), Overrides::default());
         let mut o = Overrides::default();
-        o.views.insert("door".into(), ViewOverride { paused: true, interval: Some(5.0), threshold: None });
+        o.views.insert(
+            "door".into(),
+            ViewOverride { paused: true, interval: Some(5.0), threshold: None, teach_class: None },
+        );
         o.save(&path).unwrap();
         assert_eq!(Overrides::load(&path).unwrap(), o);
         assert!(!o.is_empty());

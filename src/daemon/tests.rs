@@ -194,7 +194,7 @@ fn a_replay_classifies_every_frame_and_skips_bad_ones() {
     assert_eq!((stats.captured, stats.dropped, stats.capture_errors, stats.bad_frames), (4, 0, 1, 1));
     assert!(out.results[1].score > 0.5 && out.results[1].top_k.len() == 2);
     assert_eq!(out.health, vec![("main".to_owned(), Health::Ok)], "health is published once at start");
-    let c = Control { paused: false, interval: 0.001, threshold: None };
+    let c = Control { paused: false, interval: 0.001, threshold: None, teach_class: None };
     assert_eq!(out.controls, vec![("main".to_owned(), c)]);
 }
 
@@ -437,7 +437,7 @@ fn commands_classify_pause_set_and_are_kept_across_restarts() {
     }
     assert_eq!(
         Overrides::load(&saved).unwrap().views["door"],
-        ViewOverride { paused: false, interval: Some(5.0), threshold: Some(0.75) }
+        ViewOverride { paused: false, interval: Some(5.0), threshold: Some(0.75), teach_class: None }
     );
 
     // A restart starts from the saved settings: the paused view stays quiet.

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::custom::ClassStore;
 use crate::preprocess::{PreprocessParams, Preprocessor};
 use crate::snapshot::{Ring, SnapshotConfig};
 use crate::triggers::{Triggers, TriggersConfig};
@@ -28,6 +29,19 @@ pub struct ViewConfig {
     /// What the model saw, published and kept; `None`: off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshots: Option<SnapshotConfig>,
+    /// What the view's label, scores and triggers come from.
+    pub labels: LabelSource,
+}
+
+/// `labels = "model"` (the model's own classes) or `"custom"` (the classes
+/// taught to this view: only those reach the label, the top-k, the
+/// triggers and Home Assistant).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LabelSource {
+    #[default]
+    Model,
+    Custom,
 }
 
 pub fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -41,6 +55,9 @@ pub struct View {
     pub config: ViewConfig,
     pub preprocess: PreprocessParams,
     pub triggers: Option<Triggers>,
+    /// The classes taught to this view, or why it cannot have any (the
+    /// model has no embedding output).
+    pub classes: Result<ClassStore, String>,
 }
 
 impl View {
@@ -55,9 +72,11 @@ impl View {
                 interval,
                 triggers: TriggersConfig::default(),
                 snapshots: None,
+                labels: LabelSource::Model,
             },
             preprocess: model.clone(),
             triggers: None,
+            classes: Err("no class store".into()),
         }
     }
 }
@@ -89,6 +108,12 @@ pub(super) struct Running {
     pub snapshot_asked: bool,
     /// The last result's label, to see a change without triggers.
     pub last_label: Option<String>,
+    pub classes: Result<ClassStore, String>,
+    pub labels: LabelSource,
+    /// The triggers' settings, to build them again over new custom classes.
+    pub triggers_config: TriggersConfig,
+    /// The class a `teach` without one adds to.
+    pub teach_class: Option<String>,
 }
 
 impl Running {
@@ -98,6 +123,7 @@ impl Running {
             paused: self.paused,
             interval: self.interval.as_secs_f64(),
             threshold: self.triggers.as_ref().map(|t| t.threshold()),
+            teach_class: self.teach_class.clone(),
         }
     }
 }

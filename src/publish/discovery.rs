@@ -199,6 +199,15 @@ impl Discovery<'_> {
             }
         }
 
+        if v.classes.is_some() {
+            // A text sensor: the classes change as they are taught, and an
+            // enum's options would churn the entity registry.
+            let template = "{{ (value_json.custom.label if not value_json.custom.unknown else 'unknown') \
+                            if value_json.custom is defined else none }}";
+            let mut e = from_state("sensor", "custom", "Custom class", template);
+            e["icon"] = json!("mdi:school");
+            cmps.insert(key("custom"), e);
+        }
         if v.snapshots {
             let mut image = self.component("image", &unique("snapshot"), &name("Snapshot"));
             image["image_topic"] = json!(self.topics.view(&v.name, "snapshot"));
@@ -244,6 +253,24 @@ impl Discovery<'_> {
         cmps.insert(key("interval"), interval);
         if v.triggers.is_some() {
             cmps.insert(key("threshold"), number("threshold", "Threshold", "threshold", (0.0, 1.0, 0.01)));
+        }
+        if v.classes.is_some() {
+            let mut text = self.component("text", &unique("teach_class"), &name("Class to teach"));
+            text["state_topic"] = json!(control);
+            text["value_template"] = json!("{{ value_json.teach_class | default('') }}");
+            text["command_topic"] = json!(self.topics.command);
+            text["command_template"] = json!(format!(
+                "{{\"cmd\":\"set\",\"view\":{},\"teach_class\":{{{{ value | tojson }}}}}}",
+                json!(v.name)
+            ));
+            text["max"] = json!(64);
+            text["entity_category"] = json!("config");
+            cmps.insert(key("teach_class"), text);
+            let mut teach = self.component("button", &unique("teach"), &name("Teach current view"));
+            teach["command_topic"] = json!(self.topics.command);
+            teach["payload_press"] = json!(command("teach"));
+            teach["icon"] = json!("mdi:school-outline");
+            cmps.insert(key("teach"), teach);
         }
     }
 
@@ -307,6 +334,8 @@ mod tests {
             name: name.into(),
             interval: 2.0,
             snapshots: false,
+            classes: None,
+            custom_labels: false,
             triggers: triggers.then(|| TriggerInfo {
                 states: vec!["low".into(), "nine".into(), "unknown".into()],
                 groups: vec!["low".into()],

@@ -72,6 +72,8 @@ pub trait Publisher {
     fn reply(&mut self, _reply: &Reply) {}
     /// The picture a view classified (a JPEG), retained on its snapshot topic.
     fn snapshot(&mut self, _view: &str, _jpeg: Vec<u8>) {}
+    /// A view's custom classes changed (and once at start).
+    fn classes(&mut self, _view: &str, _classes: &[String]) {}
 }
 
 /// For `mqtt.enabled = false`: results are only logged.

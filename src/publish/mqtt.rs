@@ -72,6 +72,11 @@ enum Msg {
         view: String,
         interval: f64,
     },
+    /// A view's custom classes changed: Home Assistant's options follow.
+    Classes {
+        view: String,
+        classes: Vec<String>,
+    },
     Reply(Vec<u8>),
     Stats(Stats),
     Close(std::time::Instant),
@@ -200,6 +205,10 @@ impl Publisher for MqttPublisher {
 
     fn reply(&mut self, reply: &Reply) {
         let _ = self.tx.send(Msg::Reply(serde_json::to_vec(reply).unwrap_or_default()));
+    }
+
+    fn classes(&mut self, view: &str, classes: &[String]) {
+        let _ = self.tx.send(Msg::Classes { view: view.into(), classes: classes.to_vec() });
     }
 
     fn snapshot(&mut self, view: &str, jpeg: Vec<u8>) {
@@ -335,6 +344,7 @@ impl Driver {
                         }
                     }
                     Some(Msg::Interval { view, interval }) => self.interval_changed(&view, interval),
+                    Some(Msg::Classes { view, classes }) => self.classes_changed(&view, classes),
                     Some(Msg::Reply(payload)) => {
                         if !self.publish(&self.topics.reply.clone(), false, payload, Sent::Other) {
                             debug!("MQTT: a command reply is dropped: not connected");
@@ -627,6 +637,29 @@ impl Driver {
         for v in self.opts.sources.iter_mut().flat_map(|s| s.views.iter_mut()).filter(|v| v.name == view) {
             changed |= v.interval != interval;
             v.interval = interval;
+        }
+        if changed && self.connected {
+            for (topic, payload) in discovery::payloads(&self.opts, &self.topics) {
+                self.publish(&topic, true, serde_json::to_vec(&payload).unwrap_or_default(), Sent::Other);
+            }
+        }
+    }
+
+    /// A view's custom classes changed (teach, forget): the custom class
+    /// sensor's options and, when the classes are the view's labels, the
+    /// trigger states follow.
+    fn classes_changed(&mut self, view: &str, classes: Vec<String>) {
+        let mut changed = false;
+        for v in self.opts.sources.iter_mut().flat_map(|s| s.views.iter_mut()).filter(|v| v.name == view) {
+            if v.custom_labels {
+                if let Some(t) = v.triggers.as_mut() {
+                    let mut states = classes.clone();
+                    states.push(crate::triggers::UNKNOWN.into());
+                    t.states = states;
+                }
+            }
+            changed |= v.classes.as_ref() != Some(&classes);
+            v.classes = Some(classes.clone());
         }
         if changed && self.connected {
             for (topic, payload) in discovery::payloads(&self.opts, &self.topics) {

@@ -95,6 +95,11 @@ pub struct ViewInfo {
     pub triggers: Option<TriggerInfo>,
     /// Its snapshot topic is offered as an image entity.
     pub snapshots: bool,
+    /// Its custom classes; `None` when it can have none (the model has no
+    /// embedding output).
+    pub classes: Option<Vec<String>>,
+    /// The label and the triggers come from the custom classes.
+    pub custom_labels: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -106,6 +106,11 @@ ENTITIES = [
     Spec("view", "lookout_{d}_{v}_running", "switch", None, None, "config", "on"),
     Spec("view", "lookout_{d}_{v}_interval", "number", "duration", "s", "config", "number"),
     Spec("snapshot", "lookout_{d}_{v}_snapshot", "image", None, None, None, "timestamp"),
+    # Custom classes (the digits model has an embedding output): none taught
+    # until test_5d teaches one.
+    Spec("view", "lookout_{d}_{v}_custom", "sensor", None, None, None, "custom", steady=False),
+    Spec("view", "lookout_{d}_{v}_teach_class", "text", None, None, "config", "any", steady=False),
+    Spec("view", "lookout_{d}_{v}_teach", "button", None, None, None, "any"),
     Spec(
         "triggers", "lookout_{d}_{v}_state", "sensor", "enum", None, None, "trigger_state",
         lambda p, g: p["trigger"]["state"],
@@ -123,6 +128,9 @@ CAMERA_HEALTH = "lookout_{d}_{s}_health"
 CLASSIFY = "lookout_{d}_{v}_classify"
 PAUSE_SWITCH = "lookout_{d}_{v}_running"
 INTERVAL = "lookout_{d}_{v}_interval"
+TEACH_CLASS = "lookout_{d}_{v}_teach_class"
+TEACH = "lookout_{d}_{v}_teach"
+CUSTOM = "lookout_{d}_{v}_custom"
 GROUP = "lookout_{d}_{v}_group_{g}"
 # Where a discovery config for device `d` (and its sources) is published.
 DISCOVERY = "homeassistant/device/{d}{suffix}/config"
@@ -156,6 +164,7 @@ VALID = {
     "percent": lambda s: _number(s) and 0 <= float(s) <= 100,
     "trigger_state": lambda s: s in LABELS or s in GROUPS or s == "unknown",
     "timestamp": lambda s: _is_timestamp(s),
+    "custom": lambda s: s == "unknown" or s.isidentifier(),
 }
 
 
@@ -605,6 +614,22 @@ class Test1SteadyScene(Scenario):
             HA.call("number", "set_value", entity_id=number, value=value)
             OBSERVER.wait(self.topic("control"), since, 5, lambda m: (m.json() or {}).get(CONTROL_INTERVAL) == value)
             wait_until(lambda: same(HA.state(number)["state"], value), 5, f"{number} at {value}")
+
+    def test_5d_teach_a_class_from_home_assistant(self):
+        text, button, custom = self.eid(TEACH_CLASS), self.eid(TEACH), self.eid(CUSTOM)
+        since = time.time()
+        HA.call("text", "set_value", entity_id=text, value="mine")
+        OBSERVER.wait(self.topic("control"), since, 5, lambda m: (m.json() or {}).get("teach_class") == "mine")
+        wait_until(lambda: HA.state(text)["state"] == "mine", 5, f"{text} mine")
+        pressed = time.time()
+        HA.call("button", "press", entity_id=button)
+        command = OBSERVER.wait(self.topic("command"), pressed, 1)
+        self.assertEqual((command.json() or {}).get("cmd"), "teach", command.text())
+        reply = OBSERVER.wait(self.topic("reply"), pressed, 10, lambda m: (m.json() or {}).get("cmd") == "teach")
+        self.assertIs((reply.json() or {}).get("ok"), True, reply.text())
+        self.assertEqual((reply.json() or {}).get("class"), "mine", reply.text())
+        # One class, one example: every picture is nearest to it.
+        wait_until(lambda: HA.state(custom)["state"] == "mine", HEARTBEAT + 10, f"{custom} mine")
 
     def test_6_log_has_nothing_about_lookout(self):
         self.assertEmpty(lookout_log_records(HA, self.log_mark))

@@ -78,7 +78,7 @@ fn taught_classes_recognize_held_out_pictures() {
     }
     // On disk: a folder per class, a picture and an embedding per example,
     // keyed by the model's sha256 from its manifest.
-    let store = d.path().join("state/classes");
+    let store = d.path().join("state/classes/main");
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(model.with_file_name("digits-int8.manifest.json")).unwrap())
             .unwrap();
@@ -137,7 +137,7 @@ fn a_model_change_reembeds_the_examples() {
     args.extend([OsStr::new("--class"), OsStr::new("eight")]);
     args.extend(pics[8][..2].iter().map(|p| p.as_os_str()));
     run_ok(&args);
-    let json = d.path().join("state/classes/eight/1.json");
+    let json = d.path().join("state/classes/main/eight/1.json");
     let before: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     // Same state folder, the other model.
     let other = d.path().join("other");
@@ -189,7 +189,7 @@ fn bad_input_gets_one_line_and_its_exit_code() {
     std::fs::write(&bad, b"\xff\xd8 not a jpeg").unwrap();
     let (code, e) = teach("five", &bad);
     assert_eq!(code, 65, "{e}");
-    assert!(!d.path().join("state/classes/five").exists(), "a bad picture teaches nothing");
+    assert!(!d.path().join("state/classes/main/five").exists(), "a bad picture teaches nothing");
     let empty = d.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
     let (code, e) = error(&["eval".as_ref(), "--config".as_ref(), cfg.as_os_str(), empty.as_os_str()]);
@@ -231,4 +231,152 @@ fn classify_prints_the_embedding_on_request() {
     assert_eq!(line["embedding"].as_array().unwrap().len(), 64);
     let out = run_ok(&["classify".as_ref(), "--config".as_ref(), cfg.as_os_str(), pic.as_os_str()]);
     assert!(!out.contains("embedding"), "only on request: {out}");
+}
+
+/// A camera whose picture the test chooses: a `command` source printing the
+/// file `scene` (a JPEG the test replaces) five times a second.
+struct Scene(PathBuf);
+
+impl Scene {
+    fn new(dir: &Path, digit: usize) -> Scene {
+        let s = Scene(dir.join("scene.jpg"));
+        s.show(digit);
+        s
+    }
+
+    /// Shows a sample digit (atomically: the next frame is all of it).
+    fn show(&self, digit: usize) {
+        let sample = root().join(format!("models/digits/samples/{digit}-{}.jpg", WORDS[digit]));
+        let tmp = self.0.with_extension("tmp");
+        std::fs::copy(sample, &tmp).unwrap();
+        std::fs::rename(tmp, &self.0).unwrap();
+    }
+
+    fn source(&self) -> String {
+        format!(
+            "[source]\nkind = \"command\"\ncommand = [\"sh\", \"-c\", \"while true; do cat '{}'; sleep 0.2; done\"]\n",
+            self.0.display()
+        )
+    }
+}
+
+fn daemon_config(dir: &Path, scene: &Scene, port: u16, model: &str, extra: &str) -> PathBuf {
+    let text = format!(
+        "[device]\nid = \"teach\"\nstate_dir = \"state\"\n{}\n[model]\npath = {:?}\n\n\
+         [mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nreconnect_min = 0.1\nreconnect_max = 0.5\n\n\
+         [schedule]\ninterval = 0.2\n\n[health]\nfrozen_frames = 0\n{extra}",
+        scene.source(),
+        root().join("models/digits").join(model),
+    );
+    write_config(dir, &text)
+}
+
+fn reply(replies: &Listener, id: &str) -> serde_json::Value {
+    let got = replies.until(std::time::Duration::from_secs(30), |m| m.iter().any(|(_, v, _)| v["id"] == id));
+    got.into_iter().map(|(_, v, _)| v).find(|v| v["id"] == id).unwrap_or_else(|| panic!("no reply to {id}"))
+}
+
+/// The custom label of the next few results, once the scene shows (a
+/// result may reach the broker up to a commit interval after its frame).
+fn custom_labels(results: &Listener, n: usize) -> Vec<String> {
+    let _ = results.until(std::time::Duration::from_millis(1600), |_| false);
+    let got = results.until(std::time::Duration::from_secs(30), |m| m.len() >= n);
+    got.iter()
+        .map(|(_, v, _)| match &v["custom"] {
+            serde_json::Value::Null => "none".to_owned(),
+            c if c["unknown"] == true => "unknown".to_owned(),
+            c => c["label"].as_str().unwrap().to_owned(),
+        })
+        .collect()
+}
+
+#[test]
+fn a_running_daemon_is_taught_over_mqtt_and_keeps_its_classes() {
+    use std::time::Duration;
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let scene = Scene::new(dir.path(), 5);
+    let cfg = daemon_config(dir.path(), &scene, broker.port, "digits-int8.onnx", "");
+    let replies = Listener::new(broker.port, "lookout/teach/reply");
+    let results = Listener::new(broker.port, "lookout/teach/main/result");
+    let cmd = |p: &str| publish_once(broker.port, "lookout/teach/command", p, false);
+    let mut d = Daemon::start(&cfg, &[]);
+    d.wait_results(2, Duration::from_secs(60));
+    assert!(custom_labels(&results, 2).iter().all(|l| l == "none"), "no classes yet: no custom field");
+
+    // Home Assistant's way: pick the class, press "Teach current view".
+    cmd(r#"{"cmd":"set","view":"main","teach_class":"five","id":"s"}"#);
+    assert_eq!(reply(&replies, "s")["views"]["main"]["teach_class"], "five");
+    cmd(r#"{"cmd":"teach","view":"main","id":"t1"}"#);
+    let r = reply(&replies, "t1");
+    assert_eq!((r["ok"].clone(), r["class"].clone()), (true.into(), "five".into()), "{r}");
+    scene.show(7);
+    std::thread::sleep(Duration::from_millis(800));
+    cmd(r#"{"cmd":"teach","view":"main","class":"seven","id":"t2"}"#);
+    assert_eq!(reply(&replies, "t2")["ok"], true);
+    assert_eq!(custom_labels(&results, 3), ["seven"; 3]);
+    scene.show(5);
+    assert_eq!(custom_labels(&results, 3), ["five"; 3]);
+    cmd(r#"{"cmd":"classes","id":"c"}"#);
+    let listed = reply(&replies, "c");
+    let names: Vec<&str> =
+        listed["views"]["main"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["five", "seven"], "{listed}");
+    for (payload, id, expect) in [
+        (r#"{"cmd":"teach","id":"b1"}"#, "b1", "needs the view"),
+        (r#"{"cmd":"forget","view":"main","class":"eight","id":"b2"}"#, "b2", "no class \"eight\""),
+        (r#"{"cmd":"teach","view":"main","class":"unknown","id":"b3"}"#, "b3", "\"unknown\""),
+    ] {
+        cmd(payload);
+        let r = reply(&replies, id);
+        assert!(r["ok"] == false && r["error"].as_str().unwrap().contains(expect), "{payload}: {r}");
+    }
+
+    // A restart keeps the classes; another model re-embeds them.
+    assert_eq!(d.terminate(Duration::from_secs(60)), Some(0), "{}", d.log());
+    let cfg = daemon_config(dir.path(), &scene, broker.port, "digits-fp32.onnx", "");
+    let d = Daemon::start(&cfg, &[]);
+    d.wait_for("re-embedded 2 examples", Duration::from_secs(60));
+    assert_eq!(custom_labels(&results, 3), ["five"; 3]);
+    scene.show(7);
+    assert_eq!(custom_labels(&results, 3), ["seven"; 3]);
+
+    // Forgetting a class: it is never the answer again.
+    cmd(r#"{"cmd":"forget","view":"main","class":"seven","id":"f"}"#);
+    assert_eq!(reply(&replies, "f")["removed"], 1);
+    assert_eq!(custom_labels(&results, 3), ["five"; 3], "one class left: the nearest");
+}
+
+#[test]
+fn custom_classes_can_be_a_views_only_labels_and_drive_its_triggers() {
+    use std::time::Duration;
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let scene = Scene::new(dir.path(), 5);
+    let views = "[views.main]\nlabels = \"custom\"\n[views.main.triggers]\nenabled = true\npublish = \"change\"\n";
+    let cfg = daemon_config(dir.path(), &scene, broker.port, "digits-int8.onnx", views);
+    // Taught from files first, as `lookout teach` does.
+    let samples = root().join("models/digits/samples");
+    for (class, file) in [("five", "5-five.jpg"), ("seven", "7-seven.jpg")] {
+        run_ok(&[
+            "teach".as_ref(),
+            "--config".as_ref(),
+            cfg.as_os_str(),
+            "--class".as_ref(),
+            class.as_ref(),
+            samples.join(file).as_os_str(),
+        ]);
+    }
+    let results = Listener::new(broker.port, "lookout/teach/main/result");
+    let d = Daemon::start(&cfg, &[]);
+    let first = results.until(Duration::from_secs(60), |m| !m.is_empty());
+    assert_eq!(first.len(), 1, "{}", d.log());
+    let r = &first[0].1;
+    assert_eq!((r["label"].clone(), r["trigger"]["state"].clone()), ("five".into(), "five".into()), "{r}");
+    let top: Vec<&str> = r["top_k"].as_array().unwrap().iter().map(|t| t["label"].as_str().unwrap()).collect();
+    assert_eq!(top, ["five", "seven"], "only the taught classes: {r}");
+    scene.show(7);
+    // Published on change only: the next result is the change.
+    let change = results.until(Duration::from_secs(30), |m| !m.is_empty());
+    assert_eq!(change.first().map(|m| m.1["trigger"]["state"].clone()), Some("seven".into()), "{change:?}");
 }
