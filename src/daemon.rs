@@ -223,6 +223,7 @@ pub fn run_with(
     let mut hot = false;
 
     let mut monitor = HealthMonitor::new(opts.health.clone(), Instant::now());
+    let mut stamper = crate::clock::Stamper::system();
 
     loop {
         let frame = match slot.take(&shutdown, opts.health.stale_after) {
@@ -237,6 +238,7 @@ pub fn run_with(
             }
         };
         let t0 = Instant::now();
+        let (captured_at, clock) = stamper.stamp(frame.captured_at);
         if let Err(e) = pre.run(&frame, classifier.input_mut()) {
             warn!("{}: frame {} skipped: {e}", frame.origin, frame.seq);
             stats.bad_frames += 1;
@@ -274,7 +276,7 @@ pub fn run_with(
         let mut result = Classification {
             seq,
             frame_seq: frame.seq,
-            captured_at: frame.captured_at,
+            captured_at,
             label: ranked[0].label.clone(),
             index: ranked[0].index,
             score: ranked[0].score,
@@ -282,6 +284,7 @@ pub fn run_with(
             latency_ms: Latency { preprocess: ms(t1 - t0), inference: ms(t2 - t1), total: ms(t2 - t0) },
             model: model.clone(),
             health: stats.health.as_str().into(),
+            clock,
             trigger: None,
         };
         seq += 1;

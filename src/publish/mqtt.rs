@@ -86,7 +86,8 @@ impl MqttPublisher {
     /// Opens the outbox in `device.state_dir` and starts connecting.
     pub fn start(cfg: &Config) -> Result<MqttPublisher, PublishError> {
         let m = &cfg.mqtt;
-        let outbox = Outbox::open(&cfg.device.state_dir, m.outbox_max_rows, m.outbox_max_bytes)?;
+        let outbox = Outbox::open(&cfg.device.state_dir, m.outbox_max_rows, m.outbox_max_bytes)?
+            .with_commit_interval(m.outbox_commit_interval);
         let topics = Topics::new(cfg);
         let opts = options(m, &topics.availability)?;
         let (client, mut eventloop) = AsyncClient::new(opts, CHANNEL);
@@ -142,7 +143,6 @@ impl MqttPublisher {
             in_window: 0,
             cursor: None,
             replay_upto: None,
-            last_commit: Instant::now() - m.outbox_commit_interval,
             commit_failing: false,
             health: Health::new(),
             closing: None,
@@ -274,7 +274,6 @@ struct Driver {
     /// Rows up to this `seq` were in the outbox when the connection came
     /// up: they are late and go out with `replayed: true`.
     replay_upto: Option<u64>,
-    last_commit: Instant,
     /// The last commit failed; reported when it starts and when it ends.
     commit_failing: bool,
     health: Health,
@@ -289,7 +288,7 @@ impl Driver {
         let mut diagnostics = tokio::time::interval(self.diagnostics_interval);
         diagnostics.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let commit_at = self.outbox.dirty().then_some(self.last_commit + self.commit_interval);
+            let commit_at = self.outbox.due().map(Instant::from_std);
             let far = Instant::now() + Duration::from_secs(3600);
             tokio::select! {
                 msg = self.rx.recv(), if self.closing.is_none() => match msg {
@@ -297,9 +296,9 @@ impl Driver {
                         self.outbox.push(seq, payload);
                         self.health.camera = health;
                         (self.health.inference_ms, self.health.total_ms) = (Some(inference_ms), Some(total_ms));
-                        if self.last_commit.elapsed() >= self.commit_interval {
-                            self.commit_and_send();
-                        }
+                        // Straight from memory: acknowledged within the
+                        // commit interval, it is never written.
+                        self.send_rows();
                     }
                     Some(Msg::Stats(s)) => self.health.stats = s,
                     Some(Msg::Close(deadline)) => {
@@ -359,6 +358,7 @@ impl Driver {
                 }
             }
         }
+        self.outbox.finish();
         self.commit();
         if self.outbox.pending() > 0 {
             warn!("MQTT: {} results could not be written to the outbox and are lost", self.outbox.pending());
@@ -372,7 +372,6 @@ impl Driver {
 
     fn commit_and_send(&mut self) {
         self.commit();
-        self.last_commit = Instant::now();
         self.send_rows();
     }
 
@@ -419,7 +418,10 @@ impl Driver {
             if rows.is_empty() {
                 return;
             }
+            let clock = crate::clock::now();
             for (seq, payload) in rows {
+                // Taken before the clock was synchronised: fixed now.
+                let payload = crate::clock::settle(&payload, &clock).map_or(payload, |(p, _)| p);
                 let late = self.replay_upto.is_some_and(|u| seq <= u);
                 if late {
                     let replayed = mark_replayed(&payload);
@@ -515,7 +517,6 @@ impl Driver {
         // Deletes of rows acknowledged before the outage land first, so they
         // are not sent again.
         self.commit();
-        self.last_commit = Instant::now();
         self.cursor = None;
         self.replay_upto = self.outbox.newest().unwrap_or(None);
         if let Some(upto) = self.replay_upto {
