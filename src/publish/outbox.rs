@@ -22,7 +22,8 @@
 //! exact counter, and so does the first commit of an outage, so `seq` runs
 //! on without a gap there; after a crash in the healthy case the next run
 //! skips the unused rest of the reservation (at most [`RESERVE`] numbers)
-//! and says so in its log.
+//! and says so in its log. A commit that writes results (the broker did not
+//! acknowledge them in time: an outage) stores the exact counter too.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -78,9 +79,6 @@ pub struct Outbox {
     /// [`Outbox::after`] held back a result whose `seq` is not below
     /// `stored_next`: the next commit reserves more, at once.
     want_reservation: bool,
-    /// Results left from memory since the last commit: the broker is
-    /// connected, so the reservation is worth keeping.
-    sent_from_memory: bool,
     /// Set by [`Outbox::finish`]: the next commit writes everything and the
     /// exact counter.
     finishing: bool,
@@ -180,7 +178,6 @@ impl Outbox {
             next_seq,
             stored_next,
             want_reservation: false,
-            sent_from_memory: false,
             finishing: false,
             last_commit: Instant::now(),
             retry_at: None,
@@ -285,8 +282,11 @@ impl Outbox {
         self.last_state.as_deref()
     }
 
-    /// The newest `seq` on disk.
+    /// The newest `seq` waiting for the broker, on disk or in memory.
     pub fn newest(&self) -> Result<Option<u64>, OutboxError> {
+        if let Some(p) = self.pending.back() {
+            return Ok(Some(p.seq));
+        }
         let v: Option<i64> =
             self.conn.query_row("SELECT max(seq) FROM outbox", [], |r| r.get(0)).map_err(|e| self.error(e))?;
         Ok(v.map(|s| s as u64))
@@ -318,9 +318,10 @@ impl Outbox {
             self.next_seq
         } else if self.want_reservation {
             self.next_seq + RESERVE
-        } else if write_rows && !self.sent_from_memory && self.stored_next > self.next_seq {
-            // An outage: nothing leaves, so give up the reservation (no gap
-            // after a crash).
+        } else if write_rows && self.stored_next > self.next_seq {
+            // Results the broker did not acknowledge in time: an outage.
+            // Give the reservation back, so a crash now leaves no gap (a
+            // slow broker then pays one more commit for the next one).
             self.next_seq
         } else {
             self.stored_next
@@ -396,7 +397,6 @@ impl Outbox {
         self.acked.clear();
         self.stored_next = mark;
         self.want_reservation = false;
-        self.sent_from_memory = false;
         self.last_commit = now;
         self.retry_at = None;
         (self.depth, self.bytes) = (rows, bytes);
@@ -447,7 +447,6 @@ impl Outbox {
                     break;
                 }
                 out.push((p.seq, p.payload.clone()));
-                self.sent_from_memory = true;
             }
         }
         Ok(out)
