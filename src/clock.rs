@@ -158,23 +158,24 @@ impl Stamper {
 
     /// The stamp of a frame taken at `captured_at` (wall clock), and the
     /// `captured_at` to publish: the frame's own, unless the clock stepped
-    /// since the previous stamp. Then `captured_at` may predate the step
-    /// while the synchronised flag is read after it, so the frame is taken
-    /// as captured now (off by at most its age, under a frame period for a
-    /// live camera) rather than published with a pre-step time marked as
-    /// good.
+    /// since the previous stamp or the frame's age by the wall clock cannot
+    /// be (negative, or over twice the time since the previous stamp: a
+    /// frame waits in the slot for one classification at most, a replayed
+    /// file for two). Such a `captured_at` predates a step while the
+    /// synchronised flag is read after it, so the frame is taken as
+    /// captured now (off by at most its age, under a frame period for a
+    /// live camera) rather than published with a pre-step time marked good.
     pub fn stamp(&mut self, captured_at: SystemTime) -> (SystemTime, ClockStamp) {
         let now = self.clock.read();
         let since_boot = now.since_boot.as_secs_f64();
         let offset = seconds(now.wall) - since_boot;
         let stepped = self.last.is_some_and(|(o, t)| (offset - o).abs() > 1.0 + SLEW * (since_boot - t).abs());
+        let longest = self.last.map(|(_, t)| 2.0 * (since_boot - t) + 1.0);
         self.last = Some((offset, since_boot));
-        let (captured_at, age) = match now.wall.duration_since(captured_at) {
-            _ if stepped => (now.wall, 0.0),
-            Ok(age) => (captured_at, age.as_secs_f64().min(since_boot)),
-            // A frame "from the future": a step backwards the first stamp
-            // cannot see.
-            Err(_) => (now.wall, 0.0),
+        let age = now.wall.duration_since(captured_at).ok().map(|d| d.as_secs_f64());
+        let (captured_at, age) = match age {
+            Some(a) if !stepped && longest.is_none_or(|l| a <= l) => (captured_at, a.min(since_boot)),
+            _ => (now.wall, 0.0),
         };
         let stamp = ClockStamp { synced: now.synced, boot_id: now.boot_id, monotonic_s: round_ms(since_boot - age) };
         (captured_at, stamp)
@@ -304,6 +305,11 @@ mod tests {
         *clock.0.lock().unwrap() = reading(DEC1, 101.0, true, "b1");
         let (t, st) = s.stamp(at(100));
         assert_eq!((t, st.synced, st.monotonic_s), (at(DEC1), Some(true), 101.0));
+        // A second frame from before the step (a replayed file waits for
+        // two classifications): its age by the wall clock cannot be.
+        *clock.0.lock().unwrap() = reading(DEC1 + 1, 102.0, true, "b1");
+        let (t, st) = s.stamp(at(100));
+        assert_eq!((t, st.monotonic_s), (at(DEC1 + 1), 102.0));
         // An hour of normal running later: no step.
         *clock.0.lock().unwrap() = reading(DEC1 + 3600, 3701.0, true, "b1");
         let (t, st) = s.stamp(at(DEC1 + 3599));

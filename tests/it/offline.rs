@@ -411,3 +411,224 @@ fn a_long_outage_fills_the_outbox_drops_the_oldest_and_delivers_the_rest_in_orde
         seen.len()
     );
 }
+
+/// A fresh ext4 file system on a loop device, as an SD card of its own:
+/// its block counters see only what lookout writes (file data, the file
+/// system's journal and metadata).
+struct Card {
+    mount: tempfile::TempDir,
+    device: String,
+    _image: tempfile::TempDir,
+}
+
+impl Card {
+    fn new() -> Option<Card> {
+        let image = tempfile::tempdir().unwrap();
+        let file = image.path().join("card.img");
+        std::fs::File::create(&file).unwrap().set_len(256 << 20).unwrap();
+        let ok = |c: &mut Command| c.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+        if !ok(Command::new("mkfs.ext4").arg("-q").arg(&file)) {
+            return None;
+        }
+        let mount = tempfile::tempdir().unwrap();
+        if !ok(Command::new("mount").arg("-o").arg("loop").arg(&file).arg(mount.path())) {
+            return None;
+        }
+        let out = Command::new("losetup").arg("-j").arg(&file).output().unwrap();
+        let device = String::from_utf8_lossy(&out.stdout).split(':').next()?.trim_start_matches("/dev/").to_owned();
+        Some(Card { mount, device, _image: image })
+    }
+
+    /// Bytes written to the device so far (sectors of 512 bytes).
+    fn written(&self) -> u64 {
+        let stat = std::fs::read_to_string(format!("/sys/block/{}/stat", self.device)).unwrap();
+        stat.split_whitespace().nth(6).unwrap().parse::<u64>().unwrap() * 512
+    }
+}
+
+impl Drop for Card {
+    fn drop(&mut self) {
+        let _ = Command::new("sync").status();
+        let _ = Command::new("umount").arg(self.mount.path()).status();
+    }
+}
+
+/// Bytes a process caused to be written to storage (`/proc/PID/io`).
+fn write_bytes(pid: u32) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+    io.lines().find_map(|l| l.strip_prefix("write_bytes: ")).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+}
+
+/// Bytes per hour that reach the state directory's device at one result a
+/// second, with a healthy broker and with none, for this build and (with
+/// `LOOKOUT_BIN_BEFORE`) another; all cases side by side, each on a card of
+/// its own. Root only (mount).
+///   cargo build && LOOKOUT_BIN_BEFORE=/path/to/old/lookout \
+///   WRITE_BUDGET_SECONDS=600 cargo test --test it offline::write_budget -- --ignored --nocapture
+#[test]
+#[ignore = "minutes, root: run by hand for BENCHMARKS.md"]
+fn write_budget() {
+    let seconds = env_or("WRITE_BUDGET_SECONDS", 600) as u64;
+    let broker = Broker::start();
+    let mut bins = vec![("this build", lookout().get_program().to_owned())];
+    if let Some(before) = std::env::var_os("LOOKOUT_BIN_BEFORE") {
+        bins.push(("before", before));
+    }
+    let models = root().join("models/digits");
+    let mut runs = vec![];
+    for (name, bin) in &bins {
+        for healthy in [true, false] {
+            let Some(card) = Card::new() else {
+                eprintln!("skipped: cannot mount a loop device (needs root)");
+                return;
+            };
+            let port = if healthy { broker.port } else { free_port() };
+            let text = format!(
+                "[device]\nid = \"budget\"\nstate_dir = \"{}/state\"\n\n\
+                 [source]\nkind = \"files\"\npath = \"{}\"\nloop = true\n\n\
+                 [model]\npath = \"{}\"\nthreads = 1\n\n\
+                 [mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nclient_id = \"budget-{}\"\n\n\
+                 [schedule]\ninterval = 1.0\n",
+                card.mount.path().display(),
+                models.join("samples").display(),
+                models.join("digits-int8.onnx").display(),
+                runs.len(),
+            );
+            let dir = tempfile::tempdir().unwrap();
+            let cfg = write_config(dir.path(), &text);
+            let child = Command::new(bin)
+                .args(["run", "--config"])
+                .arg(&cfg)
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            runs.push((name, healthy, card, child, dir, 0u64, 0u64));
+        }
+    }
+    // Past start-up (the outbox file created, the first commits).
+    std::thread::sleep(Duration::from_secs(20));
+    let _ = Command::new("sync").status();
+    for r in runs.iter_mut() {
+        (r.5, r.6) = (r.2.written(), write_bytes(r.3.id()));
+    }
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs(seconds));
+    let _ = Command::new("sync").status();
+    let hours = started.elapsed().as_secs_f64() / 3600.0;
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("model name\t: ").map(str::to_owned))
+        .unwrap_or_default();
+    eprintln!("write budget, {seconds} s at 1 result/s, ext4 on a loop device per case, {cpu}:");
+    for (name, healthy, card, mut child, _dir, dev0, io0) in runs {
+        let (dev, io) = (card.written() - dev0, write_bytes(child.id()) - io0);
+        let _ = child.kill();
+        let _ = child.wait();
+        eprintln!(
+            "  {name:>10}, {:>14}: device {:>8.0} kB/h, process write_bytes {:>8.0} kB/h",
+            if healthy { "healthy broker" } else { "no broker" },
+            dev as f64 / hours / 1000.0,
+            io as f64 / hours / 1000.0
+        );
+    }
+}
+
+/// libfaketime, which the clock-step test preloads into lookout.
+fn libfaketime() -> PathBuf {
+    let found = std::fs::read_dir("/usr/lib")
+        .unwrap()
+        .flatten()
+        .map(|d| d.path().join("faketime/libfaketime.so.1"))
+        .find(|p| p.exists());
+    found.expect("libfaketime is not installed: run tools/test.sh, which installs it")
+}
+
+/// The wall clock stepped by hours while lookout runs (libfaketime moves
+/// what the process sees, as NTP would): results keep coming at the
+/// interval, `seq` runs on by one, the time since boot runs on with it,
+/// and `captured_at` follows the wall clock.
+#[test]
+fn a_clock_stepped_by_hours_keeps_seq_and_the_schedule() {
+    let broker = Broker::start();
+    let topic = "lookout/e2e/result";
+    let sub = Listener::new(broker.port, topic);
+    let dir = tempfile::tempdir().unwrap();
+    let samples = root().join("models/digits/samples");
+    let text = digits_config(&samples, "digits-int8.onnx", broker.port, "")
+        // fps: a camera, which keeps only its newest frame.
+        .replace("kind = \"files\"\n", "kind = \"files\"\nloop = true\nfps = 20\n")
+        .replace("interval = 0.05", "interval = 0.5");
+    let cfg = write_config(dir.path(), &text);
+    let offset = dir.path().join("faketime");
+    std::fs::write(&offset, "+0\n").unwrap();
+    let lib = libfaketime();
+    let env = [
+        ("LD_PRELOAD", lib.to_str().unwrap()),
+        ("FAKETIME_TIMESTAMP_FILE", offset.to_str().unwrap()),
+        ("FAKETIME_NO_CACHE", "1"),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+    ];
+    let mut lookout = Daemon::start(&cfg, &env);
+    // (arrival, payload) per result.
+    let mut got: Vec<(Instant, Value)> = vec![];
+    let mut take = |n: usize| {
+        let want = got.len() + n;
+        let mut seen = 0;
+        sub.until(Duration::from_secs(120), |m| {
+            for (_, v, _) in &m[seen..] {
+                got.push((Instant::now(), v.clone()));
+            }
+            seen = m.len();
+            got.len() >= want
+        });
+        assert!(got.len() >= want, "results stopped after {}:\n{}", got.len(), lookout.log());
+        got.len()
+    };
+    take(6);
+    std::fs::write(&offset, "+3h\n").unwrap();
+    take(6);
+    std::fs::write(&offset, "-2h\n").unwrap();
+    take(6);
+    assert_eq!(lookout.terminate(Duration::from_secs(60)), Some(0), "{}", lookout.log());
+
+    let seqs: Vec<u64> = got.iter().map(|(_, v)| v["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "seq runs on by one: {seqs:?}");
+    let mono: Vec<f64> = got.iter().map(|(_, v)| v["clock"]["monotonic_s"].as_f64().unwrap()).collect();
+    let gaps: Vec<f64> = mono.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(gaps.iter().all(|g| (0.3..3.0).contains(g)), "time since boot between results: {gaps:?}");
+    // Arrivals keep the interval: no stall of hours, no burst to catch up.
+    let arrivals: Vec<f64> = got.windows(2).map(|w| (w[1].0 - w[0].0).as_secs_f64()).collect();
+    assert!(arrivals.iter().all(|a| *a < 3.0), "gaps between arrivals: {arrivals:?}");
+    let span = (got.last().unwrap().0 - got[0].0).as_secs_f64();
+    assert!(span > 0.4 * (got.len() - 1) as f64, "{} results in {span:.1} s: a burst", got.len());
+    let wall = |i: usize| unix_seconds(got[i].1["captured_at"].as_str().unwrap());
+    let step = |i: usize| (wall(i) - wall(i - 1)) - (mono[i] - mono[i - 1]);
+    let steps: Vec<f64> = (1..got.len()).map(step).filter(|s| s.abs() > 60.0).collect();
+    assert_eq!(steps.len(), 2, "captured_at follows both steps: {steps:?}");
+    assert!((steps[0] - 3.0 * 3600.0).abs() < 10.0 && (steps[1] + 5.0 * 3600.0).abs() < 10.0, "{steps:?}");
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    assert_eq!(got[0].1["clock"]["boot_id"], boot.trim());
+}
+
+/// `2026-12-01T00:00:00.25Z` -> seconds since 1970 (days from the civil
+/// date, Howard Hinnant's algorithm).
+fn unix_seconds(t: &str) -> f64 {
+    let n = |r: std::ops::Range<usize>| t[r].parse::<i64>().unwrap();
+    let (y, m, d) = (n(0..4), n(5..7), n(8..10));
+    let (y, m) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + d - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    let secs: f64 = t[17..t.len() - 1].parse().unwrap();
+    (days * 86_400 + n(11..13) * 3600 + n(14..16) * 60) as f64 + secs
+}
+
+#[test]
+fn unix_seconds_reads_rfc3339() {
+    assert_eq!(unix_seconds("1970-01-01T00:00:01.5Z"), 1.5);
+    assert_eq!(unix_seconds("2026-12-01T00:00:00Z"), 1_796_083_200.0);
+}
