@@ -120,7 +120,7 @@ fn kernel_synced() -> Option<bool> {
     // SAFETY: modes = 0 only reads; the struct is plain data.
     let mut tx: libc::timex = unsafe { std::mem::zeroed() };
     let state = unsafe { libc::adjtimex(&mut tx) };
-    (state >= 0).then(|| state != libc::TIME_ERROR && tx.status & libc::STA_UNSYNC == 0)
+    (state >= 0).then_some(state != libc::TIME_ERROR && tx.status & libc::STA_UNSYNC == 0)
 }
 
 fn boottime() -> Duration {

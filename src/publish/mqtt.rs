@@ -145,6 +145,7 @@ impl MqttPublisher {
             replay_upto: None,
             commit_failing: false,
             health: Health::new(),
+            file_connects: 0,
             closing: None,
         };
         let (min, max) = (m.reconnect_min, m.reconnect_max);
@@ -277,6 +278,8 @@ struct Driver {
     /// The last commit failed; reported when it starts and when it ends.
     commit_failing: bool,
     health: Health,
+    /// `health.connects` when diagnostics.json was last written.
+    file_connects: u64,
     /// Set by `close`: finish by this deadline.
     closing: Option<Instant>,
 }
@@ -565,8 +568,15 @@ impl Driver {
     fn diagnostics(&mut self) {
         let payload = self.health.payload(self.outbox.depth(), self.outbox.bytes(), self.outbox.dropped());
         let bytes = serde_json::to_vec(&payload).unwrap_or_default();
-        if let Err(e) = write_file(&self.diagnostics_file, &bytes) {
-            debug!("{}: {e}", self.diagnostics_file.display());
+        // The file is for when the broker is away; while it is there (and
+        // keeps the payload retained) the card is spared: written on
+        // connecting and stopping only (each write cost ~20 kB of ext4
+        // journal, 1.2 MB/h at the default interval; BENCHMARKS.md).
+        if !self.connected || self.closing.is_some() || self.file_connects != self.health.connects {
+            self.file_connects = self.health.connects;
+            if let Err(e) = write_file(&self.diagnostics_file, &bytes) {
+                debug!("{}: {e}", self.diagnostics_file.display());
+            }
         }
         if self.connected {
             self.publish(&self.topics.diagnostics.clone(), true, bytes, Sent::Other);

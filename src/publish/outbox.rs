@@ -49,6 +49,9 @@ pub struct OutboxError {
     reason: String,
 }
 
+/// A result as sent: `(seq, payload)`.
+pub type Row = (u64, Vec<u8>);
+
 /// A result that is not on disk.
 struct Pending {
     seq: u64,
@@ -416,10 +419,11 @@ impl Outbox {
     /// oldest first, that may be sent: the rows on disk, then those in
     /// memory whose `seq` the stored counter covers. One it does not cover
     /// asks the next commit for a reservation.
-    pub fn after(&mut self, after: Option<u64>, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, OutboxError> {
+    pub fn after(&mut self, after: Option<u64>, limit: usize) -> Result<Vec<Row>, OutboxError> {
         let from = after.map_or(-1, |s| s as i64);
         let want = limit.saturating_add(self.acked.len());
-        let run = || -> Result<(Vec<(u64, Vec<u8>)>, usize), rusqlite::Error> {
+        // The rows to send, and how many the query returned.
+        let run = || -> Result<(Vec<Row>, usize), rusqlite::Error> {
             let mut q =
                 self.conn.prepare_cached("SELECT seq, payload FROM outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
             let rows = q.query_map(params![from, i64::try_from(want).unwrap_or(-1)], |r| {

@@ -91,7 +91,7 @@ fn writer() {
     let interval = Duration::from_millis(rng.below(30) + 1);
     let mut o = Outbox::open(&dir, 1_000_000, 1 << 30).unwrap().with_commit_interval(interval);
     let out = std::io::stdout();
-    let mut say = |line: String| {
+    let say = |line: String| {
         let mut out = out.lock();
         writeln!(out, "{line}").unwrap();
         out.flush().unwrap();
@@ -343,19 +343,11 @@ fn a_long_outage_fills_the_outbox_drops_the_oldest_and_delivers_the_rest_in_orde
     let sub = Listener::persistent_saved(broker.port, topic, "test-outage");
     broker.kill();
     let dir = tempfile::tempdir().unwrap();
-    let models = root().join("models/digits");
-    let text = format!(
-        "[device]\nid = \"outage\"\nstate_dir = \"state\"\n\n\
-         [source]\nkind = \"files\"\npath = \"{}\"\nloop = true\n\n\
-         [model]\npath = \"{}\"\nthreads = 1\n\n\
-         [mqtt]\nhost = \"127.0.0.1\"\nport = {}\nkeep_alive = 5\nconnect_timeout = 2\n\
-         reconnect_min = 0.2\nreconnect_max = 0.5\ndiagnostics_interval = 1\n\
-         outbox_max_rows = {rows}\noutbox_commit_interval = 0.2\n\n\
-         [schedule]\ninterval = 0.005\n",
-        models.join("samples").display(),
-        models.join("digits-int8.onnx").display(),
-        broker.port,
+    let mqtt = format!(
+        "keep_alive = 5\nconnect_timeout = 2\nreconnect_min = 0.2\nreconnect_max = 0.5\ndiagnostics_interval = 1\n\
+         outbox_max_rows = {rows}\noutbox_commit_interval = 0.2"
     );
+    let text = looping_config("outage", "state", broker.port, &mqtt, 0.005);
     let cfg = write_config(dir.path(), &text);
     let mut lookout = Daemon::start(&cfg, &[("RUST_LOG", "info,lookout::daemon=warn")]);
     let diagnostics = || -> Value {
@@ -370,12 +362,11 @@ fn a_long_outage_fills_the_outbox_drops_the_oldest_and_delivers_the_rest_in_orde
     }
     broker.restart();
     lookout.wait_for("MQTT: connected to", Duration::from_secs(60));
-    // Replayed: the outbox on disk is empty again.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while diagnostics()["mqtt"]["connected"] != true || diagnostics()["outbox"]["depth"].as_u64() != Some(0) {
-        assert!(Instant::now() < deadline, "not drained: {}\n{}", diagnostics(), lookout.log());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    // Replayed: the outbox on disk is empty again (the retained
+    // diagnostics say so; the file is written only while the broker is away).
+    let diag = Listener::new(broker.port, "lookout/outage/diagnostics");
+    let drained = diag.until(Duration::from_secs(120), |m| m.iter().any(|(_, v, _)| v["outbox"]["depth"] == 0));
+    assert!(!drained.is_empty(), "not drained:\n{}", lookout.log());
     assert_eq!(lookout.terminate(Duration::from_secs(60)), Some(0), "{}", lookout.log());
     let dropped = diagnostics()["outbox"]["dropped"].as_u64().unwrap();
     let last = lookout
@@ -387,20 +378,18 @@ fn a_long_outage_fills_the_outbox_drops_the_oldest_and_delivers_the_rest_in_orde
         .unwrap_or_else(|| panic!("no summary line:\n{}", lookout.log()))
         - 1;
     let msgs = sub.until(Duration::from_secs(120), |m| {
-        m.iter().filter_map(|(_, v, _)| v["seq"].as_u64()).collect::<BTreeSet<_>>().len() as u64 >= last + 1 - dropped
+        m.iter().filter_map(|(_, v, _)| v["seq"].as_u64()).collect::<BTreeSet<_>>().contains(&last)
     });
     let mut seen = BTreeSet::new();
     let firsts: Vec<u64> = msgs.iter().filter_map(|(_, v, _)| v["seq"].as_u64()).filter(|s| seen.insert(*s)).collect();
-    let expected: BTreeSet<u64> = (dropped..=last).collect();
-    assert_eq!(
-        seen.len(),
-        expected.len(),
-        "dropped {dropped}, last {last}: got {} of {}; log:\n{}",
-        seen.len(),
-        expected.len(),
-        lookout.log()
-    );
-    assert_eq!(seen, expected, "exactly the {dropped} oldest are missing");
+    // The oldest are missing and nothing else; `dropped` counts rows
+    // deleted unacknowledged, and one deleted while in flight (the replay
+    // sends 64 at a time while new results still overflow the outbox) may
+    // arrive all the same.
+    let first = *seen.first().unwrap_or_else(|| panic!("nothing arrived:\n{}", lookout.log()));
+    let expected: BTreeSet<u64> = (first..=last).collect();
+    assert_eq!(seen, expected, "only the oldest are missing; log:\n{}", lookout.log());
+    assert!((first..=first + 64).contains(&dropped), "{first} missing, {dropped} counted as dropped");
     assert!(firsts.windows(2).all(|w| w[0] < w[1]), "delivered in seq order");
     let replayed = msgs.iter().filter(|(_, v, _)| v["replayed"] == true).count() as u64;
     assert!(replayed >= rows / 2, "{replayed} replayed");
@@ -474,7 +463,6 @@ fn write_budget() {
     if let Some(before) = std::env::var_os("LOOKOUT_BIN_BEFORE") {
         bins.push(("before", before));
     }
-    let models = root().join("models/digits");
     let mut runs = vec![];
     for (name, bin) in &bins {
         for healthy in [true, false] {
@@ -483,17 +471,8 @@ fn write_budget() {
                 return;
             };
             let port = if healthy { broker.port } else { free_port() };
-            let text = format!(
-                "[device]\nid = \"budget\"\nstate_dir = \"{}/state\"\n\n\
-                 [source]\nkind = \"files\"\npath = \"{}\"\nloop = true\n\n\
-                 [model]\npath = \"{}\"\nthreads = 1\n\n\
-                 [mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nclient_id = \"budget-{}\"\n\n\
-                 [schedule]\ninterval = 1.0\n",
-                card.mount.path().display(),
-                models.join("samples").display(),
-                models.join("digits-int8.onnx").display(),
-                runs.len(),
-            );
+            let state = format!("{}/state", card.mount.path().display());
+            let text = looping_config("budget", &state, port, &format!("client_id = \"budget-{}\"", runs.len()), 1.0);
             let dir = tempfile::tempdir().unwrap();
             let cfg = write_config(dir.path(), &text);
             let child = Command::new(bin)
