@@ -150,7 +150,7 @@ pub fn digits_config(frames: &Path, model: &str, port: u16, extra: &str) -> Stri
 
 /// The digits samples replayed in a loop on one thread, published to
 /// 127.0.0.1:`port` as device `id`; `mqtt` adds keys to `[mqtt]`.
-pub fn looping_config(id: &str, state_dir: &str, port: u16, mqtt: &str, interval: f64) -> String {
+pub fn digits_loop_config(id: &str, state_dir: &str, port: u16, mqtt: &str, interval: f64) -> String {
     let models = root().join("models/digits");
     format!(
         "[device]\nid = \"{id}\"\nstate_dir = \"{state_dir}\"\n\n\

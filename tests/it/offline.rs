@@ -347,7 +347,7 @@ fn a_long_outage_fills_the_outbox_drops_the_oldest_and_delivers_the_rest_in_orde
         "keep_alive = 5\nconnect_timeout = 2\nreconnect_min = 0.2\nreconnect_max = 0.5\ndiagnostics_interval = 1\n\
          outbox_max_rows = {rows}\noutbox_commit_interval = 0.2"
     );
-    let text = looping_config("outage", "state", broker.port, &mqtt, 0.005);
+    let text = digits_loop_config("outage", "state", broker.port, &mqtt, 0.005);
     let cfg = write_config(dir.path(), &text);
     let mut lookout = Daemon::start(&cfg, &[("RUST_LOG", "info,lookout::daemon=warn")]);
     let diagnostics = || -> Value {
@@ -472,7 +472,8 @@ fn write_budget() {
             };
             let port = if healthy { broker.port } else { free_port() };
             let state = format!("{}/state", card.mount.path().display());
-            let text = looping_config("budget", &state, port, &format!("client_id = \"budget-{}\"", runs.len()), 1.0);
+            let text =
+                digits_loop_config("budget", &state, port, &format!("client_id = \"budget-{}\"", runs.len()), 1.0);
             let dir = tempfile::tempdir().unwrap();
             let cfg = write_config(dir.path(), &text);
             let child = Command::new(bin)

@@ -72,7 +72,7 @@ fn soak(dir: &Path, n: usize, restart_every: usize) -> Report {
     // inference. Commits every 0.2 s keep the outbox close behind.
     let mqtt =
         "keep_alive = 5\nconnect_timeout = 2\nreconnect_min = 0.1\nreconnect_max = 0.5\noutbox_commit_interval = 0.2";
-    let text = looping_config("soak", "state", broker.port, mqtt, 0.000001);
+    let text = digits_loop_config("soak", "state", broker.port, mqtt, 0.000001);
     let cfg = write_config(dir, &text);
     // No line per result: at this speed logging would be most of the work.
     let mut lookout = Daemon::start(&cfg, &[("RUST_LOG", "info,lookout::daemon=warn")]);
