@@ -10,6 +10,9 @@
 //! - [`config`]: the TOML file, its validation (unknown keys rejected with file,
 //!   line and key) and resolution (paths relative to the config file, model
 //!   manifest defaults, then config overrides).
+//! - [`clock`]: whether the wall clock was synchronised when a frame was
+//!   taken, the boot id and the time since boot each result carries, and
+//!   the correction of stored results once the clock is synchronised.
 //! - [`frame`]: [`Frame`], the one type every source produces: pixels in a
 //!   declared [`frame::PixelFormat`], a sequence number and a capture time.
 //! - [`capture`]: the `FrameSource` trait and its implementations: file and
@@ -53,6 +56,7 @@
 //! messages and exit codes.
 
 pub mod capture;
+pub mod clock;
 pub mod command;
 pub mod config;
 pub mod custom;

@@ -313,10 +313,16 @@ fn views(cfg: &Config) -> Result<Vec<View>, Fatal> {
 /// re-embedded when the model changed, or says why there can be none.
 fn open_classes(cfg: &Config, classifier: &mut TractClassifier, views: &mut [View]) -> Result<(), Fatal> {
     for v in views {
+        // Classes that cannot be opened (a damaged store, a state folder
+        // that is not one) are reported; the daemon runs on without them,
+        // unless they are what the view's labels are made of.
         v.classes = match custom::model_key(classifier) {
-            Ok(_) => Ok(class_store(cfg, classifier, &v.config.name, &v.preprocess)?),
+            Ok(_) => class_store(cfg, classifier, &v.config.name, &v.preprocess).map_err(|f| f.message),
             Err(e) => Err(e.to_string()),
         };
+        if let (Err(why), true) = (&v.classes, custom::model_key(classifier).is_ok()) {
+            log::warn!("{}: custom classes are unavailable: {why}", v.config.name);
+        }
         match &v.classes {
             Ok(store) if !store.list().is_empty() => {
                 info!("{}: custom classes {}", v.config.name, store.prototypes().labels().join(", "))

@@ -55,6 +55,9 @@ pub struct Classification {
     /// Camera health when the frame was taken ("ok", "stale", "frozen",
     /// "dark"); Home Assistant's camera-problem sensor reads it.
     pub health: String,
+    /// The clock when the frame was taken: synchronised or not, boot id,
+    /// time since boot; lets `captured_at` be fixed later (src/clock.rs).
+    pub clock: crate::clock::ClockStamp,
     /// The smoothed trigger state, when `[triggers]` is enabled.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trigger: Option<crate::triggers::TriggerState>,

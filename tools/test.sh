@@ -11,6 +11,8 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mos
 command -v mosquitto_sub >/dev/null 2>&1 || need+=(mosquitto-clients)
 # tests/it/mqtt.rs makes its TLS certificates with the openssl CLI.
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# libfaketime steps lookout's wall clock in tests/it/offline.rs.
+[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || need+=(libfaketime)
 # nokhwa's V4L2 bindings are generated with bindgen, which needs libclang
 # itself: libclang-cpp (the C++ library, on many machines) does not do.
 ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/*/libclang-[0-9]*.so* >/dev/null 2>&1 || need+=(libclang-dev)

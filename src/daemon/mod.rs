@@ -210,6 +210,7 @@ impl<'a> Loop<'a> {
                 labels: v.config.labels,
                 triggers_config: v.config.triggers.clone(),
                 teach_class: None,
+                stamper: crate::clock::Stamper::system(),
             };
             if let Some(o) = overrides.views.get(&r.name) {
                 r.paused = o.paused;
@@ -386,6 +387,7 @@ impl<'a> Loop<'a> {
         let frame = &latest.frame;
 
         let view = &mut self.views[v];
+        let (captured_at, clock) = view.stamper.stamp(frame.captured_at);
         if let Err(e) = view.pre.run(frame, self.classifier.input_mut()) {
             warn!("{}: frame {} skipped: {e}", frame.origin, frame.seq);
             self.stats.bad_frames += 1;
@@ -447,7 +449,7 @@ impl<'a> Loop<'a> {
             seq: self.seq,
             view: view.name.clone(),
             frame_seq: frame.seq,
-            captured_at: frame.captured_at,
+            captured_at,
             label,
             index,
             score,
@@ -458,6 +460,7 @@ impl<'a> Loop<'a> {
             health: health.as_str().into(),
             trigger: None,
             custom,
+            clock,
         };
         self.seq += 1;
         self.stats.classified += 1;

@@ -114,6 +114,9 @@ pub(super) struct Running {
     pub triggers_config: TriggersConfig,
     /// The class a `teach` without one adds to.
     pub teach_class: Option<String>,
+    /// Stamps each result with the clock's state; one per view, since it
+    /// compares each frame's age with this view's previous stamp.
+    pub stamper: crate::clock::Stamper,
 }
 
 impl Running {

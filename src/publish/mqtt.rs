@@ -96,7 +96,8 @@ impl MqttPublisher {
     /// Opens the outbox in the state directory and starts connecting.
     pub fn start(opts: PublisherOptions) -> Result<MqttPublisher, PublishError> {
         let m = &opts.mqtt;
-        let outbox = Outbox::open(&opts.state_dir, m.outbox_max_rows, m.outbox_max_bytes)?;
+        let outbox = Outbox::open(&opts.state_dir, m.outbox_max_rows, m.outbox_max_bytes)?
+            .with_commit_interval(m.outbox_commit_interval);
         let topics = Topics::new(&m.topic_prefix, &opts.device_id, m.discovery_prefix.as_deref());
         let mqtt_options = options(m, &topics.availability)?;
         let (client, mut eventloop) = AsyncClient::new(mqtt_options, CHANNEL);
@@ -147,9 +148,9 @@ impl MqttPublisher {
             in_window: 0,
             cursor: None,
             replay_upto: None,
-            last_commit: Instant::now() - commit_interval,
             commit_failing: false,
             health: Health::new(),
+            file_connects: 0,
             closing: None,
             opts,
         };
@@ -310,10 +311,11 @@ struct Driver {
     /// Rows up to this `seq` were in the outbox when the connection came
     /// up: they are late and go out with `replayed: true`.
     replay_upto: Option<u64>,
-    last_commit: Instant,
     /// The last commit failed; reported when it starts and when it ends.
     commit_failing: bool,
     health: Health,
+    /// `health.connects` when diagnostics.json was last written.
+    file_connects: u64,
     /// Set by `close`: finish by this deadline.
     closing: Option<Instant>,
 }
@@ -325,16 +327,16 @@ impl Driver {
         let mut diagnostics = tokio::time::interval(self.diagnostics_interval);
         diagnostics.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let commit_at = self.outbox.dirty().then_some(self.last_commit + self.commit_interval);
+            let commit_at = self.outbox.due().map(Instant::from_std);
             let far = Instant::now() + Duration::from_secs(3600);
             tokio::select! {
                 msg = self.rx.recv(), if self.closing.is_none() => match msg {
                     Some(Msg::Result { seq, view, payload, inference_ms, total_ms }) => {
                         self.outbox.push(seq, &view, payload);
                         (self.health.inference_ms, self.health.total_ms) = (Some(inference_ms), Some(total_ms));
-                        if self.last_commit.elapsed() >= self.commit_interval {
-                            self.commit_and_send();
-                        }
+                        // Straight from memory: acknowledged within the
+                        // commit interval, it is never written.
+                        self.send_rows();
                     }
                     Some(Msg::Retained { view, what, payload }) => {
                         let topic = self.topics.view(&view, what);
@@ -408,6 +410,7 @@ impl Driver {
                 }
             }
         }
+        self.outbox.finish();
         self.commit();
         if self.outbox.pending() > 0 {
             warn!("MQTT: {} results could not be written to the outbox and are lost", self.outbox.pending());
@@ -421,7 +424,6 @@ impl Driver {
 
     fn commit_and_send(&mut self) {
         self.commit();
-        self.last_commit = Instant::now();
         self.send_rows();
     }
 
@@ -468,7 +470,10 @@ impl Driver {
             if rows.is_empty() {
                 return;
             }
+            let clock = crate::clock::now();
             for (seq, payload) in rows {
+                // Taken before the clock was synchronised: fixed now.
+                let payload = crate::clock::settle(&payload, &clock).map_or(payload, |(p, _)| p);
                 let late = self.replay_upto.is_some_and(|u| seq <= u);
                 let (view, _) = head(&payload);
                 let result = self.topics.view(&view, "result");
@@ -571,7 +576,6 @@ impl Driver {
         // Deletes of rows acknowledged before the outage land first, so they
         // are not sent again.
         self.commit();
-        self.last_commit = Instant::now();
         self.cursor = None;
         self.replay_upto = self.outbox.newest().unwrap_or(None);
         if let Some(upto) = self.replay_upto {
@@ -720,8 +724,15 @@ impl Driver {
     fn diagnostics(&mut self) {
         let payload = self.health.payload(self.outbox.depth(), self.outbox.bytes(), self.outbox.dropped());
         let bytes = serde_json::to_vec(&payload).unwrap_or_default();
-        if let Err(e) = write_file(&self.diagnostics_file, &bytes) {
-            debug!("{}: {e}", self.diagnostics_file.display());
+        // The file is for when the broker is away; while it is there (and
+        // keeps the payload retained) the card is spared: written on
+        // connecting and stopping only (each write cost ~20 kB of ext4
+        // journal, 1.2 MB/h at the default interval; BENCHMARKS.md).
+        if !self.connected || self.closing.is_some() || self.file_connects != self.health.connects {
+            self.file_connects = self.health.connects;
+            if let Err(e) = write_file(&self.diagnostics_file, &bytes) {
+                debug!("{}: {e}", self.diagnostics_file.display());
+            }
         }
         if self.connected {
             self.publish(&self.topics.diagnostics.clone(), true, bytes, Sent::Other);

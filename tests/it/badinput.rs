@@ -443,7 +443,14 @@ fn a_full_disk_under_the_outbox_is_reported_and_delivery_resumes_when_space_retu
     let broker = Broker::start();
     let sub = Listener::new(broker.port, result_topic());
     let d = tempfile::tempdir().unwrap();
-    let mut lookout = Limited::start(&looping_config(d.path(), broker.port));
+    // Every result written: with a healthy broker results are acknowledged
+    // before they are due on disk, and a full disk would only show at the
+    // next seq reservation (1000 results later).
+    let cfg = looping_config(d.path(), broker.port);
+    let text =
+        std::fs::read_to_string(&cfg).unwrap().replace("outbox_commit_interval = 0.2", "outbox_commit_interval = 0");
+    std::fs::write(&cfg, text).unwrap();
+    let mut lookout = Limited::start(&cfg);
     let msgs = sub.until(MIN * 2, |m| received(m).len() >= 5);
     assert!(received(&msgs).len() >= 5, "{}", lookout.log());
 

@@ -148,6 +148,21 @@ pub fn digits_config(frames: &Path, model: &str, port: u16, extra: &str) -> Stri
     )
 }
 
+/// The digits samples replayed in a loop on one thread, published to
+/// 127.0.0.1:`port` as device `id`; `mqtt` adds keys to `[mqtt]`.
+pub fn digits_loop_config(id: &str, state_dir: &str, port: u16, mqtt: &str, interval: f64) -> String {
+    let models = root().join("models/digits");
+    format!(
+        "[device]\nid = \"{id}\"\nstate_dir = \"{state_dir}\"\n\n\
+         [source]\nkind = \"files\"\npath = \"{}\"\nloop = true\n\n\
+         [model]\npath = \"{}\"\nthreads = 1\n\n\
+         [mqtt]\nhost = \"127.0.0.1\"\nport = {port}\n{mqtt}\n\n\
+         [schedule]\ninterval = {interval:?}\n",
+        models.join("samples").display(),
+        models.join("digits-int8.onnx").display(),
+    )
+}
+
 // ---- for the MQTT fault tests (tests/mqtt.rs) ------------------------------
 
 impl Broker {

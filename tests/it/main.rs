@@ -17,6 +17,7 @@ mod e2e;
 mod inference;
 mod model;
 mod mqtt;
+mod offline;
 mod preprocess;
 mod soak;
 mod systemd;

@@ -68,20 +68,11 @@ fn soak(dir: &Path, n: usize, restart_every: usize) -> Report {
     eprintln!("soak: {:?}, {n} results, broker restarted every {restart_every}", lookout().get_program());
     let mut broker = Broker::start_persistent();
     let sub = Listener::persistent(broker.port, TOPIC, "soak-subscriber");
-    let models = root().join("models/digits");
     // No interval to speak of and no fps: the replay runs at the speed of
     // inference. Commits every 0.2 s keep the outbox close behind.
-    let text = format!(
-        "[device]\nid = \"soak\"\nstate_dir = \"state\"\n\n\
-         [source]\nkind = \"files\"\npath = \"{}\"\nloop = true\n\n\
-         [model]\npath = \"{}\"\nthreads = 1\n\n\
-         [mqtt]\nhost = \"127.0.0.1\"\nport = {}\nkeep_alive = 5\nconnect_timeout = 2\n\
-         reconnect_min = 0.1\nreconnect_max = 0.5\noutbox_commit_interval = 0.2\n\n\
-         [schedule]\ninterval = 0.000001\n",
-        models.join("samples").display(),
-        models.join("digits-int8.onnx").display(),
-        broker.port,
-    );
+    let mqtt =
+        "keep_alive = 5\nconnect_timeout = 2\nreconnect_min = 0.1\nreconnect_max = 0.5\noutbox_commit_interval = 0.2";
+    let text = digits_loop_config("soak", "state", broker.port, mqtt, 0.000001);
     let cfg = write_config(dir, &text);
     // No line per result: at this speed logging would be most of the work.
     let mut lookout = Daemon::start(&cfg, &[("RUST_LOG", "info,lookout::daemon=warn")]);
