@@ -31,6 +31,7 @@ mod exit {
     pub const DATA: u8 = 65;
     pub const NO_INPUT: u8 = 66;
     pub const SOURCE: u8 = 69;
+    pub const CANT_CREATE: u8 = 73;
     pub const CONFIG: u8 = 78;
     pub const MODEL: u8 = 79;
 }
@@ -67,6 +68,9 @@ enum Command {
     CheckConfig { config: PathBuf },
     /// List V4L2 cameras with their formats, sizes and rates.
     Cameras,
+    /// Install an exported model where the service reads it.
+    #[command(subcommand)]
+    Model(ModelCommand),
     /// Measure the model: load time, then inference latency over N runs
     /// after a warm-up, and peak memory.
     Bench {
@@ -104,6 +108,22 @@ enum Command {
         /// print the most expensive op kinds.
         #[arg(long, value_name = "RUNS")]
         profile: Option<usize>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Copy the int8 model, its manifest and labels from an export folder
+    /// (tools/export_model.py --out), check its sha256, and print the
+    /// model.path line to set.
+    Install {
+        /// The export folder, or one .onnx file in it.
+        from: PathBuf,
+        #[arg(long, default_value = lookout::model::install::MODELS_DIR)]
+        models_dir: PathBuf,
+        /// Also set model.path in this config file (the rest of it stays).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -167,6 +187,9 @@ fn main() -> ExitCode {
         Command::Classify { config, model, logits, images } => classify(&config, model.as_deref(), logits, &images),
         Command::CheckConfig { config } => check_config(&config),
         Command::Cameras => cameras(),
+        Command::Model(ModelCommand::Install { from, models_dir, config }) => {
+            model_install(&from, &models_dir, config.as_deref())
+        }
         Command::Bench {
             config,
             model,
@@ -232,6 +255,37 @@ fn check_config(path: &Path) -> Result<(), Fatal> {
     let cfg = Config::load(path)?;
     triggers(&cfg)?;
     print!("# {} is valid; resolved:\n{}", path.display(), cfg.to_toml());
+    Ok(())
+}
+
+/// `lookout model install`; the work is in `lookout::model::install`.
+fn model_install(from: &Path, models_dir: &Path, config: Option<&Path>) -> Result<(), Fatal> {
+    use lookout::model::install::{install, set_model_path, InstallError};
+    let fatal = |e: InstallError| {
+        let code = match e {
+            InstallError::Missing { .. } => exit::NO_INPUT,
+            InstallError::Manifest(_) | InstallError::Checksum { .. } => exit::MODEL,
+            InstallError::Write { .. } => exit::CANT_CREATE,
+            InstallError::Config { .. } => exit::CONFIG,
+        };
+        Fatal { code, message: e.to_string() }
+    };
+    let done = install(from, models_dir).map_err(fatal)?;
+    let dir = done.model.parent().unwrap_or(models_dir);
+    println!("installed {} (sha256 {} checked) in {}/", done.name, done.sha256, dir.display());
+    let line = format!("path = {:?}", done.model.display().to_string());
+    match config {
+        None => println!("set it in the [model] section of your config:\n{line}"),
+        Some(cfg) => {
+            let edit = set_model_path(cfg, &done.model).map_err(fatal)?;
+            let was = edit.previous.map(|p| format!(" (was {p:?})")).unwrap_or_default();
+            println!("{}: [model] {line}{was}", cfg.display());
+            for key in edit.overrides {
+                println!("note: {} also sets model.{key}, which overrides the installed model's own", cfg.display());
+            }
+            println!("check it with `lookout check-config {}`, then `sudo systemctl restart lookout`", cfg.display());
+        }
+    }
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 //! type stays in `tract.rs`.
 
 mod attention;
+pub mod install;
 pub mod manifest;
 mod onnx;
 mod passes;

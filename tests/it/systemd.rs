@@ -45,6 +45,9 @@ fn the_unit_passes_systemd_analyze_verify_and_security() {
         "Restart=on-failure",
         "LoadCredential=mqtt-password",
         "DeviceAllow=char-video4linux rw",
+        // CSI cameras through libcamera (rpicam-vid).
+        "DeviceAllow=char-media rw",
+        "DeviceAllow=char-dma_heap rw",
         "SupplementaryGroups=video",
         "ProtectSystem=strict",
         "StateDirectory=lookout",
@@ -52,6 +55,8 @@ fn the_unit_passes_systemd_analyze_verify_and_security() {
     ] {
         assert!(text.lines().any(|l| l.starts_with(key)), "the unit lacks {key}");
     }
+    // tract reads /proc/cpuinfo for the CPU's features on ARM.
+    assert!(!text.lines().any(|l| l.starts_with("ProcSubset=")), "ProcSubset= hides /proc/cpuinfo");
 
     // verify exits 0 even on unknown keys: any output is a failure.
     let said = verify_output(&analyze, &unit);
@@ -60,7 +65,17 @@ fn the_unit_passes_systemd_analyze_verify_and_security() {
     let broken = tempfile::tempdir().unwrap();
     let said = verify_output(&analyze, &unit_copy(broken.path(), "Bogus=1\n"));
     assert!(said.contains("Bogus"), "verify did not flag an unknown key: {said:?}");
+    // The Jetson drop-in the package ships, read from beside the unit.
+    let dropins = dir.path().join("lookout.service.d");
+    std::fs::create_dir(&dropins).unwrap();
+    std::fs::copy(root().join("systemd/jetson-argus.conf"), dropins.join("jetson-argus.conf")).unwrap();
+    let said = verify_output(&analyze, &unit);
+    assert!(said.is_empty(), "systemd-analyze verify complained about the Jetson drop-in:\n{said}");
+    std::fs::write(dropins.join("zz-bogus.conf"), "[Service]\nBogus=1\n").unwrap();
+    assert!(verify_output(&analyze, &unit).contains("Bogus"), "verify did not read the drop-ins");
+    std::fs::remove_file(dropins.join("zz-bogus.conf")).unwrap();
 
+    // Scored with the Jetson drop-in, its extra devices and bind included.
     let out = Command::new(&analyze).args(["security", "--offline=yes"]).arg(&unit).output().unwrap();
     let report = String::from_utf8_lossy(&out.stdout);
     let line = report.lines().find(|l| l.contains("Overall exposure level")).unwrap_or_else(|| panic!("{report}"));
