@@ -215,17 +215,34 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            eprintln!("lookout: error: {}", f.message);
+            // At error priority in the journal, so `journalctl -p err`
+            // shows why the service failed.
+            let prio = if under_journald() { "<3>" } else { "" };
+            eprintln!("{prio}lookout: error: {}", f.message);
             ExitCode::from(f.code)
         }
     }
 }
 
+/// Whether stderr is the journal: JOURNAL_STREAM names its device and
+/// inode (systemd.exec(5)). A shell started from a service, such as a
+/// terminal in a desktop session, inherits the variable but not the stream.
+fn under_journald() -> bool {
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else { return false };
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat writes into the struct it is given; fd 2 may be closed,
+    // which it reports as an error.
+    if unsafe { libc::fstat(2, &mut st) } != 0 {
+        return false;
+    }
+    stream.to_str() == Some(&format!("{}:{}", st.st_dev, st.st_ino))
+}
+
 /// journald adds its own timestamps and reads `<N>` priority prefixes, so
-/// under systemd (JOURNAL_STREAM set) log lines carry a priority instead.
+/// under systemd log lines carry a priority instead.
 fn init_logging() {
     let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
+    if under_journald() {
         b.format(|buf, record| {
             let prio = match record.level() {
                 log::Level::Error => 3,
