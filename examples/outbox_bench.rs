@@ -46,7 +46,7 @@ fn main() {
         let (w0, t0) = (written(), Instant::now());
         for _ in 0..commits {
             for _ in 0..per_commit {
-                o.push(seq, payload(seq));
+                o.push(seq, "main", payload(seq));
                 seq += 1;
             }
             o.commit().unwrap();
@@ -73,7 +73,7 @@ fn main() {
     // An outage of 10,000 results, replayed in windows of 64 as the driver does.
     let mut o = Outbox::open(&dir.join("replay"), 100_000, 64 << 20).unwrap();
     for s in 0..10_000 {
-        o.push(s, payload(s));
+        o.push(s, "main", payload(s));
     }
     let t = Instant::now();
     o.commit().unwrap();

@@ -49,6 +49,7 @@
 //! messages and exit codes.
 
 pub mod capture;
+pub mod command;
 pub mod config;
 pub mod daemon;
 pub mod frame;
@@ -56,7 +57,10 @@ pub mod model;
 pub mod postprocess;
 pub mod preprocess;
 pub mod publish;
+pub mod secret;
 pub mod shutdown;
+pub mod snapshot;
+pub mod stats;
 pub mod systemd;
 pub mod thermal;
 pub mod triggers;

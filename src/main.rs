@@ -10,16 +10,17 @@ use clap::{Parser, Subcommand};
 use log::info;
 
 use lookout::capture::{self, CaptureError};
+use lookout::command::Inbox;
 use lookout::config::{Config, ConfigError};
-use lookout::daemon;
+use lookout::daemon::{self, Overrides, View};
 use lookout::frame::Frame;
 use lookout::model::{
     kernel_summary, Classifier, LoadOptions, ModelError, TractClassifier, POOL_THREAD_PREFIX, TRACT_VERSION,
 };
 use lookout::postprocess::{top_k, Latency};
-use lookout::preprocess::{ColorRange, Preprocessor};
-use lookout::publish::{MqttPublisher, NoPublisher, Publisher};
-use lookout::shutdown::Shutdown;
+use lookout::preprocess::{ColorRange, PreprocessParams, Preprocessor};
+use lookout::publish::{MqttPublisher, NoPublisher, Publisher, PublisherOptions, SourceInfo, TriggerInfo, ViewInfo};
+use lookout::shutdown::{Bell, Shutdown};
 use lookout::systemd;
 use lookout::triggers::{TriggerError, Triggers};
 
@@ -68,6 +69,18 @@ enum Command {
     CheckConfig { config: PathBuf },
     /// List V4L2 cameras with their formats, sizes and rates.
     Cameras,
+    /// Take one frame from the configured source and draw every view's
+    /// region and the square the model sees on it, to aim the camera and
+    /// set `roi` by looking.
+    Snapshot {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only this view (and its source).
+        #[arg(long)]
+        view: Option<String>,
+        /// Where to write the picture (.jpg or .png).
+        out: PathBuf,
+    },
     /// Install an exported model where the service reads it.
     #[command(subcommand)]
     Model(ModelCommand),
@@ -187,6 +200,7 @@ fn main() -> ExitCode {
         Command::Classify { config, model, logits, images } => classify(&config, model.as_deref(), logits, &images),
         Command::CheckConfig { config } => check_config(&config),
         Command::Cameras => cameras(),
+        Command::Snapshot { config, view, out } => snapshot(&config, view.as_deref(), &out),
         Command::Model(ModelCommand::Install { from, models_dir, config }) => {
             model_install(&from, &models_dir, config.as_deref())
         }
@@ -256,22 +270,53 @@ fn init_logging() {
     b.init();
 }
 
-/// The trigger stage, its groups and thresholds checked against the labels.
-fn triggers(cfg: &Config) -> Result<Option<Triggers>, Fatal> {
-    if !cfg.triggers.enabled {
-        return Ok(None);
-    }
+/// The views, their triggers checked against the model's labels. Before the
+/// model loads: that takes minutes on a Pi, a typo in a group should not.
+fn views(cfg: &Config) -> Result<Vec<View>, Fatal> {
     let labels = lookout::model::load_labels(&cfg.model.labels)?;
-    let t =
-        Triggers::new(&cfg.triggers, &labels).map_err(|e| Fatal::from(e).prefixed(&cfg.file.display().to_string()))?;
-    info!("triggers: {} groups and classes, publishing {:?}", t.groups().len(), cfg.triggers.publish);
-    Ok(Some(t))
+    let mut views = vec![];
+    for v in &cfg.views {
+        let triggers = if v.triggers.enabled {
+            let t = Triggers::new(&v.triggers, &labels).map_err(|e| {
+                let at = if cfg.views.len() > 1 {
+                    format!("{} (view {})", cfg.file.display(), v.name)
+                } else {
+                    cfg.file.display().to_string()
+                };
+                Fatal::from(e).prefixed(&at)
+            })?;
+            let (policy, _) = t.policy();
+            info!("{}: triggers on {} groups and classes, publishing {policy:?}", v.name, t.groups().len());
+            Some(t)
+        } else {
+            None
+        };
+        let preprocess =
+            PreprocessParams { roi: v.roi, crop_fraction: v.crop_fraction, ..cfg.model.preprocess.clone() };
+        views.push(View { config: v.clone(), preprocess, triggers });
+    }
+    Ok(views)
 }
 
 fn check_config(path: &Path) -> Result<(), Fatal> {
     let cfg = Config::load(path)?;
-    triggers(&cfg)?;
+    views(&cfg)?;
+    if let Some(warning) = cfg.exposed_secret() {
+        log::warn!("{warning}");
+    }
     print!("# {} is valid; resolved:\n{}", path.display(), cfg.to_toml());
+    let saved = Overrides::path(&cfg.device.state_dir);
+    match Overrides::load(&saved) {
+        Ok(o) if !o.is_empty() => {
+            let text = toml::to_string_pretty(&o).unwrap_or_default();
+            println!("\n# Changed by commands, kept in {} (they win over the above):", saved.display());
+            for line in text.lines() {
+                println!("# {line}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => log::warn!("{e}"),
+    }
     Ok(())
 }
 
@@ -367,32 +412,87 @@ fn cameras() -> Result<(), Fatal> {
     Ok(())
 }
 
+/// `lookout snapshot`: one frame with the views drawn on it.
+fn snapshot(config: &Path, view: Option<&str>, out: &Path) -> Result<(), Fatal> {
+    use lookout::snapshot::{aim, COLOURS};
+    let cfg = Config::load(config)?;
+    let names: Vec<&str> = cfg.views.iter().map(|v| v.name.as_str()).collect();
+    let source = match view {
+        Some(name) => match cfg.views.iter().find(|v| v.name == name) {
+            Some(v) => v.source.clone(),
+            None => {
+                let message = format!("no view {name:?} in {}; the views are {}", config.display(), names.join(", "));
+                return Err(Fatal { code: exit::CONFIG, message });
+            }
+        },
+        None if cfg.sources.len() == 1 => cfg.sources.keys().next().cloned().unwrap_or_default(),
+        None => {
+            let message =
+                format!("{} has several sources; name a view with --view ({})", config.display(), names.join(", "));
+            return Err(Fatal { code: exit::CONFIG, message });
+        }
+    };
+    let views: Vec<_> = cfg.views.iter().filter(|v| v.source == source && view.is_none_or(|n| n == v.name)).collect();
+    let spec = &cfg.sources[&source];
+    let mut frames = capture::open(spec)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let frame = loop {
+        match frames.next_frame() {
+            Ok(Some(f)) => break f,
+            Ok(None) => return Err(Fatal { code: exit::SOURCE, message: format!("{}: no frames", frames.name()) }),
+            Err(CaptureError::NotYet { wait }) => std::thread::sleep(wait.min(Duration::from_millis(200))),
+            Err(e) => log::warn!("{e}"),
+        }
+        if Instant::now() > deadline {
+            return Err(Fatal { code: exit::SOURCE, message: format!("{}: no frame within 30 s", frames.name()) });
+        }
+    };
+    let full = lookout::preprocess::frame_rgb(&frame, spec.color_range())
+        .map_err(|e| Fatal { code: exit::DATA, message: format!("{}: {e}", frames.name()) })?;
+    let picture = aim(&full, &views.iter().map(|v| (v.roi, v.crop_fraction)).collect::<Vec<_>>());
+    picture.save(out).map_err(|e| Fatal {
+        code: exit::FAILURE,
+        message: format!("{}: cannot write the picture: {e}", out.display()),
+    })?;
+    println!("{} ({}x{} from {}):", out.display(), full.width(), full.height(), frames.name());
+    for (i, v) in views.iter().enumerate() {
+        let (side, left, top) = lookout::preprocess::crop_region(full.width(), full.height(), v.roi, v.crop_fraction);
+        let roi = v.roi.map_or("the whole frame".to_owned(), |r| format!("roi {r:?}"));
+        println!(
+            "  {}: {} ({roi}; the model sees the {side}x{side} square at {left},{top})",
+            v.name,
+            COLOURS[i % COLOURS.len()].0
+        );
+    }
+    Ok(())
+}
+
 fn run(path: &Path) -> Result<(), Fatal> {
     let cfg = Config::load(path)?;
+    let fault = match std::env::var("LOOKOUT_FAULT") {
+        Ok(f) => Some(daemon::Fault::parse(&f).map_err(|message| Fatal { code: exit::CONFIG, message })?),
+        Err(_) => None,
+    };
     let shutdown = Shutdown::new();
     handle_signals(&shutdown)?;
 
-    // Before the model: loading a large one takes minutes on a Pi, a typo in
-    // a group should not.
-    let triggers = triggers(&cfg)?;
+    let views = views(&cfg)?;
     let mut classifier = load_model(&cfg)?;
-    let source = capture::open(&cfg.source)?;
-    info!("frames from {}", source.name());
+    let mut sources = vec![];
+    for (name, source) in &cfg.sources {
+        let frames = capture::open(source)?;
+        info!("source {name}: frames from {}", frames.name());
+        sources.push(daemon::Source { name: name.clone(), frames, color_range: source.color_range() });
+    }
+    let names: Vec<String> =
+        cfg.views.iter().map(|v| format!("{} every {:.2} s", v.name, v.interval.as_secs_f64())).collect();
     // Ready before connecting: a dead broker must not fail the start; the
     // publisher queues and reconnects.
-    systemd::ready(&format!("classifying {} every {:.2} s", source.name(), cfg.schedule.interval.as_secs_f64()));
-    let hooks = daemon::Hooks { triggers, thermal: Some(cfg.thermal.clone()), ..Default::default() };
-    if let Some(period) = systemd::watchdog_period() {
-        let longest = if cfg.thermal.enabled {
-            cfg.schedule.interval.mul_f64(cfg.thermal.stretch)
-        } else {
-            cfg.schedule.interval
-        };
-        systemd::spawn_watchdog(period, longest, hooks.progress.clone(), shutdown.clone())
-            .map_err(|e| anyhow::anyhow!("watchdog thread: {e}"))?;
-    }
+    systemd::ready(&format!("classifying {}", names.join(", ")));
+    let inbox = Inbox::new(Bell::default());
     let mut publisher: Box<dyn Publisher> = if cfg.mqtt.enabled {
-        let p = MqttPublisher::start(&cfg).map_err(|e| {
+        let opts = publisher_options(&cfg, &views, &classifier.info().name, &inbox);
+        let p = MqttPublisher::start(opts).map_err(|e| {
             let code = if e.is_config() { exit::CONFIG } else { exit::FAILURE };
             Fatal { code, message: e.to_string() }
         })?;
@@ -401,15 +501,20 @@ fn run(path: &Path) -> Result<(), Fatal> {
     } else {
         Box::new(NoPublisher)
     };
+    let watchdog = systemd::Watchdog::from_env();
+    if let Some(w) = &watchdog {
+        info!("systemd watchdog: {:.1} s", w.period().as_secs_f64());
+    }
     let opts = daemon::Options {
-        interval: cfg.schedule.interval,
         top_k: cfg.model.top_k,
-        preprocess: cfg.model.preprocess.clone(),
-        color_range: cfg.source.color_range(),
         health: cfg.health.clone(),
+        thermal: Some(cfg.thermal.clone()),
+        watchdog,
+        state_dir: Some(cfg.device.state_dir.clone()),
+        fault,
     };
-    let stats = daemon::run_with(&opts, source, &mut classifier, publisher.as_mut(), shutdown, hooks)
-        .map_err(|e| anyhow::anyhow!(e))?;
+    let stats = daemon::run(opts, sources, views, &mut classifier, publisher.as_mut(), &inbox, shutdown)
+        .map_err(|e| Fatal { code: exit::CONFIG, message: e.to_string() })?;
     systemd::stopping("flushing results");
     publisher.close(Duration::from_secs(5));
     info!(
@@ -423,6 +528,47 @@ fn run(path: &Path) -> Result<(), Fatal> {
         stats.publish_errors
     );
     Ok(())
+}
+
+/// What the publisher needs to know, from the config and the loaded views.
+fn publisher_options(cfg: &Config, views: &[View], model_name: &str, inbox: &Inbox) -> PublisherOptions {
+    let sources = cfg
+        .sources
+        .keys()
+        .map(|name| SourceInfo {
+            name: name.clone(),
+            views: views
+                .iter()
+                .filter(|v| &v.config.source == name)
+                .map(|v| ViewInfo {
+                    name: v.config.name.clone(),
+                    interval: v.config.interval.as_secs_f64(),
+                    snapshots: v.config.snapshots.is_some(),
+                    triggers: v.triggers.as_ref().map(|t| {
+                        let (publish, heartbeat) = t.policy();
+                        let mut states: Vec<String> = t.groups().iter().map(|g| g.name.clone()).collect();
+                        states.push(lookout::triggers::UNKNOWN.into());
+                        TriggerInfo {
+                            states,
+                            groups: t.named_groups().iter().map(|g| g.name.clone()).collect(),
+                            publish,
+                            heartbeat,
+                        }
+                    }),
+                })
+                .collect(),
+        })
+        .collect();
+    PublisherOptions {
+        mqtt: cfg.mqtt.clone(),
+        device_id: cfg.device.id.clone(),
+        device_name: cfg.device.name.clone(),
+        state_dir: cfg.device.state_dir.clone(),
+        model_name: model_name.to_owned(),
+        sources,
+        thermal_stretch: if cfg.thermal.enabled { cfg.thermal.stretch } else { 1.0 },
+        inbox: cfg.mqtt.commands.then(|| inbox.clone()),
+    }
 }
 
 fn handle_signals(shutdown: &Shutdown) -> Result<(), Fatal> {

@@ -34,6 +34,8 @@ pub struct ModelRef {
 pub struct Classification {
     /// Result counter, so consumers can spot gaps and duplicates.
     pub seq: u64,
+    /// The view (named region of a source) classified; part of the topic.
+    pub view: String,
     /// The frame's own counter from its source.
     pub frame_seq: u64,
     #[serde(serialize_with = "rfc3339")]
@@ -45,6 +47,10 @@ pub struct Classification {
     pub score: f32,
     pub top_k: Vec<Ranked>,
     pub latency_ms: Latency,
+    /// How long after its due time the classification started (another
+    /// view was being classified, or the model is slower than the
+    /// interval); 0 for a result a command asked for.
+    pub late_ms: f64,
     pub model: ModelRef,
     /// Camera health when the frame was taken ("ok", "stale", "frozen",
     /// "dark"); Home Assistant's camera-problem sensor reads it.

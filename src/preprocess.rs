@@ -217,7 +217,7 @@ impl Preprocessor {
                     self.normalize(Channels::Rgb, out);
                     return Ok(());
                 }
-                self.yuv.convert_crop(frame, left as usize, top as usize, side as usize, &mut self.rgb);
+                self.yuv.convert_crop(frame, left as usize, top as usize, side as usize, side as usize, &mut self.rgb);
                 let rgb = std::mem::take(&mut self.rgb);
                 let r = self.resize(&rgb, fr::PixelType::U8x3, side, side, (side, 0, 0));
                 self.rgb = rgb;
@@ -470,6 +470,40 @@ pub fn decode(data: &[u8]) -> Result<image::RgbImage, PreprocessError> {
     Ok(img.into_rgb8())
 }
 
+/// The whole frame as RGB8: for pictures people look at (snapshots, aiming
+/// the camera), not for the model's path, which converts only its crop.
+pub fn frame_rgb(frame: &Frame, range: ColorRange) -> Result<image::RgbImage, PreprocessError> {
+    if frame.data.is_empty() {
+        return Err(PreprocessError::Empty { width: frame.width, height: frame.height, len: 0 });
+    }
+    let (w, h) = (frame.width, frame.height);
+    let mut rgb = vec![];
+    let (w, h) = match frame.format {
+        PixelFormat::Encoded => decode_into(&frame.data, &mut rgb)?,
+        PixelFormat::Rgb8 => {
+            check_len(frame)?;
+            rgb.extend_from_slice(&frame.data);
+            (w, h)
+        }
+        PixelFormat::Bgr8 => {
+            check_len(frame)?;
+            rgb.extend(frame.data.chunks_exact(3).flat_map(|p| [p[2], p[1], p[0]]));
+            (w, h)
+        }
+        PixelFormat::Gray8 => {
+            check_len(frame)?;
+            rgb.extend(frame.data.iter().flat_map(|&g| [g, g, g]));
+            (w, h)
+        }
+        PixelFormat::Yuyv | PixelFormat::Nv12 => {
+            check_len(frame)?;
+            Yuv::new(range).convert_crop(frame, 0, 0, w as usize, h as usize, &mut rgb);
+            (w, h)
+        }
+    };
+    image::RgbImage::from_raw(w, h, rgb).ok_or(PreprocessError::Empty { width: w, height: h, len: 0 })
+}
+
 /// BT.601 YCbCr -> RGB in 16-bit fixed point, through tables so a pixel
 /// costs a few loads and adds. The tables hold the exact inverse of the
 /// BT.601 matrix scaled by `1 << SHIFT`; results round to nearest like the
@@ -527,13 +561,13 @@ impl Yuv {
         px
     }
 
-    /// Converts the `side` x `side` square at (`left`, `top`) of a YUYV or
-    /// NV12 frame (length already checked) to packed RGB8 in `rgb`. Each
+    /// Converts the `side` x `rows` rectangle at (`left`, `top`) of a YUYV
+    /// or NV12 frame (length already checked) to packed RGB8 in `rgb`. Each
     /// pixel takes the chroma of its horizontal pair (and, for NV12, its
     /// 2x2 block): the same siting the camera subsampled with.
-    fn convert_crop(&self, frame: &Frame, left: usize, top: usize, side: usize, rgb: &mut Vec<u8>) {
+    fn convert_crop(&self, frame: &Frame, left: usize, top: usize, side: usize, rows: usize, rgb: &mut Vec<u8>) {
         let w = frame.width as usize;
-        rgb.resize(side * side * 3, 0);
+        rgb.resize(side * rows * 3, 0);
         let d = &frame.data;
         // A crop may start or end in the middle of a chroma pair; those
         // pixels go one at a time, whole pairs in the loop.
@@ -636,17 +670,17 @@ mod tests {
         let data = vec![100, 60, 110, 220, 120, 220, 130, 60];
         let f = frame(PixelFormat::Yuyv, 4, 1, data);
         let mut rgb = Vec::new();
-        yuv.convert_crop(&f, 1, 0, 1, &mut rgb);
+        yuv.convert_crop(&f, 1, 0, 1, 1, &mut rgb);
         assert_eq!(rgb, yuv.rgb(110, 60, 220));
-        yuv.convert_crop(&f, 2, 0, 1, &mut rgb);
+        yuv.convert_crop(&f, 2, 0, 1, 1, &mut rgb);
         assert_eq!(rgb, yuv.rgb(120, 220, 60));
-        yuv.convert_crop(&f, 0, 0, 1, &mut rgb);
+        yuv.convert_crop(&f, 0, 0, 1, 1, &mut rgb);
         assert_eq!(rgb, yuv.rgb(100, 60, 220));
         // NV12 4x2: Y plane then one UV row for both lines.
         let nv12 = frame(PixelFormat::Nv12, 4, 2, vec![10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 160, 170]);
-        yuv.convert_crop(&nv12, 1, 1, 1, &mut rgb);
+        yuv.convert_crop(&nv12, 1, 1, 1, 1, &mut rgb);
         assert_eq!(rgb, yuv.rgb(60, 90, 100));
-        yuv.convert_crop(&nv12, 3, 1, 1, &mut rgb);
+        yuv.convert_crop(&nv12, 3, 1, 1, 1, &mut rgb);
         assert_eq!(rgb, yuv.rgb(80, 160, 170));
     }
 
@@ -702,7 +736,7 @@ mod tests {
             [frame(PixelFormat::Yuyv, w as u32, h as u32, yuyv), frame(PixelFormat::Nv12, w as u32, h as u32, nv12)]
         {
             let mut rgb = Vec::new();
-            p.yuv.convert_crop(&f, 420, 0, 1080, &mut rgb);
+            p.yuv.convert_crop(&f, 420, 0, 1080, 1080, &mut rgb);
             let (mut planes, mut exact) = (vec![0.0; p.output_len()], vec![0.0; p.output_len()]);
             p.run(&f, &mut planes).unwrap();
             p.run(&frame(PixelFormat::Rgb8, 1080, 1080, rgb), &mut exact).unwrap();

@@ -1,74 +1,17 @@
-//! systemd integration: readiness, status, stopping and a watchdog that is
-//! only fed while the pipeline makes progress. A daemon that pings from a
-//! timer thread would look alive with a hung camera or a stuck inference;
-//! this one stops pinging and systemd restarts it. Every call is a no-op
-//! when not started by systemd (no `NOTIFY_SOCKET`).
+//! systemd integration: readiness, status, stopping and the watchdog.
+//!
+//! The watchdog is fed by the daemon's loop itself, on every wake-up, and
+//! the loop wakes at least every quarter period whatever its interval: so
+//! the pings prove that the loop runs, not that a timer thread does. A hung
+//! inference stops them and systemd restarts the service; a camera that
+//! delivers nothing does not (that is a health state the loop publishes,
+//! and restarting would only reload the model). Every call is a no-op when
+//! not started by systemd (no `NOTIFY_SOCKET`).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use log::{debug, info, warn};
+use log::debug;
 use sd_notify::NotifyState;
-
-use crate::shutdown::Shutdown;
-
-/// Counters the pipeline bumps and the watchdog reads.
-#[derive(Debug, Default)]
-pub struct Progress {
-    frames: AtomicU64,
-    results: AtomicU64,
-}
-
-impl Progress {
-    pub fn frame(&self) {
-        self.frames.fetch_add(1, Ordering::Relaxed);
-    }
-    pub fn result(&self) {
-        self.results.fetch_add(1, Ordering::Relaxed);
-    }
-    /// (frames, results) so far.
-    pub fn counts(&self) -> (u64, u64) {
-        (self.frames.load(Ordering::Relaxed), self.results.load(Ordering::Relaxed))
-    }
-}
-
-/// Decides, from successive counter readings, whether the pipeline is alive:
-/// both counters must have moved within `stall`.
-#[derive(Debug)]
-pub struct Liveness {
-    stall: Duration,
-    last: (u64, u64),
-    frame_moved: Instant,
-    result_moved: Instant,
-}
-
-impl Liveness {
-    pub fn new(stall: Duration, counts: (u64, u64), now: Instant) -> Liveness {
-        Liveness { stall, last: counts, frame_moved: now, result_moved: now }
-    }
-
-    pub fn alive(&mut self, counts: (u64, u64), now: Instant) -> bool {
-        if counts.0 != self.last.0 {
-            self.frame_moved = now;
-        }
-        if counts.1 != self.last.1 {
-            self.result_moved = now;
-        }
-        self.last = counts;
-        now.duration_since(self.frame_moved) < self.stall && now.duration_since(self.result_moved) < self.stall
-    }
-
-    /// Which stage stalled, for the log.
-    pub fn stalled_stage(&self, now: Instant) -> &'static str {
-        if now.duration_since(self.frame_moved) >= self.stall {
-            "no frame captured"
-        } else {
-            "no result produced"
-        }
-    }
-}
 
 fn notify(states: &[NotifyState]) {
     if let Err(e) = sd_notify::notify(states) {
@@ -76,7 +19,7 @@ fn notify(states: &[NotifyState]) {
     }
 }
 
-/// The model is loaded and the frame source open.
+/// The model is loaded and the frame sources open.
 pub fn ready(status: &str) {
     notify(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
@@ -85,51 +28,43 @@ pub fn stopping(status: &str) {
     notify(&[NotifyState::Stopping, NotifyState::Status(status)]);
 }
 
-/// The watchdog period systemd asked for (`WatchdogSec=`), if any.
-pub fn watchdog_period() -> Option<Duration> {
-    sd_notify::watchdog_enabled().filter(|d| !d.is_zero())
+/// Pings systemd's watchdog from the daemon's loop.
+#[derive(Debug)]
+pub struct Watchdog {
+    period: Duration,
+    last: Option<Instant>,
 }
 
-/// Pings systemd's watchdog every quarter `period` while frames and results
-/// keep coming. Half the period without progress counts as a stall, so a
-/// stall is reported to systemd within one period. `interval` is the
-/// longest gap between results in normal operation.
-pub fn spawn_watchdog(
-    period: Duration,
-    interval: Duration,
-    progress: Arc<Progress>,
-    shutdown: Shutdown,
-) -> std::io::Result<JoinHandle<()>> {
-    let stall = period / 2;
-    if interval >= stall {
-        warn!(
-            "the classification interval ({:.1} s, stretched when hot) is not well below half of WatchdogSec ({:.1} s): \
-             raise WatchdogSec= or systemd may restart a healthy lookout",
-            interval.as_secs_f64(),
-            period.as_secs_f64()
-        );
+impl Watchdog {
+    /// The watchdog systemd asked for (`WatchdogSec=`), if any.
+    pub fn from_env() -> Option<Watchdog> {
+        sd_notify::watchdog_enabled().filter(|d| !d.is_zero()).map(Watchdog::new)
     }
-    info!("systemd watchdog: {:.1} s", period.as_secs_f64());
-    std::thread::Builder::new().name("watchdog".into()).spawn(move || {
-        let mut live = Liveness::new(stall, progress.counts(), Instant::now());
-        // The stall last reported, so each is logged once.
-        let mut reported = None;
-        while !shutdown.wait_timeout(period / 4) {
-            let (frames, results) = progress.counts();
-            let now = Instant::now();
-            if live.alive((frames, results), now) {
-                let status = format!("{results} results from {frames} frames");
-                notify(&[NotifyState::Watchdog, NotifyState::Status(&status)]);
-                reported = None;
-            } else {
-                let what = live.stalled_stage(now);
-                if reported.replace(what) != Some(what) {
-                    warn!("{what} for {:.1} s: no longer feeding the systemd watchdog", stall.as_secs_f64());
-                    notify(&[NotifyState::Status(&format!("stalled: {what}"))]);
-                }
-            }
+
+    pub fn new(period: Duration) -> Watchdog {
+        Watchdog { period, last: None }
+    }
+
+    pub fn period(&self) -> Duration {
+        self.period
+    }
+
+    /// The longest the loop may sleep: a quarter period, so that one late
+    /// wake-up (a slow inference) still leaves time before systemd acts.
+    pub fn max_sleep(&self) -> Duration {
+        self.period / 4
+    }
+
+    /// The loop is alive: ping (at most every eighth of the period; the
+    /// loop may wake for every frame) with a status line for `systemctl
+    /// status`.
+    pub fn pet(&mut self, now: Instant, status: impl FnOnce() -> String) {
+        if self.last.is_some_and(|t| now.duration_since(t) < self.period / 8) {
+            return;
         }
-    })
+        self.last = Some(now);
+        notify(&[NotifyState::Watchdog, NotifyState::Status(&status())]);
+    }
 }
 
 #[cfg(test)]
@@ -137,25 +72,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn liveness_needs_both_frames_and_results() {
+    fn pets_are_rate_limited_to_an_eighth_of_the_period() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        sock.set_nonblocking(true).unwrap();
+        // sd_notify reads NOTIFY_SOCKET at each call; no other test sets it.
+        std::env::set_var("NOTIFY_SOCKET", &path);
+        let mut w = Watchdog::new(Duration::from_secs(8));
+        assert_eq!(w.max_sleep(), Duration::from_secs(2));
         let t0 = Instant::now();
-        let at = |ms: u64| t0 + Duration::from_millis(ms);
-        let mut l = Liveness::new(Duration::from_secs(10), (0, 0), t0);
-        // (time ms, frames, results, alive)
-        let table = [
-            (1_000, 0, 0, true),    // grace after start
-            (9_999, 0, 0, true),    //
-            (10_000, 0, 0, false),  // nothing for 10 s
-            (11_000, 5, 1, true),   // moving again
-            (20_000, 90, 1, true),  // frames move, results stalled for 9 s
-            (21_000, 99, 1, false), // ... and now for 10 s: a hung inference
-            (22_000, 100, 2, true),
-            (31_999, 100, 9, true),   // results move, frames stalled 9.999 s
-            (32_000, 100, 10, false), // a hung camera
-        ];
-        for (ms, f, r, want) in table {
-            assert_eq!(l.alive((f, r), at(ms)), want, "at {ms} ms");
+        let mut pings = vec![];
+        let mut buf = [0u8; 256];
+        for ms in [0u64, 500, 999, 1000, 1500, 2100] {
+            w.pet(t0 + Duration::from_millis(ms), || format!("at {ms}"));
+            while let Ok(n) = sock.recv(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                assert!(text.contains("WATCHDOG=1"), "{text}");
+                pings.push(text.lines().find_map(|l| l.strip_prefix("STATUS=")).unwrap_or("").to_owned());
+            }
         }
-        assert_eq!(l.stalled_stage(at(32_000)), "no frame captured");
+        std::env::remove_var("NOTIFY_SOCKET");
+        assert_eq!(pings, vec!["at 0", "at 1000", "at 2100"]);
     }
 }

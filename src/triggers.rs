@@ -249,6 +249,12 @@ fn parse_range(s: &str) -> Option<(usize, usize)> {
 /// The groups (built-in, then the config's) followed by one entry per class
 /// that belongs to none, so every class counts exactly once.
 pub fn resolve_groups(cfg: &TriggersConfig, labels: &[String]) -> Result<Vec<Group>, TriggerError> {
+    resolve_named(cfg, labels).map(|(groups, _)| groups)
+}
+
+/// [`resolve_groups`] and how many of them are label groups (the rest are
+/// the ungrouped classes).
+fn resolve_named(cfg: &TriggersConfig, labels: &[String]) -> Result<(Vec<Group>, usize), TriggerError> {
     let n = labels.len();
     let mut groups: Vec<Group> = vec![];
     if cfg.builtin_groups == BuiltinGroups::Imagenet {
@@ -309,6 +315,7 @@ pub fn resolve_groups(cfg: &TriggersConfig, labels: &[String]) -> Result<Vec<Gro
             }
         }
     }
+    let named = groups.len();
     for (i, l) in labels.iter().enumerate() {
         if !grouped[i] {
             groups.push(Group { name: l.clone(), members: vec![i] });
@@ -323,7 +330,7 @@ pub fn resolve_groups(cfg: &TriggersConfig, labels: &[String]) -> Result<Vec<Gro
             return Err(invalid("triggers.thresholds", format!("{name:?} is neither a group nor a class ({hint})")));
         }
     }
-    Ok(groups)
+    Ok((groups, named))
 }
 
 // ---- the decision -------------------------------------------------------
@@ -348,6 +355,9 @@ pub struct TriggerState {
 pub struct Triggers {
     cfg: TriggersConfig,
     groups: Vec<Group>,
+    /// The first `named` of `groups` are label groups (built-in or from
+    /// the config); the rest are ungrouped classes.
+    named: usize,
     /// Enter threshold per group, in `groups` order.
     enter: Vec<f32>,
     /// Index into `groups`, `None` = unknown.
@@ -362,11 +372,12 @@ pub struct Triggers {
 impl Triggers {
     pub fn new(cfg: &TriggersConfig, labels: &[String]) -> Result<Triggers, TriggerError> {
         cfg.validate()?;
-        let groups = resolve_groups(cfg, labels)?;
+        let (groups, named) = resolve_named(cfg, labels)?;
         let enter = groups.iter().map(|g| cfg.thresholds.get(&g.name).copied().unwrap_or(cfg.threshold)).collect();
         Ok(Triggers {
             cfg: cfg.clone(),
             groups,
+            named,
             enter,
             state: None,
             since: None,
@@ -378,6 +389,31 @@ impl Triggers {
 
     pub fn groups(&self) -> &[Group] {
         &self.groups
+    }
+
+    /// The label groups (built-in or from the config), without the
+    /// ungrouped classes.
+    pub fn named_groups(&self) -> &[Group] {
+        &self.groups[..self.named]
+    }
+
+    /// The publish policy and heartbeat (seconds).
+    pub fn policy(&self) -> (PublishPolicy, f64) {
+        (self.cfg.publish, self.cfg.heartbeat)
+    }
+
+    /// The default enter threshold (classes and groups without their own).
+    pub fn threshold(&self) -> f32 {
+        self.cfg.threshold
+    }
+
+    /// Changes the default enter threshold (a command); the smoothing state
+    /// is kept, so the current state does not restart.
+    pub fn set_threshold(&mut self, t: f32) {
+        self.cfg.threshold = t;
+        for (g, enter) in self.groups.iter().zip(self.enter.iter_mut()) {
+            *enter = self.cfg.thresholds.get(&g.name).copied().unwrap_or(t);
+        }
     }
 
     fn name(&self, g: Option<usize>) -> &str {

@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(config manifest mjpeg frame mqtt_payload outbox onnx)
+[ ${#targets[@]} -gt 0 ] || targets=(config manifest mjpeg frame mqtt_payload outbox onnx command)
 # Its own build dir (git-ignored): sanitizer builds share nothing with ours.
 export CARGO_TARGET_DIR="$PWD/fuzz/target"
 mkdir -p fuzz/target/logs

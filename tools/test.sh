@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as README.md and .ci/run give it. Installs what the
 # tests need when it is missing (Debian/Ubuntu; sudo when not root), then
-# runs the Rust tests and, where torch is installed, the exporter's tests.
+# runs the Rust tests, where torch is installed the exporter's tests, and
+# the tests against a real Home Assistant (tests/ha/run.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +22,8 @@ if [ "$(id -u)" -eq 0 ]; then
   command -v systemd-nspawn >/dev/null 2>&1 || need+=(systemd-container)
   command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || need+=(debootstrap)
 fi
+# Home Assistant (tests/ha/) logs an error at every start without it.
+ldconfig -p 2>/dev/null | grep libturbojpeg >/dev/null || need+=(libturbojpeg0)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   echo "tools/test.sh: installing ${need[*]}"
@@ -44,3 +47,9 @@ else
 fi
 
 cargo test --locked "$@"
+
+# lookout against a real Home Assistant, with the binary cargo just built;
+# not when the arguments pick some Rust tests.
+if [ $# -eq 0 ]; then
+  bash tests/ha/run.sh
+fi

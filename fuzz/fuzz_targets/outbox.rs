@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
     let rows = o.after(None, 16).unwrap_or_default();
     let next = o.next_seq();
     assert!(rows.iter().all(|(seq, _)| *seq < next), "a stored seq at or past next_seq {next}");
-    o.push(next, br#"{"seq":0}"#.to_vec());
+    o.push(next, "main", br#"{"seq":0}"#.to_vec());
     if o.commit().is_ok() {
         assert!(o.depth() <= 8);
         if let Some((seq, _)) = rows.first() {

@@ -7,6 +7,7 @@
 //! with backoff when it exits or stops sending frames.
 
 use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
@@ -18,8 +19,11 @@ use super::CaptureError;
 use crate::frame::Frame;
 
 pub struct CommandConnector {
-    /// Program and arguments, run without a shell.
+    /// Program and arguments, run without a shell; `${credential:..}` and
+    /// the like are expanded at each start ([`crate::secret::expand`]).
     argv: Vec<String>,
+    /// Where relative `${file:..}` references start.
+    base: PathBuf,
     /// The current connection's child, killed when the next one starts or on
     /// drop. One slot per connection, so the reader of an old connection
     /// can never reap or kill a newer child.
@@ -28,9 +32,9 @@ pub struct CommandConnector {
 }
 
 impl CommandConnector {
-    pub fn new(argv: Vec<String>) -> CommandConnector {
+    pub fn new(argv: Vec<String>, base: PathBuf) -> CommandConnector {
         let name = format!("command:{}", argv.first().map_or("", String::as_str));
-        CommandConnector { argv, child: None, name }
+        CommandConnector { argv, base, child: None, name }
     }
 }
 
@@ -46,7 +50,15 @@ impl Connector for CommandConnector {
         if let Some(old) = self.child.take() {
             kill(&old);
         }
-        let (program, args) = self.argv.split_first().expect("config validation: command is non-empty");
+        let mut secrets = vec![];
+        let mut argv = Vec::with_capacity(self.argv.len());
+        for a in &self.argv {
+            let (arg, found) = crate::secret::expand(a, &self.base, "source.command")
+                .map_err(|e| CaptureError::Open { source_name: self.name.clone(), reason: e.to_string() })?;
+            argv.push(arg);
+            secrets.extend(found);
+        }
+        let (program, args) = argv.split_first().expect("config validation: command is non-empty");
         let mut child = Command::new(program)
             .args(args)
             .stdin(Stdio::null())
@@ -77,6 +89,8 @@ impl Connector for CommandConnector {
                 .name("command-stderr".into())
                 .spawn(move || {
                     for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                        // Programs quote their URLs in errors: not the passwords.
+                        let line = crate::secret::scrub(&line, &secrets);
                         debug!("{name}: {line}");
                         if !line.trim().is_empty() {
                             *last_err.lock().unwrap_or_else(|e| e.into_inner()) = line;

@@ -196,6 +196,19 @@ impl HealthMonitor {
         self.set(state)
     }
 
+    /// The source delivered a frame at `at` (the model may not look at it
+    /// for a while): a stale source is ok again. Returns the new state if it
+    /// changed.
+    pub fn arrived(&mut self, at: Instant) -> Option<Health> {
+        if self.last_frame.is_none_or(|t| t < at) {
+            self.last_frame = Some(at);
+        }
+        if self.state == Health::Stale {
+            return self.set(Health::Ok);
+        }
+        None
+    }
+
     /// Time passed without a frame. Returns the new state if it changed.
     pub fn idle(&mut self, now: Instant) -> Option<Health> {
         let since = self.last_frame.unwrap_or(self.started);

@@ -12,6 +12,7 @@
 
 pub mod camera;
 mod command;
+mod config;
 mod files;
 pub mod health;
 pub mod mjpeg;
@@ -21,10 +22,10 @@ pub mod supervisor;
 use std::time::Duration;
 
 pub use command::CommandConnector;
+pub use config::SourceConfig;
 pub use files::FilesSource;
 pub use snapshot::SnapshotSource;
 
-use crate::config::SourceConfig;
 use crate::frame::Frame;
 
 #[derive(Debug, thiserror::Error)]
@@ -62,16 +63,22 @@ pub fn open(cfg: &SourceConfig) -> Result<Box<dyn FrameSource>, CaptureError> {
     use supervisor::{Backoff, Supervised};
     match cfg {
         SourceConfig::Files { path, looping, fps } => Ok(Box::new(FilesSource::open(path, *looping, *fps)?)),
-        SourceConfig::Command { command, frame_timeout, reconnect_min, reconnect_max } => {
+        SourceConfig::Command { command, base, frame_timeout, reconnect_min, reconnect_max } => {
             Ok(Box::new(Supervised::new(
-                CommandConnector::new(command.clone()),
+                CommandConnector::new(command.clone(), base.clone()),
                 *frame_timeout,
                 Backoff::new(*reconnect_min, *reconnect_max),
             )))
         }
-        SourceConfig::Snapshot { url, interval, timeout, username, password, reconnect_max } => Ok(Box::new(
-            SnapshotSource::new(url, *interval, *timeout, username.clone(), password.clone(), *reconnect_max),
-        )),
+        SourceConfig::Snapshot { url, interval, timeout, username, password, reconnect_max } => {
+            let password = password.as_ref().map(|p| p.read(&p.key("source.password"))).transpose().map_err(|e| {
+                CaptureError::Open {
+                    source_name: format!("snapshot:{}", crate::secret::redact(url)),
+                    reason: e.to_string(),
+                }
+            })?;
+            Ok(Box::new(SnapshotSource::new(url, *interval, *timeout, username.clone(), password, *reconnect_max)))
+        }
         #[cfg(feature = "camera")]
         SourceConfig::Camera {
             device,

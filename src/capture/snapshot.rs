@@ -54,7 +54,7 @@ impl SnapshotSource {
             due: None,
             backoff: Backoff::new(interval.max(Duration::from_millis(100)), reconnect_max),
             seq: 0,
-            name: format!("snapshot:{url}"),
+            name: format!("snapshot:{}", crate::secret::redact(url)),
         }
     }
 

@@ -4,6 +4,7 @@
 //! type stays in `tract.rs`.
 
 mod attention;
+mod config;
 pub mod install;
 pub mod manifest;
 mod onnx;
@@ -15,6 +16,7 @@ mod tract;
 
 use std::path::{Path, PathBuf};
 
+pub use self::config::ModelConfig;
 pub use self::passes::PassReport;
 #[doc(hidden)]
 pub use self::qgemm::bench_layer;

@@ -10,13 +10,13 @@ use tract_onnx::tract_core::internal::DimLike;
 use tract_onnx::tract_hir::infer::GenericFactoid;
 
 use super::attention;
+use super::config::ModelConfig;
 use super::onnx::LazyModel;
 use super::passes::{self, PassReport};
 use super::placeholder;
 use super::qgemm::Kernel;
 use super::qlinear::{self, QLinear};
 use super::{load_labels, Classifier, ModelError, ModelInfo};
-use crate::config::ModelConfig;
 
 /// The exact tract release in Cargo.toml (a unit test keeps them equal).
 pub const TRACT_VERSION: &str = "0.23.9";
@@ -244,11 +244,7 @@ impl TractClassifier {
         let plan = model.into_runnable_with_options(&options).map_err(|e| load_err(root_cause(&e)))?;
         let state = plan.spawn().map_err(|e| load_err(root_cause(&e)))?;
         report.plan = t.elapsed();
-        let name = cfg
-            .manifest
-            .as_ref()
-            .map(|m| m.name.clone())
-            .unwrap_or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
+        let name = cfg.display_name();
         Ok(TractClassifier {
             info: ModelInfo { name, sha256: None, input_size: size, labels },
             state,

@@ -3,15 +3,16 @@
 //! config itself never holds it, so it can stay world-readable), and
 //! connection errors turned into one line that names the fix.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use rumqttc::{ConnectReturnCode, ConnectionError, LastWill, MqttOptions, QoS, TlsConfiguration, Transport};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+use super::options::{MqttConfig, TlsFiles};
 use super::PublishError;
-use crate::config::{MqttConfig, PasswordSource, TlsFiles};
+use crate::secret::SecretSource;
 
 /// Results with a long top-k exceed rumqttc's 10 KiB default.
 const MAX_PACKET: usize = 1 << 20;
@@ -26,7 +27,7 @@ pub fn options(cfg: &MqttConfig, availability_topic: &str) -> Result<MqttOptions
     o.set_max_packet_size(MAX_PACKET, MAX_PACKET);
     o.set_last_will(LastWill::new(availability_topic, "offline", QoS::AtLeastOnce, true));
     if let Some(user) = &cfg.username {
-        let password = cfg.password.as_ref().map(read_password).transpose()?.unwrap_or_default();
+        let password = cfg.password.as_ref().map(password).transpose()?.unwrap_or_default();
         o.set_credentials(user, password);
     }
     if let Some(tls) = &cfg.tls {
@@ -35,41 +36,8 @@ pub fn options(cfg: &MqttConfig, availability_topic: &str) -> Result<MqttOptions
     Ok(o)
 }
 
-fn read_password(src: &PasswordSource) -> Result<String, PublishError> {
-    let err = |m: String| PublishError::Password(m);
-    let from_file = |path: &Path, key: &str| -> Result<String, PublishError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| err(format!("{}: cannot read it ({e}); check mqtt.{key}", path.display())))?;
-        warn_if_world_readable(path);
-        Ok(text)
-    };
-    let text = match src {
-        PasswordSource::File(p) => from_file(p, "password_file")?,
-        PasswordSource::Env(var) => std::env::var(var)
-            .map_err(|_| err(format!("the environment variable {var} (mqtt.password_env) is not set or not UTF-8")))?,
-        PasswordSource::Credential(name) => {
-            let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
-                err(format!(
-                    "mqtt.password_credential = {name:?} but CREDENTIALS_DIRECTORY is not set; \
-                     give the unit LoadCredential={name}:/path/to/secret"
-                ))
-            })?;
-            from_file(&PathBuf::from(dir).join(name), "password_credential")?
-        }
-    };
-    // Files written by `echo` end in a newline that is not part of the password.
-    let password = text.trim_end_matches(['\n', '\r']).to_owned();
-    if password.is_empty() {
-        return Err(err("the password is empty; check its source".into()));
-    }
-    Ok(password)
-}
-
-fn warn_if_world_readable(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    if std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o004 != 0) {
-        log::warn!("{}: the MQTT password file is world-readable; chmod 600 it", path.display());
-    }
+fn password(src: &SecretSource) -> Result<String, PublishError> {
+    src.read(&src.key("mqtt.password")).map_err(|e| PublishError::Password(e.to_string()))
 }
 
 fn client_config(tls: &TlsFiles) -> Result<rustls::ClientConfig, PublishError> {
@@ -144,12 +112,12 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let f = d.path().join("pw");
         std::fs::write(&f, "s3cret\n").unwrap();
-        assert_eq!(read_password(&PasswordSource::File(f)).unwrap(), "s3cret");
+        assert_eq!(password(&SecretSource::File(f)).unwrap(), "s3cret");
         std::env::set_var("LOOKOUT_TEST_PW", "from-env");
-        assert_eq!(read_password(&PasswordSource::Env("LOOKOUT_TEST_PW".into())).unwrap(), "from-env");
-        let e = read_password(&PasswordSource::Env("LOOKOUT_TEST_PW_UNSET".into())).unwrap_err().to_string();
-        assert!(e.contains("LOOKOUT_TEST_PW_UNSET") && e.contains("password_env"), "{e}");
-        let e = read_password(&PasswordSource::File(d.path().join("none"))).unwrap_err().to_string();
+        assert_eq!(password(&SecretSource::Env("LOOKOUT_TEST_PW".into())).unwrap(), "from-env");
+        let e = password(&SecretSource::Env("LOOKOUT_TEST_PW_UNSET".into())).unwrap_err().to_string();
+        assert!(e.contains("LOOKOUT_TEST_PW_UNSET") && e.contains("mqtt.password_env"), "{e}");
+        let e = password(&SecretSource::File(d.path().join("none"))).unwrap_err().to_string();
         assert!(e.contains("none") && e.contains("mqtt.password_file"), "{e}");
     }
 

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use crate::daemon::Stats;
+use crate::stats::Stats;
 
 /// What the MQTT thread knows beyond the daemon's counters.
 pub struct Health {
@@ -15,7 +15,6 @@ pub struct Health {
     pub stats: Stats,
     pub inference_ms: Option<f64>,
     pub total_ms: Option<f64>,
-    pub camera: String,
     pub connected: bool,
     pub connects: u64,
     pub failed_attempts: u64,
@@ -29,7 +28,6 @@ impl Health {
             stats: Stats::default(),
             inference_ms: None,
             total_ms: None,
-            camera: "unknown".into(),
             connected: false,
             connects: 0,
             failed_attempts: 0,
@@ -39,6 +37,7 @@ impl Health {
 
     pub fn payload(&self, outbox_depth: u64, outbox_bytes: u64, outbox_dropped: u64) -> Value {
         let s = &self.stats;
+        let throttled = throttled();
         json!({
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_s": self.started.elapsed().as_secs(),
@@ -50,11 +49,15 @@ impl Health {
                 "capture_errors": s.capture_errors,
                 "inference_errors": s.inference_errors,
             },
-            "latency_ms": { "inference": self.inference_ms, "total": self.total_ms },
+            "latency_ms": { "inference": self.inference_ms.map(round1), "total": self.total_ms.map(round1) },
+            "skipped_periods": s.skipped_periods,
             "outbox": { "depth": outbox_depth, "bytes": outbox_bytes, "dropped": outbox_dropped },
-            "camera_health": self.camera,
+            "camera_health": s.worst_health(),
+            "sources": s.health,
             "cpu_temperature_c": cpu_temperature(Path::new("/sys/class/thermal")),
-            "throttled": throttled(),
+            "throttled": throttled.map(|v| format!("{v:#x}")),
+            // The "currently" bits: under-voltage, capped, throttled, soft limit.
+            "throttled_now": throttled.map(|v| v & 0xf != 0),
             "mqtt": {
                 "connected": self.connected,
                 "connects": self.connects,
@@ -78,11 +81,16 @@ fn cpu_temperature(root: &Path) -> Option<f64> {
 }
 
 /// The Raspberry Pi firmware's throttling flags (`vcgencmd get_throttled`),
-/// e.g. "0x50005" for under-voltage now and before; `None` elsewhere.
-fn throttled() -> Option<String> {
+/// e.g. 0x50005 for under-voltage now and before; `None` elsewhere.
+fn throttled() -> Option<u64> {
     let text = std::fs::read_to_string("/sys/devices/platform/soc/soc:firmware/get_throttled").ok()?;
-    let v = u64::from_str_radix(text.trim().trim_start_matches("0x"), 16).ok()?;
-    Some(format!("{v:#x}"))
+    u64::from_str_radix(text.trim().trim_start_matches("0x"), 16).ok()
+}
+
+/// Milliseconds to one decimal: more is noise, and every digit that
+/// changes makes Home Assistant record a new value.
+fn round1(v: f64) -> f64 {
+    (v * 10.0).round() / 10.0
 }
 
 /// Replaces `path` atomically, so a reader never sees half a file.

@@ -3,24 +3,30 @@
 //!
 //! The MQTT implementation is split by concern: [`outbox`] keeps every
 //! result on disk until the broker acknowledged it, `mqtt` drives the
-//! connection, `connect` turns the config into rumqttc options (TLS,
-//! password), `discovery` and `diagnostics` build the Home Assistant and
-//! health payloads.
+//! connection, `connect` turns the settings into rumqttc options (TLS,
+//! password), `topics` names every topic, `discovery` and `diagnostics`
+//! build the Home Assistant and health payloads, `options` is what the
+//! publisher is started with.
 
 mod connect;
 mod diagnostics;
-mod discovery;
+pub mod discovery;
 mod mqtt;
+mod options;
 pub mod outbox;
+mod topics;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use discovery::discovery_payload;
 pub use mqtt::{mark_replayed, MqttPublisher};
+pub use options::{MqttConfig, PublisherOptions, SourceInfo, TlsFiles, TriggerInfo, ViewInfo};
+pub use topics::{Topics, RESERVED};
 
-use crate::daemon::Stats;
+use crate::capture::health::Health;
+use crate::command::{Control, Reply};
 use crate::postprocess::Classification;
+use crate::stats::Stats;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -58,6 +64,14 @@ pub trait Publisher {
     }
     /// The daemon's counters, for diagnostics.
     fn observe(&mut self, _stats: &Stats) {}
+    /// A view's source changed health (and once at start).
+    fn health(&mut self, _view: &str, _health: Health) {}
+    /// A view's settings changed (and once at start).
+    fn control(&mut self, _view: &str, _control: &Control) {}
+    /// The answer to a command.
+    fn reply(&mut self, _reply: &Reply) {}
+    /// The picture a view classified (a JPEG), retained on its snapshot topic.
+    fn snapshot(&mut self, _view: &str, _jpeg: Vec<u8>) {}
 }
 
 /// For `mqtt.enabled = false`: results are only logged.

@@ -5,6 +5,13 @@
 //! the broker acknowledged them (PUBACK at QoS 1, PUBCOMP at QoS 2). After
 //! every (re)connect the session is new (clean session), so whatever is
 //! still in the outbox is sent again in `seq` order, marked `replayed`.
+//! A view's retained `state` only ever gets live results: a replayed
+//! backlog must not look like news to Home Assistant.
+//!
+//! Commands arrive on the command topic, are checked here and queued for
+//! the daemon's loop ([`Inbox`]); the loop's replies go out on the reply
+//! topic. Health, control and snapshot messages are retained and kept in
+//! memory, so every reconnect (a broker that forgot them) sends them again.
 //!
 //! rumqttc's `poll()` is driven by a task of its own that never gets
 //! cancelled: cancelling it during an outage restarts the connection
@@ -13,7 +20,7 @@
 //! Everything else (results, commits, diagnostics) runs in the driver,
 //! which sees the poller's events through a channel.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -28,12 +35,15 @@ use tokio::time::Instant;
 
 use super::connect::{describe, options};
 use super::diagnostics::{write_file, Health};
-use super::discovery::discovery_payload;
+use super::discovery;
+use super::options::PublisherOptions;
 use super::outbox::Outbox;
+use super::topics::Topics;
 use super::{PublishError, Publisher};
-use crate::config::Config;
-use crate::daemon::Stats;
+use crate::capture::health::Health as CameraHealth;
+use crate::command::{Control, Inbox, Reply, Request};
 use crate::postprocess::Classification;
+use crate::stats::Stats;
 
 /// Outbox rows handed to rumqttc and not yet acknowledged. Below rumqttc's
 /// in-flight limit (100), so the request channel never fills up.
@@ -42,39 +52,34 @@ const WINDOW: usize = 64;
 /// discovery and diagnostics publishes.
 const CHANNEL: usize = 256;
 
-/// The topics of one device.
-#[derive(Debug, Clone)]
-pub struct Topics {
-    pub result: String,
-    pub state: String,
-    pub availability: String,
-    pub diagnostics: String,
-    /// `(config topic, HA status topic)` when discovery is on.
-    pub discovery: Option<(String, String)>,
-}
-
-impl Topics {
-    pub fn new(cfg: &Config) -> Topics {
-        let base = format!("{}/{}", cfg.mqtt.topic_prefix, cfg.device.id);
-        Topics {
-            result: format!("{base}/result"),
-            state: format!("{base}/state"),
-            availability: format!("{base}/availability"),
-            diagnostics: format!("{base}/diagnostics"),
-            discovery: cfg
-                .mqtt
-                .discovery_prefix
-                .as_ref()
-                .map(|p| (format!("{p}/device/{}/config", cfg.device.id), format!("{p}/status"))),
-        }
-    }
-}
-
 enum Msg {
-    Result { seq: u64, payload: Vec<u8>, health: String, inference_ms: f64, total_ms: f64 },
+    Result {
+        seq: u64,
+        view: String,
+        payload: Vec<u8>,
+        inference_ms: f64,
+        total_ms: f64,
+    },
+    /// A retained message for a view's topic (`health`, `control`,
+    /// `snapshot`).
+    Retained {
+        view: String,
+        what: &'static str,
+        payload: Vec<u8>,
+    },
+    /// A view's interval changed: Home Assistant's expiry follows it.
+    Interval {
+        view: String,
+        interval: f64,
+    },
+    Reply(Vec<u8>),
     Stats(Stats),
     Close(std::time::Instant),
 }
+
+/// The discovery topics published last time, so that devices a config no
+/// longer has are removed from Home Assistant (an empty retained config).
+const DISCOVERY_FILE: &str = "discovery-topics.json";
 
 pub struct MqttPublisher {
     tx: mpsc::UnboundedSender<Msg>,
@@ -83,29 +88,16 @@ pub struct MqttPublisher {
 }
 
 impl MqttPublisher {
-    /// Opens the outbox in `device.state_dir` and starts connecting.
-    pub fn start(cfg: &Config) -> Result<MqttPublisher, PublishError> {
-        let m = &cfg.mqtt;
-        let outbox = Outbox::open(&cfg.device.state_dir, m.outbox_max_rows, m.outbox_max_bytes)?;
-        let topics = Topics::new(cfg);
-        let opts = options(m, &topics.availability)?;
-        let (client, mut eventloop) = AsyncClient::new(opts, CHANNEL);
+    /// Opens the outbox in the state directory and starts connecting.
+    pub fn start(opts: PublisherOptions) -> Result<MqttPublisher, PublishError> {
+        let m = &opts.mqtt;
+        let outbox = Outbox::open(&opts.state_dir, m.outbox_max_rows, m.outbox_max_bytes)?;
+        let topics = Topics::new(&m.topic_prefix, &opts.device_id, m.discovery_prefix.as_deref());
+        let mqtt_options = options(m, &topics.availability)?;
+        let (client, mut eventloop) = AsyncClient::new(mqtt_options, CHANNEL);
         let mut net = NetworkOptions::new();
         net.set_connection_timeout(m.connect_timeout.as_secs().max(1));
         eventloop.set_network_options(net);
-        let model = cfg.model.manifest.as_ref().map(|m| m.name.clone()).unwrap_or_else(|| {
-            cfg.model.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
-        });
-        let discovery = topics.discovery.as_ref().map(|(topic, status)| {
-            let payload = discovery_payload(
-                &cfg.device,
-                &topics,
-                &model,
-                cfg.schedule.interval.as_secs_f64(),
-                m.diagnostics_interval.as_secs_f64(),
-            );
-            (topic.clone(), status.clone(), serde_json::to_vec(&payload).unwrap_or_default())
-        });
         let first_seq = outbox.next_seq();
         if outbox.depth() > 0 {
             info!(
@@ -119,21 +111,29 @@ impl MqttPublisher {
             .enable_all()
             .build()
             .map_err(|e| PublishError::Start(e.to_string()))?;
+        let (min, max) = (m.reconnect_min, m.reconnect_max);
+        let qos = m.qos;
+        let broker = format!("{}:{}", m.host, m.port);
+        let (commit_interval, diagnostics_interval) = (m.outbox_commit_interval, m.diagnostics_interval);
+        let inbox = opts.inbox.clone().filter(|_| m.commands);
         let driver = Driver {
             client,
             outbox,
             rx,
-            topics,
-            discovery,
-            qos: match m.qos {
+            qos: match qos {
                 0 => QoS::AtMostOnce,
                 1 => QoS::AtLeastOnce,
                 _ => QoS::ExactlyOnce,
             },
-            broker: format!("{}:{}", m.host, m.port),
-            commit_interval: m.outbox_commit_interval,
-            diagnostics_interval: m.diagnostics_interval,
-            diagnostics_file: cfg.device.state_dir.join("diagnostics.json"),
+            broker,
+            commit_interval,
+            diagnostics_interval,
+            diagnostics_file: opts.state_dir.join("diagnostics.json"),
+            discovery_file: opts.state_dir.join(DISCOVERY_FILE),
+            topics,
+            inbox,
+            retained: BTreeMap::new(),
+            state_seq: HashMap::new(),
             connected: false,
             link: Arc::new(Link::default()),
             generation: 0,
@@ -142,12 +142,12 @@ impl MqttPublisher {
             in_window: 0,
             cursor: None,
             replay_upto: None,
-            last_commit: Instant::now() - m.outbox_commit_interval,
+            last_commit: Instant::now() - commit_interval,
             commit_failing: false,
             health: Health::new(),
             closing: None,
+            opts,
         };
-        let (min, max) = (m.reconnect_min, m.reconnect_max);
         let thread = std::thread::Builder::new()
             .name("mqtt".into())
             .spawn(move || runtime.block_on(driver.run(eventloop, min, max)))
@@ -161,8 +161,8 @@ impl Publisher for MqttPublisher {
         let payload = serde_json::to_vec(result).expect("a Classification always serializes");
         let msg = Msg::Result {
             seq: result.seq,
+            view: result.view.clone(),
             payload,
-            health: result.health.clone(),
             inference_ms: result.latency_ms.inference,
             total_ms: result.latency_ms.total,
         };
@@ -185,6 +185,25 @@ impl Publisher for MqttPublisher {
 
     fn observe(&mut self, stats: &Stats) {
         let _ = self.tx.send(Msg::Stats(stats.clone()));
+    }
+
+    fn health(&mut self, view: &str, health: CameraHealth) {
+        let payload = health.as_str().as_bytes().to_vec();
+        let _ = self.tx.send(Msg::Retained { view: view.into(), what: "health", payload });
+    }
+
+    fn control(&mut self, view: &str, control: &Control) {
+        let payload = serde_json::to_vec(control).unwrap_or_default();
+        let _ = self.tx.send(Msg::Retained { view: view.into(), what: "control", payload });
+        let _ = self.tx.send(Msg::Interval { view: view.into(), interval: control.interval });
+    }
+
+    fn reply(&mut self, reply: &Reply) {
+        let _ = self.tx.send(Msg::Reply(serde_json::to_vec(reply).unwrap_or_default()));
+    }
+
+    fn snapshot(&mut self, view: &str, jpeg: Vec<u8>) {
+        let _ = self.tx.send(Msg::Retained { view: view.into(), what: "snapshot", payload: jpeg });
     }
 }
 
@@ -253,13 +272,21 @@ struct Driver {
     outbox: Outbox,
     rx: mpsc::UnboundedReceiver<Msg>,
     topics: Topics,
-    /// (config topic, HA status topic, payload)
-    discovery: Option<(String, String, Vec<u8>)>,
+    /// Who this device is and what Home Assistant shows.
+    opts: PublisherOptions,
+    /// Where checked commands go; `None` when commands are off.
+    inbox: Option<Inbox>,
+    /// Retained messages besides results (topic -> payload): sent when
+    /// they change and again after every connect.
+    retained: BTreeMap<String, Vec<u8>>,
+    /// The newest `seq` each view's state topic got, so it never goes back.
+    state_seq: HashMap<String, u64>,
     qos: QoS,
     broker: String,
     commit_interval: Duration,
     diagnostics_interval: Duration,
     diagnostics_file: PathBuf,
+    discovery_file: PathBuf,
     connected: bool,
     link: Arc<Link>,
     /// The `Link::generation` of the connection `connected` refers to.
@@ -293,12 +320,24 @@ impl Driver {
             let far = Instant::now() + Duration::from_secs(3600);
             tokio::select! {
                 msg = self.rx.recv(), if self.closing.is_none() => match msg {
-                    Some(Msg::Result { seq, payload, health, inference_ms, total_ms }) => {
-                        self.outbox.push(seq, payload);
-                        self.health.camera = health;
+                    Some(Msg::Result { seq, view, payload, inference_ms, total_ms }) => {
+                        self.outbox.push(seq, &view, payload);
                         (self.health.inference_ms, self.health.total_ms) = (Some(inference_ms), Some(total_ms));
                         if self.last_commit.elapsed() >= self.commit_interval {
                             self.commit_and_send();
+                        }
+                    }
+                    Some(Msg::Retained { view, what, payload }) => {
+                        let topic = self.topics.view(&view, what);
+                        if self.retained.get(&topic) != Some(&payload) {
+                            self.publish(&topic, true, payload.clone(), Sent::Other);
+                            self.retained.insert(topic, payload);
+                        }
+                    }
+                    Some(Msg::Interval { view, interval }) => self.interval_changed(&view, interval),
+                    Some(Msg::Reply(payload)) => {
+                        if !self.publish(&self.topics.reply.clone(), false, payload, Sent::Other) {
+                            debug!("MQTT: a command reply is dropped: not connected");
                         }
                     }
                     Some(Msg::Stats(s)) => self.health.stats = s,
@@ -421,16 +460,23 @@ impl Driver {
             }
             for (seq, payload) in rows {
                 let late = self.replay_upto.is_some_and(|u| seq <= u);
+                let (view, _) = head(&payload);
+                let result = self.topics.view(&view, "result");
                 if late {
                     let replayed = mark_replayed(&payload);
-                    if !self.publish(&self.topics.result.clone(), false, replayed, Sent::Row(seq)) {
+                    if !self.publish(&result, false, replayed, Sent::Row(seq)) {
                         return;
                     }
                 } else {
-                    if !self.publish(&self.topics.result.clone(), false, payload.clone(), Sent::Row(seq)) {
+                    if !self.publish(&result, false, payload.clone(), Sent::Row(seq)) {
                         return;
                     }
-                    self.publish(&self.topics.state.clone(), true, payload, Sent::Other);
+                    // Never older than what the state topic already holds
+                    // (announce() may have sent a newer one first).
+                    if self.state_seq.get(&view).is_none_or(|&s| seq > s) {
+                        self.state_seq.insert(view.clone(), seq);
+                        self.publish(&self.topics.view(&view, "state"), true, payload, Sent::Other);
+                    }
                 }
                 self.cursor = Some(seq);
                 self.in_window += 1;
@@ -482,10 +528,11 @@ impl Driver {
                 }
             }
             Event::Incoming(Packet::Publish(p)) => {
-                let ha_online = self.discovery.as_ref().is_some_and(|(_, status, _)| *status == p.topic);
-                if ha_online && &p.payload[..] == b"online" {
+                if Some(p.topic.as_str()) == self.topics.ha_status() && &p.payload[..] == b"online" {
                     info!("MQTT: Home Assistant restarted; sending discovery and state again");
                     self.announce();
+                } else if p.topic == self.topics.command {
+                    self.command(&p.payload, p.retain);
                 }
             }
             _ => {}
@@ -511,7 +558,6 @@ impl Driver {
         self.connected = true;
         self.health.connected = true;
         self.health.failed_attempts = 0;
-        self.health.last_error = None;
         // Deletes of rows acknowledged before the outage land first, so they
         // are not sent again.
         self.commit();
@@ -522,10 +568,16 @@ impl Driver {
             info!("MQTT: sending {} results from the outbox (up to seq {upto})", self.outbox.depth());
         }
         self.publish(&self.topics.availability.clone(), true, b"online".to_vec(), Sent::Other);
-        if let Some((_, status, _)) = self.discovery.as_ref().filter(|_| self.link_up()) {
-            let _ = self.client.try_subscribe(status.clone(), QoS::AtLeastOnce);
+        if self.link_up() {
+            if let Some(status) = self.topics.ha_status() {
+                let _ = self.client.try_subscribe(status, QoS::AtLeastOnce);
+            }
+            if self.inbox.is_some() {
+                let _ = self.client.try_subscribe(self.topics.command.clone(), QoS::AtLeastOnce);
+            }
         }
         self.announce();
+        self.remove_old_devices();
         self.diagnostics();
         self.send_rows();
     }
@@ -533,11 +585,82 @@ impl Driver {
     /// Discovery and the latest state, for a broker or a Home Assistant
     /// that may have forgotten them.
     fn announce(&mut self) {
-        if let Some((topic, _, payload)) = self.discovery.clone() {
+        for (topic, payload) in discovery::payloads(&self.opts, &self.topics) {
+            self.publish(&topic, true, serde_json::to_vec(&payload).unwrap_or_default(), Sent::Other);
+        }
+        let mut states = vec![];
+        for (view, payload) in self.outbox.last_states() {
+            if let (_, Some(seq)) = head(payload) {
+                let newest = self.state_seq.entry(view.clone()).or_insert(seq);
+                *newest = (*newest).max(seq);
+            }
+            states.push((self.topics.view(view, "state"), payload.clone()));
+        }
+        let retained: Vec<(String, Vec<u8>)> = self.retained.iter().map(|(t, p)| (t.clone(), p.clone())).collect();
+        for (topic, payload) in states.into_iter().chain(retained) {
             self.publish(&topic, true, payload, Sent::Other);
         }
-        if let Some(state) = self.outbox.last_state().map(<[u8]>::to_vec) {
-            self.publish(&self.topics.state.clone(), true, state, Sent::Other);
+    }
+
+    /// Empties the retained discovery configs published by an earlier run
+    /// for devices this config no longer has (a camera removed or renamed),
+    /// so Home Assistant drops them instead of showing them unavailable.
+    fn remove_old_devices(&mut self) {
+        let now: Vec<String> = discovery::payloads(&self.opts, &self.topics).into_iter().map(|(t, _)| t).collect();
+        let before: Vec<String> =
+            std::fs::read(&self.discovery_file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        for old in before.iter().filter(|t| !now.contains(t)) {
+            info!("MQTT: removing {old} from Home Assistant (no longer configured)");
+            self.publish(old, true, vec![], Sent::Other);
+        }
+        if before != now {
+            if let Err(e) = write_file(&self.discovery_file, &serde_json::to_vec(&now).unwrap_or_default()) {
+                debug!("{}: {e}", self.discovery_file.display());
+            }
+        }
+    }
+
+    /// A view's interval changed (a command): Home Assistant's expiry for
+    /// its state entities follows.
+    fn interval_changed(&mut self, view: &str, interval: f64) {
+        let mut changed = false;
+        for v in self.opts.sources.iter_mut().flat_map(|s| s.views.iter_mut()).filter(|v| v.name == view) {
+            changed |= v.interval != interval;
+            v.interval = interval;
+        }
+        if changed && self.connected {
+            for (topic, payload) in discovery::payloads(&self.opts, &self.topics) {
+                self.publish(&topic, true, serde_json::to_vec(&payload).unwrap_or_default(), Sent::Other);
+            }
+        }
+    }
+
+    /// A message on the command topic: checked here, queued for the loop,
+    /// or answered with an error at once.
+    fn command(&mut self, payload: &[u8], retained: bool) {
+        let Some(inbox) = self.inbox.clone() else { return };
+        // An empty message is how a retained one is cleared: not a command.
+        if payload.is_empty() {
+            return;
+        }
+        let reply = if retained {
+            // A retained command would run again at every connect.
+            let e = crate::command::CommandError::Range {
+                field: "retain",
+                value: "true".into(),
+                hint: "commands are not retained messages: publish without -r (and clear it with an empty retained message)",
+            };
+            Some(Reply::rejected(Request::salvage_id(payload), &e))
+        } else {
+            match Request::parse(payload) {
+                Ok(req) if inbox.push(req.clone()) => None,
+                Ok(req) => Some(Reply::error(&req, "too many commands waiting; try again")),
+                Err(e) => Some(Reply::rejected(Request::salvage_id(payload), &e)),
+            }
+        };
+        if let Some(r) = reply {
+            warn!("MQTT: command refused: {}", r.error.as_deref().unwrap_or(""));
+            self.publish(&self.topics.reply.clone(), false, serde_json::to_vec(&r).unwrap_or_default(), Sent::Other);
         }
     }
 
@@ -571,6 +694,19 @@ impl Driver {
             self.publish(&self.topics.diagnostics.clone(), true, bytes, Sent::Other);
         }
     }
+}
+
+/// The view a stored result belongs to (results stored before lookout had
+/// views belong to `main`) and its `seq`.
+fn head(payload: &[u8]) -> (String, Option<u64>) {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        view: Option<String>,
+        seq: Option<u64>,
+    }
+    let h = serde_json::from_slice::<Head>(payload).ok();
+    let seq = h.as_ref().and_then(|h| h.seq);
+    (h.and_then(|h| h.view).unwrap_or_else(|| "main".into()), seq)
 }
 
 /// Adds `"replayed": true` to a stored result.

@@ -9,7 +9,7 @@
 //! MQTT after its commit, so a crash never publishes a `seq` that the next
 //! run would reuse.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -44,9 +44,11 @@ pub struct Outbox {
     dropped_in_memory: u64,
     depth: u64,
     bytes: u64,
-    /// The newest result, re-published as the retained state after every
-    /// reconnect, even when the broker forgot it.
-    last_state: Option<Vec<u8>>,
+    /// Each view's newest result, re-published as its retained state after
+    /// every reconnect, even when the broker forgot it.
+    last_state: BTreeMap<String, Vec<u8>>,
+    /// Views whose `last_state` the next commit writes.
+    state_dirty: BTreeSet<String>,
 }
 
 impl Outbox {
@@ -83,10 +85,17 @@ impl Outbox {
         };
         let stored_next = meta_int("next_seq").map_err(err)?;
         let dropped = meta_int("dropped").map_err(err)?;
-        let last_state: Option<Vec<u8>> = conn
-            .query_row("SELECT value FROM meta WHERE key = 'last_state'", [], |r| r.get(0))
-            .optional()
-            .map_err(err)?;
+        let mut last_state = BTreeMap::new();
+        {
+            let mut q = conn.prepare("SELECT key, value FROM meta WHERE key LIKE 'last_state%'").map_err(err)?;
+            let rows = q.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))).map_err(err)?;
+            for row in rows {
+                let (key, value) = row.map_err(err)?;
+                // Before views, one result stream: the view `main`.
+                let view = key.strip_prefix("last_state/").unwrap_or("main").to_owned();
+                last_state.insert(view, value);
+            }
+        }
         let (min_seq, max_seq): (Option<i64>, Option<i64>) =
             conn.query_row("SELECT min(seq), max(seq) FROM outbox", [], |r| Ok((r.get(0)?, r.get(1)?))).map_err(err)?;
         // lookout never writes these; a damaged or hand-edited file would
@@ -113,6 +122,7 @@ impl Outbox {
             depth: 0,
             bytes: 0,
             last_state,
+            state_dirty: BTreeSet::new(),
         };
         outbox.count().map_err(err)?;
         Ok(outbox)
@@ -127,9 +137,10 @@ impl Outbox {
         self.next_seq
     }
 
-    pub fn push(&mut self, seq: u64, payload: Vec<u8>) {
+    pub fn push(&mut self, seq: u64, view: &str, payload: Vec<u8>) {
         self.next_seq = self.next_seq.max(seq + 1);
-        self.last_state = Some(payload.clone());
+        self.last_state.insert(view.to_owned(), payload.clone());
+        self.state_dirty.insert(view.to_owned());
         self.pending_bytes += payload.len() as u64;
         self.pending.push_back((seq, payload));
         // Only reached while commits fail: the oldest go first, as on disk.
@@ -174,8 +185,9 @@ impl Outbox {
         self.dropped
     }
 
-    pub fn last_state(&self) -> Option<&[u8]> {
-        self.last_state.as_deref()
+    /// Each view's newest result.
+    pub fn last_states(&self) -> &BTreeMap<String, Vec<u8>> {
+        &self.last_state
     }
 
     /// The newest committed `seq`.
@@ -234,8 +246,10 @@ impl Outbox {
         let set = "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)";
         tx.execute(set, params!["next_seq", self.next_seq as i64])?;
         tx.execute(set, params!["dropped", (self.dropped + dropped) as i64])?;
-        if let Some(s) = &self.last_state {
-            tx.execute(set, params!["last_state", s])?;
+        for view in &self.state_dirty {
+            if let Some(s) = self.last_state.get(view) {
+                tx.execute(set, params![format!("last_state/{view}"), s])?;
+            }
         }
         tx.commit()?;
         if dropped > 0 {
@@ -247,6 +261,7 @@ impl Outbox {
         }
         self.dropped += dropped;
         self.pending.clear();
+        self.state_dirty.clear();
         self.pending_bytes = 0;
         self.acked.clear();
         (self.depth, self.bytes) = (rows, bytes);
@@ -302,7 +317,7 @@ mod tests {
         let mut o = Outbox::open(d.path(), 100, 1 << 20).unwrap();
         assert_eq!(o.next_seq(), 0);
         for s in 0..5 {
-            o.push(s, format!("{{\"seq\":{s}}}").into_bytes());
+            o.push(s, "main", format!("{{\"seq\":{s}}}").into_bytes());
         }
         assert_eq!(seqs(&o), Vec::<u64>::new(), "nothing is sendable before its commit");
         o.commit().unwrap();
@@ -317,14 +332,14 @@ mod tests {
         let o = Outbox::open(d.path(), 100, 1 << 20).unwrap();
         assert_eq!(seqs(&o), vec![0, 2, 3, 4]);
         assert_eq!(o.next_seq(), 5);
-        assert_eq!(o.last_state(), Some(&b"{\"seq\":4}"[..]));
+        assert_eq!(o.last_states().get("main").map(Vec::as_slice), Some(&b"{\"seq\":4}"[..]));
     }
 
     #[test]
     fn the_counter_survives_an_empty_outbox() {
         let d = tempfile::tempdir().unwrap();
         let mut o = Outbox::open(d.path(), 100, 1 << 20).unwrap();
-        o.push(41, b"x".to_vec());
+        o.push(41, "main", b"x".to_vec());
         o.commit().unwrap();
         o.ack(41);
         o.commit().unwrap();
@@ -338,7 +353,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let mut o = Outbox::open(d.path(), 3, 1 << 20).unwrap();
         for s in 0..5 {
-            o.push(s, vec![b'x'; 10]);
+            o.push(s, "main", vec![b'x'; 10]);
         }
         o.commit().unwrap();
         assert_eq!(seqs(&o), vec![2, 3, 4]);
@@ -347,7 +362,7 @@ mod tests {
         let d2 = tempfile::tempdir().unwrap();
         let mut o = Outbox::open(d2.path(), 100, 4096).unwrap();
         for s in 0..5 {
-            o.push(s, vec![b'x'; 1000]);
+            o.push(s, "main", vec![b'x'; 1000]);
         }
         o.commit().unwrap();
         assert_eq!((seqs(&o), o.dropped(), o.bytes()), (vec![1, 2, 3, 4], 1, 4000));
@@ -359,12 +374,12 @@ mod tests {
     fn results_wait_in_memory_within_the_bounds_while_commits_fail() {
         let d = tempfile::tempdir().unwrap();
         let mut o = Outbox::open(d.path(), 3, 1 << 20).unwrap();
-        o.push(0, b"a".to_vec());
+        o.push(0, "main", b"a".to_vec());
         o.commit().unwrap();
         // A commit that cannot write, as on a full disk.
         o.conn.execute_batch("PRAGMA query_only = ON").unwrap();
         for s in 1..6 {
-            o.push(s, vec![b'x'; 10]);
+            o.push(s, "main", vec![b'x'; 10]);
         }
         let e = o.commit().unwrap_err().to_string();
         assert!(e.contains("outbox.sqlite"), "{e}");

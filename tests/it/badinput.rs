@@ -170,7 +170,7 @@ fn broken_and_mismatched_models_exit_79_and_say_what_is_wrong() {
 // ---- faults while the daemon runs -------------------------------------------
 
 fn result_topic() -> &'static str {
-    "lookout/e2e/result"
+    "lookout/e2e/main/result"
 }
 
 /// Result seqs received, duplicates dropped.

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use lookout::capture::SourceConfig;
 use lookout::capture::{self, CaptureError, FrameSource};
-use lookout::config::SourceConfig;
 use lookout::frame::PixelFormat;
 
 fn sample(name: &str) -> PathBuf {
@@ -49,6 +49,7 @@ fn events(src: &mut dyn FrameSource, n: usize, limit: Duration) -> (Vec<Event>, 
 
 fn command(script: &str) -> Box<dyn FrameSource> {
     let cfg = SourceConfig::Command {
+        base: PathBuf::from("/"),
         command: vec!["sh".into(), "-c".into(), script.into(), "sh".into(), sample("").display().to_string()],
         frame_timeout: Duration::from_secs(5),
         reconnect_min: Duration::from_millis(50),
@@ -92,6 +93,7 @@ fn a_missing_program_or_one_that_exits_at_once_backs_off() {
         (vec!["sh".into(), "-c".into(), "echo 'no camera' >&2; exit 1".into()], "without sending a JPEG frame"),
     ] {
         let cfg = SourceConfig::Command {
+            base: PathBuf::from("/"),
             command: argv,
             frame_timeout: Duration::from_secs(5),
             reconnect_min: Duration::from_millis(100),
@@ -110,6 +112,7 @@ fn a_missing_program_or_one_that_exits_at_once_backs_off() {
 #[test]
 fn a_program_that_stops_sending_is_restarted_after_the_frame_timeout() {
     let cfg = SourceConfig::Command {
+        base: PathBuf::from("/"),
         command: vec![
             "sh".into(),
             "-c".into(),
@@ -176,7 +179,7 @@ fn snapshot(port: u16, path: &str, user: Option<&str>, password: Option<&str>) -
         interval: Duration::from_millis(100),
         timeout: Duration::from_millis(500),
         username: user.map(String::from),
-        password: password.map(String::from),
+        password: password.map(|p| lookout::secret::SecretSource::Inline(p.into())),
         reconnect_max: Duration::from_millis(400),
     })
     .unwrap()

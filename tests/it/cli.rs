@@ -234,3 +234,38 @@ fn the_packaged_config_is_valid_once_model_install_put_the_model_in_place() {
     assert_eq!(code, 78, "{err}");
     assert!(error_line(&err).contains("cannot set model.path: not TOML"), "{err}");
 }
+
+#[test]
+fn snapshot_draws_each_views_region_on_a_real_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[source]\nkind = \"files\"\npath = \"{}\"\n\n[views.left]\nroi = [0.0, 0.0, 0.5, 1.0]\n\n\
+         [views.right]\nroi = [0.5, 0.0, 0.5, 1.0]\n\n[model]\npath = \"{}\"\n",
+        samples().join("3-three.jpg").display(),
+        root().join("models/digits/digits-int8.onnx").display()
+    );
+    let cfg = write_config(dir.path(), &text);
+    let out = dir.path().join("aim.png");
+    let (code, stdout, stderr) = run(&["snapshot".as_ref(), "--config".as_ref(), cfg.as_os_str(), out.as_os_str()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("left: red (roi [0.0, 0.0, 0.5, 1.0]; the model sees the 64x64 square at 0,16)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("right: green"), "{stdout}");
+    let img = image::open(&out).unwrap().into_rgb8();
+    assert_eq!(img.dimensions(), (128, 96), "the whole frame");
+    assert_eq!(img.get_pixel(0, 50).0, [230, 25, 25], "left's outline");
+    assert_eq!(img.get_pixel(127, 50).0, [25, 200, 25], "right's outline");
+
+    let (code, _, stderr) = run(&[
+        "snapshot".as_ref(),
+        "--config".as_ref(),
+        cfg.as_os_str(),
+        "--view".as_ref(),
+        "attic".as_ref(),
+        out.as_os_str(),
+    ]);
+    assert_eq!(code, 78);
+    assert!(error_line(&stderr).contains("no view \"attic\"") && stderr.contains("left, right"), "{stderr}");
+}

@@ -258,7 +258,7 @@ impl Listener {
                 }
             }
         });
-        subscribed_rx.recv_timeout(Duration::from_secs(10)).expect("no SUBACK from the broker");
+        subscribed_rx.recv_timeout(Duration::from_secs(30)).expect("no SUBACK from the broker");
         Listener { rx, stop }
     }
 

@@ -38,7 +38,7 @@ fn run_publishes_what_classify_says_and_retains_the_state() {
 
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &digits_config(&samples, "digits-int8.onnx", broker.port, ""));
-    let mut sub = Subscriber::new(broker.port, "lookout/e2e/result");
+    let mut sub = Subscriber::new(broker.port, "lookout/e2e/main/result");
 
     let mut cmd = lookout();
     cmd.arg("run").arg("--config").arg(&config);
@@ -55,7 +55,7 @@ fn run_publishes_what_classify_says_and_retains_the_state() {
     let by_classify = classify_labels(&config, &frames);
     assert_eq!(by_classify, expected);
     for (i, ((topic, r), (_, label))) in results.iter().zip(&by_classify).enumerate() {
-        assert_eq!(topic, "lookout/e2e/result");
+        assert_eq!(topic, "lookout/e2e/main/result");
         assert_eq!(r["seq"], i as u64);
         assert_eq!(r["frame_seq"], i as u64);
         assert_eq!(r["label"].as_str().unwrap(), label, "result {i}: {r}");
@@ -66,7 +66,7 @@ fn run_publishes_what_classify_says_and_retains_the_state() {
     }
 
     // A subscriber that comes late still sees the latest result.
-    let mut late = Subscriber::new(broker.port, "lookout/e2e/state");
+    let mut late = Subscriber::new(broker.port, "lookout/e2e/main/state");
     let state = late.collect(1, Duration::from_secs(5));
     assert_eq!(state.len(), 1);
     assert_eq!(state[0].1["seq"], 9);

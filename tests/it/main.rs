@@ -6,6 +6,7 @@
 //! `cross` and `soak` are run by name: `cargo test --test it cross::` (from
 //! cross/test.sh) and `cargo test --release --test it soak:: -- --ignored`.
 
+mod architecture;
 mod badinput;
 mod capture;
 mod cli;
@@ -21,3 +22,4 @@ mod soak;
 mod system;
 mod systemd;
 mod triggers;
+mod views;

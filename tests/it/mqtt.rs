@@ -32,7 +32,7 @@ fn config(dir: &Path, port: u16, mqtt_extra: &str) -> std::path::PathBuf {
 }
 
 fn result_topic() -> String {
-    format!("lookout/{DEVICE}/result")
+    format!("lookout/{DEVICE}/main/result")
 }
 
 /// Received result seqs, duplicates dropped.
@@ -176,8 +176,8 @@ fn availability_state_last_will_and_discovery() {
     std::thread::sleep(Duration::from_millis(1500));
 
     // A subscriber that starts late sees the retained topics at once.
-    let late = Listener::new(broker.port, &format!("lookout/{DEVICE}/+"));
-    let retained = late.until(Duration::from_secs(5), |m| m.iter().filter(|(_, _, r)| *r).count() >= 3);
+    let late = Listener::new(broker.port, &format!("lookout/{DEVICE}/#"));
+    let retained = late.until(Duration::from_secs(5), |m| m.iter().filter(|(_, _, r)| *r).count() >= 5);
     let get = |suffix: &str| {
         retained
             .iter()
@@ -186,17 +186,21 @@ fn availability_state_last_will_and_discovery() {
             .unwrap_or_else(|| panic!("no retained {suffix} in {retained:?}"))
     };
     assert_eq!(get("/availability"), Value::String("online".into()));
-    let state = get("/state");
+    let state = get("/main/state");
     assert!(state["seq"].as_u64().is_some() && state["label"].is_string() && state["health"] == "ok", "{state}");
+    assert_eq!(state["view"], "main");
     assert_eq!(state["top_k"].as_array().unwrap().len(), 5);
+    assert_eq!(get("/main/health"), Value::String("ok".into()));
+    assert_eq!(get("/main/control"), serde_json::json!({"paused": false, "interval": 0.1}));
     let diag = get("/diagnostics");
     assert_eq!(diag["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(diag["mqtt"]["connected"], true);
     assert!(diag["frames"]["classified"].as_u64().unwrap() >= 1, "{diag}");
     assert!(diag["outbox"]["depth"].is_u64() && diag["outbox"]["dropped"] == 0, "{diag}");
     assert!(diag["latency_ms"]["inference"].as_f64().unwrap() > 0.0, "{diag}");
+    assert_eq!(diag["sources"], serde_json::json!({"main": "ok"}));
 
-    // Discovery, field by field.
+    // Discovery, field by field: one camera, one device.
     let disc_topic = format!("homeassistant/device/{DEVICE}/config");
     let ha = Listener::new(broker.port, &disc_topic);
     let disc = ha.until(Duration::from_secs(5), |m| !m.is_empty());
@@ -210,26 +214,40 @@ fn availability_state_last_will_and_discovery() {
     assert_eq!(d["o"]["sw"], env!("CARGO_PKG_VERSION"));
     let cmps = d["cmps"].as_object().unwrap();
     let keys: BTreeSet<&str> = cmps.keys().map(String::as_str).collect();
-    assert_eq!(keys, BTreeSet::from(["label", "confidence", "latency", "outbox", "temperature", "camera"]));
+    let expected = [
+        ("main_label", "sensor", "main_label"),
+        ("main_confidence", "sensor", "main_confidence"),
+        ("main_health", "sensor", "main_health"),
+        ("main_camera", "binary_sensor", "main_camera"),
+        ("main_classify", "button", "main_classify"),
+        ("main_running", "switch", "main_running"),
+        ("main_interval", "number", "main_interval"),
+        ("latency", "sensor", "latency"),
+        ("outbox", "sensor", "outbox"),
+        ("temperature", "sensor", "temperature"),
+        ("mqtt_error", "sensor", "mqtt_error"),
+        ("throttled", "binary_sensor", "throttled"),
+    ];
+    assert_eq!(keys, expected.iter().map(|(k, _, _)| *k).collect());
     let avail = format!("lookout/{DEVICE}/availability");
-    for (key, c) in cmps {
-        assert_eq!(c["unique_id"], format!("lookout_{DEVICE}_{key}"));
+    for (key, platform, unique) in expected {
+        let c = &cmps[key];
+        assert_eq!(c["p"], platform, "{key}");
+        assert_eq!(c["unique_id"], format!("lookout_{DEVICE}_{unique}"), "{key}");
         assert_eq!(c["availability"][0]["topic"], avail.as_str(), "{key}");
-        assert!(c["expire_after"].as_u64().unwrap() >= 60, "{key}");
-        assert!(c["state_topic"].as_str().unwrap().starts_with(&format!("lookout/{DEVICE}/")), "{key}");
-        assert!(c["value_template"].as_str().unwrap().contains("value_json."), "{key}");
+        assert_eq!(c["qos"], 1, "{key}");
     }
-    let state_topic = format!("lookout/{DEVICE}/state");
+    let state_topic = format!("lookout/{DEVICE}/main/state");
     let diag_topic = format!("lookout/{DEVICE}/diagnostics");
-    assert_eq!(cmps["label"]["p"], "sensor");
-    assert_eq!(cmps["label"]["state_topic"], state_topic.as_str());
-    assert_eq!(cmps["label"]["json_attributes_topic"], state_topic.as_str());
-    assert!(cmps["label"]["json_attributes_template"].as_str().unwrap().contains("top_k"));
-    assert_eq!(cmps["confidence"]["unit_of_measurement"], "%");
-    assert_eq!(cmps["camera"]["p"], "binary_sensor");
-    assert_eq!(cmps["camera"]["device_class"], "problem");
+    assert_eq!(cmps["main_label"]["state_topic"], state_topic.as_str());
+    assert!(cmps["main_label"]["expire_after"].as_u64().unwrap() >= 60);
+    assert!(cmps["main_label"]["json_attributes_template"].as_str().unwrap().contains("top_k"));
+    assert_eq!(cmps["main_confidence"]["unit_of_measurement"], "%");
+    assert_eq!(cmps["main_camera"]["device_class"], "problem");
+    assert_eq!(cmps["main_camera"]["state_topic"], format!("lookout/{DEVICE}/main/health").as_str());
+    assert!(cmps["main_camera"].get("expire_after").is_none(), "health is retained: it does not expire");
+    assert_eq!(cmps["main_classify"]["command_topic"], format!("lookout/{DEVICE}/command").as_str());
     for key in ["latency", "outbox", "temperature"] {
-        assert_eq!(cmps[key]["p"], "sensor");
         assert_eq!(cmps[key]["entity_category"], "diagnostic");
         assert_eq!(cmps[key]["state_topic"], diag_topic.as_str());
     }

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 
-const TOPIC: &str = "lookout/soak/result";
+const TOPIC: &str = "lookout/soak/main/result";
 
 /// What /proc says about the daemon at one moment.
 #[derive(Debug, Clone, Copy)]

@@ -18,7 +18,7 @@ fn a_change_of_scene_publishes_exactly_the_transitions() {
     let dir = tempfile::tempdir().unwrap();
     let extra = "\n[triggers]\nenabled = true\nvotes = 2\nwindow = 3\npublish = \"change\"\nheartbeat = 3600.0\n";
     let config = write_config(dir.path(), &digits_config(frames.path(), "digits-int8.onnx", broker.port, extra));
-    let mut sub = Subscriber::new(broker.port, "lookout/e2e/result");
+    let mut sub = Subscriber::new(broker.port, "lookout/e2e/main/result");
 
     let mut cmd = lookout();
     cmd.arg("run").arg("--config").arg(&config);
