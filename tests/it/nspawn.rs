@@ -77,34 +77,18 @@ fn work_dir() -> PathBuf {
 /// Changing this rebuilds the root filesystems already built.
 const ROOTFS_RECIPE: &str = "debootstrap --variant=minbase --include=systemd,dbus bookworm";
 
-/// The Debian architecture of the containers: the host's, or `arm64` with
-/// LOOKOUT_NSPAWN_ARCH=arm64, run through the kernel's binfmt_misc and
-/// qemu-user-static (apt-get install qemu-user-static binfmt-support) with
-/// the arm64 package in LOOKOUT_DEB.
-fn arch() -> Option<String> {
-    std::env::var("LOOKOUT_NSPAWN_ARCH").ok().filter(|a| a != "amd64")
-}
-
 /// The Debian root filesystem, built when missing (or built by another
 /// recipe). `LOOKOUT_NSPAWN_ROOTFS` names one to use instead.
 fn rootfs() -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("LOOKOUT_NSPAWN_ROOTFS") {
         return Ok(p.into());
     }
-    let arch = arch();
-    let name = match &arch {
-        Some(a) => format!("bookworm-{a}-rootfs"),
-        None => "bookworm-rootfs".into(),
-    };
-    let dir = work_dir().join(&name);
+    let name = "bookworm-rootfs";
+    let dir = work_dir().join(name);
     let stamp = dir.join(".lookout-rootfs");
     if std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == ROOTFS_RECIPE) {
         return Ok(dir);
     }
-    let qemu = match &arch {
-        Some(a) => Some(foreign_interpreter(a)?),
-        None => None,
-    };
     let mirror = debian_mirror();
     println!("building the container root filesystem in {} from {mirror} (once)", dir.display());
     let t = Instant::now();
@@ -112,24 +96,8 @@ fn rootfs() -> Result<PathBuf, String> {
     let _ = std::fs::remove_dir_all(&partial);
     std::fs::create_dir_all(&partial).map_err(|e| e.to_string())?;
     let mut cmd = Command::new(tool_path("debootstrap").expect("checked in prepare"));
-    cmd.args(["--variant=minbase", "--include=systemd,dbus"]);
-    if let Some(a) = &arch {
-        // The first stage unpacks; the second runs the target's own
-        // maintainer scripts, so it needs the emulator inside.
-        cmd.arg(format!("--arch={a}")).arg("--foreign");
-    }
-    cmd.arg("bookworm").arg(&partial).arg(&mirror);
-    let mut out = cmd.output().map_err(|e| format!("debootstrap: {e}"))?;
-    if let (true, Some((interpreter, emulator))) = (out.status.success(), &qemu) {
-        let inside = partial.join(interpreter.strip_prefix("/").unwrap());
-        std::fs::create_dir_all(inside.parent().unwrap()).map_err(|e| e.to_string())?;
-        std::fs::copy(emulator, &inside).map_err(|e| format!("{}: {e}", emulator.display()))?;
-        out = Command::new("chroot")
-            .arg(&partial)
-            .args(["/debootstrap/debootstrap", "--second-stage"])
-            .output()
-            .map_err(|e| format!("chroot: {e}"))?;
-    }
+    cmd.args(["--variant=minbase", "--include=systemd,dbus", "bookworm"]).arg(&partial).arg(&mirror);
+    let out = cmd.output().map_err(|e| format!("debootstrap: {e}"))?;
     if !out.status.success() {
         let _ = std::fs::remove_dir_all(&partial);
         let log = String::from_utf8_lossy(&out.stdout);
@@ -147,35 +115,6 @@ fn rootfs() -> Result<PathBuf, String> {
     std::fs::rename(&partial, &dir).map_err(|e| e.to_string())?;
     println!("root filesystem built in {:.0} s", t.elapsed().as_secs_f64());
     Ok(dir)
-}
-
-/// For a foreign architecture: the interpreter path binfmt_misc runs its
-/// binaries with, which must exist inside the container too (Debian
-/// registers qemu without the F flag, so the kernel opens it at each exec,
-/// in the container's file system), and the host's emulator to put there.
-fn foreign_interpreter(arch: &str) -> Result<(PathBuf, PathBuf), String> {
-    let qemu = match arch {
-        "arm64" => "aarch64",
-        "armhf" => "arm",
-        other => return Err(format!("LOOKOUT_NSPAWN_ARCH={other}: only arm64 and armhf")),
-    };
-    let entry = format!("/proc/sys/fs/binfmt_misc/qemu-{qemu}");
-    let text = std::fs::read_to_string(&entry).map_err(|_| {
-        format!(
-            "{entry} is not registered: apt-get install qemu-user-static binfmt-support \
-             (and mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc)"
-        )
-    })?;
-    if !text.lines().any(|l| l == "enabled") {
-        return Err(format!("{entry} is disabled"));
-    }
-    let interpreter =
-        text.lines().find_map(|l| l.strip_prefix("interpreter ")).ok_or(format!("{entry}: no interpreter"))?;
-    let emulator = PathBuf::from(format!("/usr/bin/qemu-{qemu}-static"));
-    if !emulator.is_file() {
-        return Err(format!("{} is missing: apt-get install qemu-user-static", emulator.display()));
-    }
-    Ok((PathBuf::from(interpreter), emulator))
 }
 
 /// The first `URIs:` of the host's deb822 Debian sources, else its
@@ -210,9 +149,6 @@ fn debian_mirror() -> String {
 fn package() -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("LOOKOUT_DEB") {
         return Ok(p.into());
-    }
-    if let Some(a) = arch() {
-        return Err(format!("LOOKOUT_NSPAWN_ARCH={a} needs the package for it in LOOKOUT_DEB"));
     }
     let bin = Path::new(env!("CARGO_BIN_EXE_lookout"));
     // target/<profile dir>/lookout; cargo calls the dev profile's folder debug.
