@@ -38,6 +38,10 @@
 //!   never stalls the camera; inference runs on the caller's thread.
 //! - [`shutdown`]: a cloneable trigger that signals, tests and the daemon use
 //!   to stop everything.
+//! - [`custom`]: custom classes taught from a few pictures: the model's
+//!   embedding output compared by cosine similarity to each class's mean,
+//!   `unknown` far from all; the examples on disk with the view's JPEG (a
+//!   model change re-embeds them); `lookout eval`'s metrics.
 //! - [`triggers`]: label groups, thresholds, `unknown`, temporal smoothing
 //!   and the publish policy (every result, or on change plus a heartbeat).
 //! - [`thermal`]: board temperature and throttle flags; the daemon stretches
@@ -51,6 +55,7 @@
 pub mod capture;
 pub mod command;
 pub mod config;
+pub mod custom;
 pub mod daemon;
 pub mod frame;
 pub mod model;

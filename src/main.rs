@@ -12,6 +12,7 @@ use log::info;
 use lookout::capture::{self, CaptureError};
 use lookout::command::Inbox;
 use lookout::config::{Config, ConfigError};
+use lookout::custom::{self, ClassStore, CustomError};
 use lookout::daemon::{self, Overrides, View};
 use lookout::frame::Frame;
 use lookout::model::{
@@ -29,6 +30,7 @@ use lookout::triggers::{TriggerError, Triggers};
 /// restart loop.
 mod exit {
     pub const FAILURE: u8 = 1;
+    pub const USAGE: u8 = 2;
     pub const DATA: u8 = 65;
     pub const NO_INPUT: u8 = 66;
     pub const SOURCE: u8 = 69;
@@ -62,8 +64,33 @@ enum Command {
         /// Include the raw logits in the output.
         #[arg(long)]
         logits: bool,
+        /// Include the embedding (the features custom classes compare).
+        #[arg(long)]
+        embedding: bool,
         #[arg(required = true)]
         images: Vec<PathBuf>,
+    },
+    /// Teach a custom class from image files: each is run through the model
+    /// and stored, with the view it saw, in <state_dir>/classes/.
+    Teach {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        class: String,
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+    },
+    /// Measure classes on labelled pictures (DIR/<class>/*.jpg): the model's
+    /// labels, the taught classes, and custom classes cross-validated on DIR.
+    Eval {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Cross-validation folds for custom classes from DIR (0: leave-one-out).
+        #[arg(long, default_value_t = 5)]
+        folds: usize,
+        #[arg(long)]
+        json: bool,
+        dir: PathBuf,
     },
     /// Validate a config file and print it resolved.
     CheckConfig { config: PathBuf },
@@ -177,6 +204,19 @@ impl From<CaptureError> for Fatal {
     }
 }
 
+impl From<CustomError> for Fatal {
+    fn from(e: CustomError) -> Self {
+        let code = match e {
+            CustomError::BadName(_) | CustomError::NoClass { .. } | CustomError::NoExample(_) => exit::USAGE,
+            CustomError::NoEmbedding { .. } | CustomError::NoModelHash { .. } => exit::MODEL,
+            CustomError::Image { .. } => exit::DATA,
+            CustomError::Unreadable { .. } | CustomError::Eval(_) => exit::NO_INPUT,
+            _ => exit::FAILURE,
+        };
+        Fatal { code, message: e.to_string() }
+    }
+}
+
 impl From<anyhow::Error> for Fatal {
     fn from(e: anyhow::Error) -> Self {
         Fatal { code: exit::FAILURE, message: format!("{e:#}") }
@@ -197,7 +237,11 @@ fn main() -> ExitCode {
     init_logging();
     let result = match cli.command {
         Command::Run { config } => run(&config),
-        Command::Classify { config, model, logits, images } => classify(&config, model.as_deref(), logits, &images),
+        Command::Classify { config, model, logits, embedding, images } => {
+            classify(&config, model.as_deref(), (logits, embedding), &images)
+        }
+        Command::Teach { config, class, images } => teach(&config, &class, &images),
+        Command::Eval { config, folds, json, dir } => eval(&config, folds, json, &dir),
         Command::CheckConfig { config } => check_config(&config),
         Command::Cameras => cameras(),
         Command::Snapshot { config, view, out } => snapshot(&config, view.as_deref(), &out),
@@ -603,6 +647,8 @@ struct ClassifyLine<'a> {
     latency_ms: Latency,
     #[serde(skip_serializing_if = "Option::is_none")]
     logits: Option<&'a [f32]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    embedding: Option<&'a [f32]>,
 }
 
 fn load_model(cfg: &Config) -> Result<TractClassifier, Fatal> {
@@ -622,12 +668,20 @@ fn load_model(cfg: &Config) -> Result<TractClassifier, Fatal> {
     Ok(classifier)
 }
 
-fn classify(config: &Path, model: Option<&Path>, with_logits: bool, images: &[PathBuf]) -> Result<(), Fatal> {
+fn classify(
+    config: &Path,
+    model: Option<&Path>,
+    (with_logits, with_embedding): (bool, bool),
+    images: &[PathBuf],
+) -> Result<(), Fatal> {
     let mut cfg = Config::load(config)?;
     if let Some(m) = model {
         cfg = cfg.with_model(m)?;
     }
     let mut classifier = load_model(&cfg)?;
+    if with_embedding {
+        custom::model_key(&classifier)?;
+    }
     let size = classifier.info().input_size;
     let labels = classifier.info().labels.clone();
     let mut pre = Preprocessor::new(&cfg.model.preprocess, size, ColorRange::default());
@@ -667,6 +721,7 @@ fn classify(config: &Path, model: Option<&Path>, with_logits: bool, images: &[Pa
             top_k: &ranked,
             latency_ms: Latency { preprocess: ms(t1 - t0), inference: ms(t2 - t1), total: ms(t2 - t0) },
             logits: with_logits.then_some(&logits[..]),
+            embedding: classifier.embedding().filter(|_| with_embedding),
         };
         let mut out = stdout.lock();
         let _ = serde_json::to_writer(&mut out, &line);
@@ -677,6 +732,57 @@ fn classify(config: &Path, model: Option<&Path>, with_logits: bool, images: &[Pa
         Some(f) => Err(Fatal { code: f.code, message: format!("{failed} of {} images failed", images.len()) }),
         None => Ok(()),
     }
+}
+
+/// The custom-class store of the config's model, re-embedded if the model
+/// changed since the examples were taught.
+fn class_store(cfg: &Config, classifier: &mut TractClassifier) -> Result<ClassStore, Fatal> {
+    let key = custom::model_key(classifier)?;
+    let mut store = ClassStore::open(&cfg.device.state_dir.join("classes"), &key)?;
+    let n = custom::reembed(classifier, &cfg.model.preprocess, &mut store)?;
+    if n > 0 {
+        info!("re-embedded {n} examples for model {}", classifier.info().name);
+    }
+    Ok(store)
+}
+
+fn teach(config: &Path, class: &str, images: &[PathBuf]) -> Result<(), Fatal> {
+    custom::check_class_name(class)?;
+    let cfg = Config::load(config)?;
+    let mut classifier = load_model(&cfg)?;
+    let mut store = class_store(&cfg, &mut classifier)?;
+    let mut pre = Preprocessor::new(&cfg.model.preprocess, classifier.info().input_size, ColorRange::Full);
+    let taught = custom::teach_files(&mut classifier, &mut pre, &cfg.model.preprocess, &mut store, class, images)?;
+    for t in &taught {
+        println!("{class}: example {} from {} ({} byte picture)", t.id, t.image.display(), t.jpeg_bytes);
+    }
+    for c in store.list() {
+        let threshold =
+            c.threshold.map_or("not calibrated (teach a class a second example)".into(), |t| format!("{t:.3}"));
+        println!("class {}: {} examples, unknown below {threshold}", c.name, c.examples.len());
+    }
+    Ok(())
+}
+
+fn eval(config: &Path, folds: usize, json: bool, dir: &Path) -> Result<(), Fatal> {
+    let cfg = Config::load(config)?;
+    let mut classifier = load_model(&cfg)?;
+    let store = match custom::model_key(&classifier) {
+        Ok(_) => Some(class_store(&cfg, &mut classifier)?),
+        Err(e) => {
+            log::warn!("{e}: evaluating the model's labels only");
+            None
+        }
+    };
+    let mut pre = Preprocessor::new(&cfg.model.preprocess, classifier.info().input_size, ColorRange::Full);
+    let sections = custom::eval::evaluate(&mut classifier, &mut pre, dir, store.as_ref(), folds)?;
+    if json {
+        println!("{}", serde_json::json!({ "dir": dir, "sections": sections }));
+    } else {
+        let tables: Vec<String> = sections.iter().map(|s| s.table()).collect();
+        print!("{}", tables.join("\n"));
+    }
+    Ok(())
 }
 
 #[derive(serde::Serialize)]

@@ -262,26 +262,40 @@ def load_sample_dir(path: Path) -> list[tuple[str, "object"]]:
 # --------------------------------------------------------------------------
 
 
-def _logits_only(model):
+EMBEDDING_OUTPUT = "embedding"
+#  - The embedding output (the pooled features before the classifier head,
+#    which lookout's custom classes compare by cosine similarity): ORT int8 vs
+#    torch fp32, the least cosine similarity over the samples. Measured on the
+#    digits model: see tools/README.md.
+EMBEDDING_MIN_COSINE = 0.98
+
+
+def _outputs_of(model, embedding: bool):
     import torch
 
-    class LogitsOnly(torch.nn.Module):
-        """ONNX output must be the bare logits tensor, not a ModelOutput."""
+    class Outputs(torch.nn.Module):
+        """ONNX outputs are bare tensors, not a ModelOutput: the logits, then
+        (with `embedding`) Data2Vec-Vision's pooler output, the mean-pooled,
+        layer-normed patch tokens that the classifier head reads. The head is
+        applied here exactly as the model's forward applies it."""
 
         def __init__(self, inner):
             super().__init__()
             self.inner = inner
 
         def forward(self, pixel_values):
-            return self.inner(pixel_values=pixel_values, return_dict=True).logits
+            if not embedding:
+                return self.inner(pixel_values=pixel_values, return_dict=True).logits
+            pooled = self.inner.data2vec_vision(pixel_values=pixel_values, return_dict=True).pooler_output
+            return self.inner.classifier(pooled), pooled
 
-    return LogitsOnly(model).eval()
+    return Outputs(model).eval()
 
 
-def export_fp32(model, path: Path, image_size: int, opset: int) -> None:
+def export_fp32(model, path: Path, image_size: int, opset: int, embedding: bool = True) -> None:
     import torch
 
-    wrapped = _logits_only(model.eval())
+    wrapped = _outputs_of(model.eval(), embedding)
     dummy = torch.zeros(1, 3, image_size, image_size, dtype=torch.float32)
     with torch.no_grad(), warnings_quiet():
         torch.onnx.export(
@@ -291,10 +305,52 @@ def export_fp32(model, path: Path, image_size: int, opset: int) -> None:
             opset_version=opset,
             dynamo=False,
             input_names=["pixel_values"],
-            output_names=["logits"],
+            output_names=["logits", EMBEDDING_OUTPUT] if embedding else ["logits"],
             do_constant_folding=True,
             dynamic_axes=None,  # static 1x3xHxW: tract optimizes best on fixed shapes
         )
+
+
+def add_embedding_output(path: Path, tensor: str) -> int:
+    """Expose the intermediate tensor `tensor` of any ONNX classifier as a
+    second graph output named `embedding` (through an Identity node, so the
+    graph's own names stay). Returns its width; the tensor must be [1, N] or
+    [N] (flatten a pooled [1, N, 1, 1] before naming it). The shape comes from
+    running the graph once on zeros: shape inference leaves it open where torch
+    exported shape arithmetic."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    m = onnx.load(str(path))
+    names = {o for n in m.graph.node for o in n.output}
+    if tensor not in names:
+        raise ExportError(f"--embedding {tensor!r}: no node of {path.name} produces it")
+    if any(o.name == EMBEDDING_OUTPUT for o in m.graph.output):
+        raise ExportError(f"{path.name} already has an output named {EMBEDDING_OUTPUT!r}")
+    m.graph.node.append(helper.make_node("Identity", [tensor], [EMBEDDING_OUTPUT], name="lookout_embedding"))
+    m.graph.output.append(helper.make_empty_tensor_value_info(EMBEDDING_OUTPUT))
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0]
+    value = sess.run([EMBEDDING_OUTPUT], {inp.name: np.zeros(inp.shape, dtype=np.float32)})[0]
+    dims = list(value.shape)
+    if value.dtype != np.float32 or len(dims) > 2 or (len(dims) == 2 and dims[0] != 1) or not value.size:
+        raise ExportError(f"--embedding {tensor!r} is {value.dtype} {dims}; name a float [1, N] tensor")
+    m.graph.output.pop()
+    m.graph.output.append(helper.make_tensor_value_info(EMBEDDING_OUTPUT, TensorProto.FLOAT, dims))
+    onnx.save(m, str(path))
+    return dims[-1]
+
+
+def output_width(path: Path, name: str) -> int | None:
+    """Width of the graph output `name` ([1, N] or [N]), None if absent."""
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    out = next((o for o in m.graph.output if o.name == name), None)
+    if out is None:
+        return None
+    return out.type.tensor_type.shape.dim[-1].dim_value
 
 
 @contextlib.contextmanager
@@ -434,7 +490,8 @@ def versions() -> dict[str, str]:
 
 
 def write_manifest(onnx_path: Path, *, source: str, parameters: int, image_size: int, num_labels: int,
-                   preprocess: dict, quantization: str, opset: int, labels_file: str = "labels.txt") -> Path:
+                   preprocess: dict, quantization: str, opset: int, labels_file: str = "labels.txt",
+                   embedding_width: int | None = None, embedding_source: str = "") -> Path:
     stem = onnx_path.name[: -len(".onnx")]
     manifest = {
         "format": 1,
@@ -444,6 +501,8 @@ def write_manifest(onnx_path: Path, *, source: str, parameters: int, image_size:
         "parameters": parameters,
         "input": {"name": "pixel_values", "shape": [1, 3, image_size, image_size], "layout": "NCHW", "color": "RGB"},
         "output": {"name": "logits", "width": num_labels},
+        **({"embedding": {"name": EMBEDDING_OUTPUT, "width": embedding_width, "source": embedding_source}}
+           if embedding_width else {}),
         "preprocess": {
             "resize": preprocess["resize"],
             "crop_fraction": float(preprocess["crop_fraction"]),
@@ -476,18 +535,25 @@ def ort_session(path: Path, threads: int = 0):
     return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
 
 
-def run_ort(sess, inputs: list[np.ndarray]) -> np.ndarray:
-    return np.concatenate([sess.run(["logits"], {"pixel_values": x})[0] for x in inputs], axis=0)
+def run_ort(sess, inputs: list[np.ndarray], output: str = "logits") -> np.ndarray:
+    return np.concatenate([sess.run([output], {"pixel_values": x})[0] for x in inputs], axis=0)
 
 
-def run_torch(model, inputs: list[np.ndarray]) -> np.ndarray:
+def run_torch(model, inputs: list[np.ndarray], embedding: bool = False):
+    """Logits, or (logits, pooled embedding) with `embedding`."""
     import torch
 
-    model.eval()
+    wrapped = _outputs_of(model.eval(), embedding)
     with torch.no_grad():
-        return np.concatenate(
-            [model(pixel_values=torch.from_numpy(x)).logits.numpy() for x in inputs], axis=0
-        )
+        outs = [wrapped(torch.from_numpy(x)) for x in inputs]
+    if not embedding:
+        return np.concatenate([o.numpy() for o in outs], axis=0)
+    return tuple(np.concatenate([o[i].numpy() for o in outs], axis=0) for i in (0, 1))
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    return (a64 * b64).sum(1) / (np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1))
 
 
 @dataclass
@@ -500,7 +566,16 @@ class Verification:
     fp32_rel_tol: float = FP32_REL_TOL
     int8_min_agreement: float = INT8_MIN_AGREEMENT
     int8_random_rel_tol: float = INT8_RANDOM_REL_TOL
+    # The embedding output, where the model has one: torch fp32, ORT fp32, ORT int8.
+    torch_emb: np.ndarray | None = None
+    fp32_emb: np.ndarray | None = None
+    int8_emb: np.ndarray | None = None
+    embedding_min_cosine: float = EMBEDDING_MIN_COSINE
     failures: list[str] = field(default_factory=list)
+
+    def embedding_error(self, other: np.ndarray) -> tuple[float, float]:
+        """(least cosine similarity, max abs difference) against torch."""
+        return float(cosine_rows(other, self.torch_emb).min()), float(np.abs(other - self.torch_emb).max())
 
     @property
     def logit_range(self) -> float:
@@ -530,6 +605,11 @@ class Verification:
                 self.failures.append(
                     f"ORT int8 vs torch max abs logit error / logit range = {rel:.3g} > {self.int8_random_rel_tol:g}"
                 )
+        if self.torch_emb is not None:
+            for what, emb, limit in (("fp32", self.fp32_emb, 1 - 1e-5), ("int8", self.int8_emb, self.embedding_min_cosine)):
+                cos, _ = self.embedding_error(emb)
+                if cos < limit:
+                    self.failures.append(f"ORT {what} embedding vs torch: least cosine similarity {cos:.5f} < {limit:g}")
         return not self.failures
 
     def summary(self, labels: list[str] | None = None) -> str:
@@ -566,20 +646,33 @@ class Verification:
         else:
             line += f" (limit relative error <= {self.int8_random_rel_tol:g}, random weights: top-1 not gated)"
         rows.append(line)
+        if self.torch_emb is not None:
+            for what, emb in (("fp32", self.fp32_emb), ("int8", self.int8_emb)):
+                cos, diff = self.embedding_error(emb)
+                rows.append(f"ORT {what} embedding vs torch: least cosine similarity {cos:.5f}, max abs {diff:.3g} "
+                            f"(embedding values span {float(np.abs(self.torch_emb).max()):.3g})")
+            rows.append(f"  limit: int8 cosine >= {self.embedding_min_cosine:g}, fp32 cosine >= 0.99999")
         return "\n".join(rows)
 
 
 def verify(model, fp32_path: Path, int8_path: Path, named_inputs: list[tuple[str, np.ndarray]], trained: bool,
-           **tolerances) -> Verification:
+           torch_embedding: bool = True, **tolerances) -> Verification:
+    """`torch_embedding`: the embedding output is the pooler output, which torch
+    computes too; otherwise (a named tensor) ORT fp32's stands in for torch's."""
     names = [n for n, _ in named_inputs]
     inputs = [x for _, x in named_inputs]
+    embedding = output_width(fp32_path, EMBEDDING_OUTPUT) is not None
     with step(f"verify: torch fp32 on {len(inputs)} samples"):
-        t = run_torch(model, inputs)
-    with step("verify: onnxruntime fp32"):
-        f = run_ort(ort_session(fp32_path), inputs)
-    with step("verify: onnxruntime int8"):
-        q = run_ort(ort_session(int8_path), inputs)
-    v = Verification(names, t, f, q, trained, **tolerances)
+        t, te = run_torch(model, inputs, embedding=True)
+    sessions = {}
+    for what, path in (("fp32", fp32_path), ("int8", int8_path)):
+        with step(f"verify: onnxruntime {what}"):
+            sess = ort_session(path)
+            sessions[what] = (run_ort(sess, inputs), run_ort(sess, inputs, EMBEDDING_OUTPUT) if embedding else None)
+    (f, fe), (q, qe) = sessions["fp32"], sessions["int8"]
+    ref = (te if torch_embedding else fe) if embedding else None
+    v = Verification(names, t, f, q, trained, torch_emb=ref, fp32_emb=fe, int8_emb=qe,
+                     **tolerances)
     v.evaluate()
     return v
 
@@ -602,9 +695,13 @@ class ExportResult:
 
 def export_all(model, out_dir: Path, name: str, *, source: str, preprocess: dict, opset: int = 17,
                samples: list[tuple[str, np.ndarray]] | None = None, trained: bool = True,
-               tolerances: dict | None = None, fold: bool = True) -> ExportResult:
+               tolerances: dict | None = None, fold: bool = True, embedding: str = "pooler") -> ExportResult:
     """Export fp32, quantize to int8, check ops, write manifests and labels,
-    then verify on `samples` (already preprocessed NCHW float32) if given."""
+    then verify on `samples` (already preprocessed NCHW float32) if given.
+
+    `embedding`: "pooler" exports Data2Vec-Vision's pooled features as a second
+    output, "none" exports the logits only, anything else names an intermediate
+    tensor of the exported graph to expose instead (add_embedding_output)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     model.eval()
     image_size = int(model.config.image_size)
@@ -616,7 +713,9 @@ def export_all(model, out_dir: Path, name: str, *, source: str, preprocess: dict
     int8 = out_dir / f"{name}-int8.onnx"
     raw = out_dir / f"{name}-fp32.raw.onnx"
     with step(f"torch.onnx.export opset {opset} -> {raw}"):
-        export_fp32(model, raw, image_size, opset)
+        export_fp32(model, raw, image_size, opset, embedding=embedding == "pooler")
+    if embedding not in ("pooler", "none"):
+        add_embedding_output(raw, embedding)
     if fold:
         with step(f"fold constants (onnxruntime basic level) -> {fp32}"):
             fold_constants(raw, fp32)
@@ -636,17 +735,27 @@ def export_all(model, out_dir: Path, name: str, *, source: str, preprocess: dict
     for p in (fp32, int8):
         log(f"{p.name}: {p.stat().st_size / 1e6:.2f} MB")
 
+    emb_width = output_width(fp32, EMBEDDING_OUTPUT)
+    emb_source = {"pooler": "pooler_output: mean-pooled, layer-normed patch tokens before the classifier head",
+                  "none": ""}.get(embedding, f"tensor {embedding}")
+    for p in (fp32, int8):
+        if output_width(p, EMBEDDING_OUTPUT) != emb_width:
+            raise ExportError(f"{p.name}: the embedding output did not survive folding/quantization")
+    if emb_width:
+        log(f"embedding output: {emb_width} values ({emb_source})")
     labels_path = out_dir / "labels.txt"
     labels_path.write_text("\n".join(labels) + "\n", encoding="utf-8")
     manifests = [
         write_manifest(fp32, source=source, parameters=params, image_size=image_size, num_labels=len(labels),
-                       preprocess=preprocess, quantization="none", opset=opset),
+                       preprocess=preprocess, quantization="none", opset=opset, embedding_width=emb_width,
+                       embedding_source=emb_source),
         write_manifest(int8, source=source, parameters=params, image_size=image_size, num_labels=len(labels),
-                       preprocess=preprocess, quantization="int8-dynamic-matmul-per-channel", opset=opset),
+                       preprocess=preprocess, quantization="int8-dynamic-matmul-per-channel", opset=opset,
+                       embedding_width=emb_width, embedding_source=emb_source),
     ]
     ver = None
     if samples:
-        ver = verify(model, fp32, int8, samples, trained, **(tolerances or {}))
+        ver = verify(model, fp32, int8, samples, trained, torch_embedding=embedding == "pooler", **(tolerances or {}))
     return ExportResult(fp32, int8, manifests, labels_path, ops_fp32, ops_int8, ver)
 
 
@@ -684,6 +793,13 @@ def parse_args(argv=None):
     p.add_argument("--int8-random-tolerance", type=float, default=INT8_RANDOM_REL_TOL,
                    help=f"random weights: max int8 abs logit error / logit range (default {INT8_RANDOM_REL_TOL:g})")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    p.add_argument("--embedding", default="pooler", metavar="pooler|none|TENSOR",
+                   help="second output 'embedding' for lookout's custom classes: 'pooler' (default) = the pooled "
+                        "features before the classifier head; 'none' = logits only; else the name of a [1, N] "
+                        "tensor in the exported ONNX graph")
+    p.add_argument("--embedding-min-cosine", type=float, default=EMBEDDING_MIN_COSINE,
+                   help=f"min cosine similarity of the int8 embedding to torch's on every sample "
+                        f"(default {EMBEDDING_MIN_COSINE:g})")
     return p.parse_args(argv)
 
 
@@ -718,8 +834,9 @@ def main(argv=None) -> int:
         res = export_all(model, out_dir, default_name(args), source=source, preprocess=pp, opset=args.opset,
                          samples=samples, trained=trained,
                          tolerances=dict(fp32_rel_tol=args.tolerance, int8_min_agreement=args.int8_min_agreement,
-                                         int8_random_rel_tol=args.int8_random_tolerance),
-                         fold=not args.no_fold)
+                                         int8_random_rel_tol=args.int8_random_tolerance,
+                                         embedding_min_cosine=args.embedding_min_cosine),
+                         fold=not args.no_fold, embedding=args.embedding)
     except ExportError as e:
         log(f"error: {e}")
         return EXIT_USAGE

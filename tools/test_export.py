@@ -148,6 +148,8 @@ def test_manifests():
         assert m["architecture"] == "Data2VecVisionForImageClassification"
         assert m["input"] == {"name": "pixel_values", "shape": [1, 3, 32, 32], "layout": "NCHW", "color": "RGB"}
         assert m["output"] == {"name": "logits", "width": 10}
+        assert m["embedding"]["name"] == "embedding" and m["embedding"]["width"] == 64
+        assert ex.output_width(onnx_path, "embedding") == 64
         assert m["quantization"] == quant and m["opset"] == 17
         assert m["sha256"] == ex.sha256_file(onnx_path)
         assert (MODELS / m["labels"]).exists()
@@ -203,3 +205,29 @@ def test_retrain_from_scratch_reproduces_reference(tmp_path):
                   "--fixtures-out", str(tmp_path / "fixtures")])
     assert rc == 0
     compare_reference(load_reference(tmp_path / "fixtures"), load_reference(FIXTURES))
+
+
+def test_embedding_output_of_a_named_tensor(tmp_path):
+    """--embedding TENSOR: any intermediate [1, N] tensor becomes the output
+    'embedding', and the int8 file keeps it close to the fp32 one."""
+    ex.seed_everything(0)
+    from transformers import Data2VecVisionForImageClassification
+
+    model = Data2VecVisionForImageClassification(ts.make_config())
+    raw = tmp_path / "raw.onnx"
+    ex.export_fp32(model, raw, 32, 17, embedding=False)
+    import onnx
+
+    names = [n.output[0] for n in onnx.load(str(raw)).graph.node if n.op_type == "LayerNormalization"]
+    with pytest.raises(ex.ExportError, match="name a float \\[1, N\\] tensor"):
+        ex.add_embedding_output(raw, names[0])  # [1, 65, 64]: tokens, not pooled
+    with pytest.raises(ex.ExportError, match="no node"):
+        ex.add_embedding_output(raw, "nope")
+    imgs = ex.default_sample_images(seed=0, total=4)
+    samples = [(n, ex.preprocess_image(im, 32, ex.preprocess_from_checkpoint(None))) for n, im in imgs]
+    res = ex.export_all(model, tmp_path, "toy", source="random-init:toy", preprocess=ex.preprocess_from_checkpoint(None),
+                        samples=samples, trained=False, embedding=names[-1])
+    m = json.loads(res.manifests[1].read_text())
+    assert m["embedding"]["width"] == 64 and m["embedding"]["source"].startswith("tensor ")
+    assert res.verification.evaluate(), res.verification.failures
+

@@ -125,12 +125,12 @@ def make_config():
     )
 
 
-def train(x_train: np.ndarray, y_train: np.ndarray, epochs: int, batch_size: int, lr: float):
+def train(x_train: np.ndarray, y_train: np.ndarray, epochs: int, batch_size: int, lr: float, config=None):
     import torch
     from transformers import Data2VecVisionForImageClassification
 
     ex.seed_everything(SEED)
-    model = Data2VecVisionForImageClassification(make_config())
+    model = Data2VecVisionForImageClassification(config or make_config())
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     steps_per_epoch = (len(x_train) + batch_size - 1) // batch_size
     sched = torch.optim.lr_scheduler.OneCycleLR(
@@ -250,6 +250,27 @@ def write_samples(test_images, test_labels, fp32_logits, fp32_onnx: Path, out_di
     return expected
 
 
+# Every 8th held-out image: enough to hold lookout's int8 embedding to
+# PyTorch's (tests/it/inference.rs) in a fixture of 40 KB.
+EMBEDDING_REFERENCE_STEP = 8
+
+
+def write_embedding_reference(v, files: list[str], fixtures: Path) -> None:
+    """PyTorch fp32's embedding output (the pooled features before the head)
+    on every EMBEDDING_REFERENCE_STEP-th test image, with the int8 model's
+    distance to it under onnxruntime for comparison."""
+    rows = range(0, len(files), EMBEDDING_REFERENCE_STEP)
+    cos = ex.cosine_rows(v.int8_emb, v.torch_emb)
+    doc = {
+        "what": "torch fp32 pooler_output (the ONNX output 'embedding') of digits, every "
+                f"{EMBEDDING_REFERENCE_STEP}th test image",
+        "ort_int8_min_cosine": float(cos.min()),
+        "ort_int8_max_abs_diff": float(np.abs(v.int8_emb - v.torch_emb).max()),
+        "images": [{"file": files[i], "torch_embedding": f32_list(v.torch_emb[i])} for i in rows],
+    }
+    (fixtures / "embedding-reference.json").write_text(json.dumps(doc, indent=0) + "\n", encoding="utf-8")
+
+
 def _center_square_input_from(path: Path) -> np.ndarray:
     from PIL import Image
 
@@ -361,6 +382,7 @@ def main(argv=None) -> int:
     (fixtures / "reference.json").write_text(json.dumps(reference, indent=1) + "\n", encoding="utf-8")
 
     write_samples(test_images, test_labels, v.fp32_logits, res.fp32, models_out / "samples")
+    write_embedding_reference(v, [f"test/{i:04d}.png" for i in range(len(x_test))], fixtures)
 
     if v.failures:
         for f in v.failures:

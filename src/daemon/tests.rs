@@ -80,8 +80,12 @@ impl Classifier for Brightness {
 }
 
 fn model() -> Brightness {
-    let info =
-        ModelInfo { name: "b".into(), sha256: None, input_size: 2, labels: vec!["dark".into(), "bright".into()] };
+    let info = ModelInfo {
+        name: "b".into(),
+        input_size: 2,
+        labels: vec!["dark".into(), "bright".into()],
+        ..Default::default()
+    };
     Brightness { info, input: vec![0.0; 12] }
 }
 

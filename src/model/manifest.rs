@@ -27,6 +27,11 @@ pub struct Manifest {
     pub source: String,
     pub input: InputSpec,
     pub output: OutputSpec,
+    /// The second output: the pooled image features before the classifier
+    /// head, which custom classes compare (src/custom/). Absent in models
+    /// exported without it; custom classes then say so.
+    #[serde(default)]
+    pub embedding: Option<OutputSpec>,
     pub preprocess: PreprocessParams,
     /// Relative to the manifest's folder.
     pub labels: PathBuf,
@@ -73,6 +78,9 @@ impl Manifest {
         if m.output.width == 0 {
             return Err("output width is 0".into());
         }
+        if m.embedding.as_ref().is_some_and(|e| e.width == 0) {
+            return Err("embedding width is 0".into());
+        }
         if m.sha256.len() != 64 || !m.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err("sha256 is not 64 hex digits".into());
         }
@@ -96,6 +104,7 @@ mod tests {
             assert_eq!(m.name, name);
             assert_eq!(m.input_size(), 32);
             assert_eq!(m.output.width, 10);
+            assert_eq!(m.embedding.as_ref().map(|e| (e.name.as_str(), e.width)), Some(("embedding", 64)));
             assert_eq!(m.labels, Path::new("labels.txt"));
         }
     }
@@ -111,6 +120,7 @@ mod tests {
             ("\"format\":1", "\"format\":2", "format 2"),
             ("[1,3,8,8]", "[1,3,8,9]", "is not [1, 3, S, S]"),
             ("\"width\":2", "\"width\":0", "output width is 0"),
+            ("\"preprocess\"", "\"embedding\":{\"name\":\"e\",\"width\":0},\"preprocess\"", "embedding width is 0"),
             ("SHA", "abc", "64 hex digits"),
             ("\"bilinear\"", "\"lanczos\"", "unknown variant"),
         ] {

@@ -55,7 +55,7 @@ pub enum ModelError {
 }
 
 /// What the rest of the daemon knows about a loaded model.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ModelInfo {
     /// From the manifest, else the file name.
     pub name: String,
@@ -64,6 +64,9 @@ pub struct ModelInfo {
     /// Square input side in pixels.
     pub input_size: u32,
     pub labels: Vec<String>,
+    /// Width of the embedding output (the pooled features custom classes
+    /// compare), when the model has one.
+    pub embedding_width: Option<usize>,
 }
 
 /// A loaded image classifier. `input_mut` exposes the model's own input
@@ -74,6 +77,12 @@ pub trait Classifier {
     fn input_mut(&mut self) -> &mut [f32];
     /// Runs the model on the input buffer; returns one logit per label.
     fn infer(&mut self) -> Result<Vec<f32>, ModelError>;
+    /// The embedding the last successful `infer` computed (`embedding_width`
+    /// values), for models that have one. A borrow of the classifier's own
+    /// buffer, so asking costs nothing per frame.
+    fn embedding(&self) -> Option<&[f32]> {
+        None
+    }
 }
 
 /// One label per line; a trailing newline is not an extra label.

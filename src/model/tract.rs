@@ -11,6 +11,7 @@ use tract_onnx::tract_hir::infer::GenericFactoid;
 
 use super::attention;
 use super::config::ModelConfig;
+use super::manifest::OutputSpec;
 use super::onnx::LazyModel;
 use super::passes::{self, PassReport};
 use super::placeholder;
@@ -85,6 +86,8 @@ pub struct TractClassifier {
     /// NCHW input, written by preprocessing; copied into a tensor per run
     /// (0.6 MB at 224x224, microseconds next to inference).
     input: Vec<f32>,
+    /// The last run's embedding output (empty without one), reused.
+    embedding: Vec<f32>,
     /// The plan's pool. A run happens on one of its threads, so the
     /// parallel parts of ops share the cores with the sequential ones
     /// instead of spinning beside them on top of the caller's thread.
@@ -192,6 +195,7 @@ impl TractClassifier {
             return Err(load_err(format!("no node or initializer produces {name:?}")));
         }
         let mut model = parsed.model;
+        select_outputs(&mut model, path, cfg.manifest.as_ref().and_then(|m| m.embedding.as_ref()))?;
         placeholder::attach(&mut model, weights).map_err(|e| load_err(root_cause(&e)))?;
         placeholder::attach(&mut model, blocks).map_err(|e| load_err(root_cause(&e)))?;
         report.pass_report.fused = rewritten;
@@ -225,6 +229,7 @@ impl TractClassifier {
         if labels.len() != outputs {
             return Err(ModelError::LabelCount { path: cfg.labels.clone(), labels: labels.len(), outputs });
         }
+        let embedding_width = embedding_width(&model, path, cfg.manifest.as_ref().and_then(|m| m.embedding.as_ref()))?;
 
         let threads = match cfg.threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -246,9 +251,10 @@ impl TractClassifier {
         report.plan = t.elapsed();
         let name = cfg.display_name();
         Ok(TractClassifier {
-            info: ModelInfo { name, sha256: None, input_size: size, labels },
+            info: ModelInfo { name, sha256: None, input_size: size, labels, embedding_width },
             state,
             input: vec![0.0; 3 * (size as usize).pow(2)],
+            embedding: Vec::with_capacity(embedding_width.unwrap_or(0)),
             pool,
             _plan: plan,
             report,
@@ -321,7 +327,58 @@ impl Classifier for TractClassifier {
         .map_err(run_err)?;
         let logits =
             out[0].try_as_plain_ram().and_then(|v| v.as_slice::<f32>().map(<[f32]>::to_vec)).map_err(run_err)?;
+        self.embedding.clear();
+        if let Some(e) = out.get(1) {
+            self.embedding.extend_from_slice(e.try_as_plain_ram().and_then(|v| v.as_slice::<f32>()).map_err(run_err)?);
+        }
         Ok(logits)
+    }
+
+    fn embedding(&self) -> Option<&[f32]> {
+        (!self.embedding.is_empty()).then_some(&self.embedding[..])
+    }
+}
+
+/// Keeps the model's first output (the logits) and, when the manifest names
+/// one, its embedding output; any other output is dropped.
+fn select_outputs(model: &mut InferenceModel, path: &Path, embedding: Option<&OutputSpec>) -> Result<(), ModelError> {
+    let shape_err = |reason: String| ModelError::Shape { path: path.to_owned(), reason };
+    let outputs = model.output_outlets().map_err(|e| shape_err(root_cause(&e)))?;
+    let Some(&logits) = outputs.first() else { return Err(shape_err("has no outputs".into())) };
+    let mut keep = vec![logits];
+    if let Some(spec) = embedding {
+        let outlet = model.find_outlet_label(&spec.name).filter(|o| outputs.contains(o)).ok_or_else(|| {
+            shape_err(format!(
+                "its manifest names an embedding output {:?} that the model does not have;                  copy the model and its manifest from the same export",
+                spec.name
+            ))
+        })?;
+        keep.push(outlet);
+    }
+    model.select_output_outlets(&keep).map_err(|e| shape_err(root_cause(&e)))
+}
+
+/// The embedding output's width, checked against the manifest's.
+fn embedding_width(model: &TypedModel, path: &Path, spec: Option<&OutputSpec>) -> Result<Option<usize>, ModelError> {
+    let Some(spec) = spec else { return Ok(None) };
+    let width = model.output_fact(1).ok().and_then(|f| {
+        let dims: Vec<usize> = f.shape.iter().map(|d| d.to_usize().ok()).collect::<Option<_>>()?;
+        match dims.as_slice() {
+            [1, n] | [n] => Some(*n),
+            _ => None,
+        }
+    });
+    match width {
+        Some(w) if w == spec.width => Ok(Some(w)),
+        other => Err(ModelError::Shape {
+            path: path.to_owned(),
+            reason: format!(
+                "embedding output {:?} is {} but its manifest says [1, {}]",
+                spec.name,
+                other.map_or("not [1, N]".to_string(), |w| format!("[1, {w}]")),
+                spec.width
+            ),
+        }),
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::common::*;
 
-fn run(args: &[&std::ffi::OsStr]) -> (i32, String, String) {
+pub fn run(args: &[&std::ffi::OsStr]) -> (i32, String, String) {
     let mut cmd = lookout();
     cmd.args(args);
     let out = run_with_timeout(cmd, Duration::from_secs(120));

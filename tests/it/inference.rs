@@ -197,3 +197,91 @@ fn bench_reports_latency_load_time_and_peak_rss() {
     assert_eq!(err.lines().count(), 1, "one line: {err}");
     assert!(err.contains("/nonexistent/model.onnx"), "{err}");
 }
+
+/// Cosine similarity, in f64.
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
+/// The embedding output (the pooled features custom classes compare) of the
+/// int8 model, through lookout's int8 layers and fused attention, against
+/// PyTorch fp32 on every 8th held-out image
+/// (tests/fixtures/digits/embedding-reference.json). onnxruntime's int8 on
+/// the same file: least cosine 0.99974, max abs difference 0.088 on values
+/// up to 6.6.
+#[test]
+fn the_int8_embedding_stays_close_to_pytorch() {
+    let dir = crate::common::root().join("tests/fixtures/digits");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("embedding-reference.json")).unwrap()).unwrap();
+    let (mut c, mut pre) = load("digits-int8.onnx", &LoadOptions::default());
+    assert_eq!(c.info().embedding_width, Some(64));
+    let (mut least, mut worst, mut n) = (1f64, 0f32, 0);
+    for im in v["images"].as_array().unwrap() {
+        let want: Vec<f32> =
+            im["torch_embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+        crate::common::logits_of(&mut c, &mut pre, &dir.join(im["file"].as_str().unwrap()).display().to_string());
+        let got = c.embedding().expect("the digits model has an embedding output");
+        least = least.min(cosine(got, &want));
+        worst = worst.max(max_abs_diff(got, &want));
+        n += 1;
+    }
+    println!("int8 embedding vs PyTorch fp32 on {n} images: least cosine {least:.5}, max abs difference {worst:.3}");
+    assert!(n >= 50);
+    assert!(least >= EMBEDDING_MIN_COSINE, "least cosine similarity {least}");
+    assert!(worst <= EMBEDDING_MAX_ABS, "max abs difference {worst}");
+
+    // tract's own int8 path (CPUs without lookout's kernels) keeps the
+    // second output too; every 4th image, as tract is slow in a debug build.
+    let (mut plain, mut pre) = load("digits-int8.onnx", &PLAIN_TRACT);
+    let mut least = 1f64;
+    for im in v["images"].as_array().unwrap().iter().step_by(4) {
+        let want: Vec<f32> =
+            im["torch_embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+        crate::common::logits_of(&mut plain, &mut pre, &dir.join(im["file"].as_str().unwrap()).display().to_string());
+        least = least.min(cosine(plain.embedding().unwrap(), &want));
+    }
+    println!("tract's int8 path: least cosine {least:.5}");
+    assert!(least >= EMBEDDING_MIN_COSINE, "tract's int8 path: least cosine similarity {least}");
+}
+
+/// The tolerance for lookout's int8 embedding against PyTorch fp32, the
+/// exporter's (tools/export_model.py EMBEDDING_MIN_COSINE is 0.98 for any
+/// model; this small one does far better), and an absolute bound twice
+/// onnxruntime's distance.
+const EMBEDDING_MIN_COSINE: f64 = 0.999;
+const EMBEDDING_MAX_ABS: f32 = 0.18;
+
+/// A model whose manifest names no embedding still runs (custom classes
+/// then say why they are unavailable); one whose manifest names an output
+/// the file lacks is refused with the reason.
+#[test]
+fn a_model_without_an_embedding_output_runs_and_a_wrong_name_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = crate::common::root().join("models/digits");
+    std::fs::copy(models.join("digits-int8.onnx"), dir.path().join("m.onnx")).unwrap();
+    std::fs::copy(models.join("labels.txt"), dir.path().join("labels.txt")).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(models.join("digits-int8.manifest.json")).unwrap()).unwrap();
+    let load = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut m = manifest.clone();
+        edit(&mut m);
+        std::fs::write(dir.path().join("m.manifest.json"), m.to_string()).unwrap();
+        let cfg = format!("[source]\nkind = \"files\"\npath = {:?}\n[model]\npath = \"m.onnx\"\n", dir.path());
+        let cfg = Config::parse(&cfg, &dir.path().join("l.toml")).unwrap();
+        TractClassifier::load(&cfg.model)
+    };
+    let mut c = load(&|m| {
+        m.as_object_mut().unwrap().remove("embedding");
+    })
+    .unwrap();
+    assert_eq!(c.info().embedding_width, None);
+    assert_eq!(c.infer().unwrap().len(), 10);
+    assert!(c.embedding().is_none());
+    let e = load(&|m| m["embedding"]["name"] = "pooled".into()).err().unwrap().to_string();
+    assert!(e.contains("names an embedding output \"pooled\" that the model does not have"), "{e}");
+    let e = load(&|m| m["embedding"]["width"] = 65.into()).err().unwrap().to_string();
+    assert!(e.contains("is [1, 64] but its manifest says [1, 65]"), "{e}");
+}

@@ -12,6 +12,7 @@ mod capture;
 mod cli;
 mod common;
 mod cross;
+mod custom;
 mod e2e;
 mod inference;
 mod model;
