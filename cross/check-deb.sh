@@ -27,7 +27,8 @@ for arch in arm64:aarch64-unknown-linux-gnu armhf:armv7-unknown-linux-gnueabihf 
     [ "$(printf '%s\n2.31\n' "$libc" | sort -V | tail -n1)" = 2.31 ] || fail "$deb: depends on libc6 >= $libc (> 2.31)"
   fi
   for f in ./usr/bin/lookout ./etc/lookout/lookout.toml ./usr/lib/systemd/system/lookout.service \
-    ./usr/share/lookout/imagenet-1k/labels.txt ./usr/share/doc/lookout/README.md; do
+    ./usr/share/lookout/imagenet-1k/labels.txt ./usr/share/doc/lookout/README.md \
+    ./usr/share/doc/lookout/jetson-argus.conf; do
     echo "$contents" | grep -q " $f\$" || fail "$deb: $f missing"
   done
   dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles | grep -qx /etc/lookout/lookout.toml \
@@ -47,12 +48,11 @@ systemctl is-enabled lookout.service 2>/dev/null | grep -q enabled && fail "the 
 set +e
 out=$(/usr/bin/lookout check-config /etc/lookout/lookout.toml 2>&1); code=$?
 set -e
-[ $code -eq 78 ] && echo "$out" | grep -q "d2v-large-int8.onnx does not exist" \
+[ $code -eq 78 ] && echo "$out" | grep -q "data2vec-vision-large-ft1k-int8.onnx does not exist" \
   || fail "check-config of the installed config: exit $code: $out"
-# What README.md tells the user to do: copy an export, point the config at it.
-$sudo mkdir -p /usr/local/share/lookout/models
-$sudo cp models/digits/digits-int8.onnx models/digits/digits-int8.manifest.json models/digits/labels.txt /usr/local/share/lookout/models/
-$sudo sed -i -e 's|d2v-large-int8.onnx|digits-int8.onnx|' -e 's|^labels = .*|labels = "/usr/local/share/lookout/models/labels.txt"|' /etc/lookout/lookout.toml
+# What the installed config's comment tells the user to do, the digits
+# model standing in for an export (the purge removes the edited config).
+trap '$sudo rm -rf /usr/local/share/lookout/models/digits; $sudo dpkg --purge lookout >/dev/null' EXIT
+$sudo /usr/bin/lookout model install models/digits --config /etc/lookout/lookout.toml >/dev/null
 /usr/bin/lookout check-config /etc/lookout/lookout.toml >/dev/null || fail "check-config failed with the model in place"
-$sudo rm -r /usr/local/share/lookout/models
-echo "check-deb: the amd64 package installs, runs --version and check-config"
+echo "check-deb: the amd64 package installs, runs --version, model install and check-config"

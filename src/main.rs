@@ -34,6 +34,7 @@ mod exit {
     pub const DATA: u8 = 65;
     pub const NO_INPUT: u8 = 66;
     pub const SOURCE: u8 = 69;
+    pub const CANT_CREATE: u8 = 73;
     pub const CONFIG: u8 = 78;
     pub const MODEL: u8 = 79;
 }
@@ -113,6 +114,9 @@ enum Command {
         /// Where to write the picture (.jpg or .png).
         out: PathBuf,
     },
+    /// Install an exported model where the service reads it.
+    #[command(subcommand)]
+    Model(ModelCommand),
     /// Measure the model: load time, then inference latency over N runs
     /// after a warm-up, and peak memory.
     Bench {
@@ -150,6 +154,22 @@ enum Command {
         /// print the most expensive op kinds.
         #[arg(long, value_name = "RUNS")]
         profile: Option<usize>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Copy the int8 model, its manifest and labels from an export folder
+    /// (tools/export_model.py --out), check its sha256, and print the
+    /// model.path line to set.
+    Install {
+        /// The export folder, or one .onnx file in it.
+        from: PathBuf,
+        #[arg(long, default_value = lookout::model::install::MODELS_DIR)]
+        models_dir: PathBuf,
+        /// Also set model.path in this config file (the rest of it stays).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -231,6 +251,9 @@ fn main() -> ExitCode {
         Command::CheckConfig { config } => check_config(&config),
         Command::Cameras => cameras(),
         Command::Snapshot { config, view, out } => snapshot(&config, view.as_deref(), &out),
+        Command::Model(ModelCommand::Install { from, models_dir, config }) => {
+            model_install(&from, &models_dir, config.as_deref())
+        }
         Command::Bench {
             config,
             model,
@@ -256,17 +279,34 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            eprintln!("lookout: error: {}", f.message);
+            // At error priority in the journal, so `journalctl -p err`
+            // shows why the service failed.
+            let prio = if under_journald() { "<3>" } else { "" };
+            eprintln!("{prio}lookout: error: {}", f.message);
             ExitCode::from(f.code)
         }
     }
 }
 
+/// Whether stderr is the journal: JOURNAL_STREAM names its device and
+/// inode (systemd.exec(5)). A shell started from a service, such as a
+/// terminal in a desktop session, inherits the variable but not the stream.
+fn under_journald() -> bool {
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else { return false };
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat writes into the struct it is given; fd 2 may be closed,
+    // which it reports as an error.
+    if unsafe { libc::fstat(2, &mut st) } != 0 {
+        return false;
+    }
+    stream.to_str() == Some(&format!("{}:{}", st.st_dev, st.st_ino))
+}
+
 /// journald adds its own timestamps and reads `<N>` priority prefixes, so
-/// under systemd (JOURNAL_STREAM set) log lines carry a priority instead.
+/// under systemd log lines carry a priority instead.
 fn init_logging() {
     let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
+    if under_journald() {
         b.format(|buf, record| {
             let prio = match record.level() {
                 log::Level::Error => 3,
@@ -361,6 +401,37 @@ fn check_config(path: &Path) -> Result<(), Fatal> {
         }
         Ok(_) => {}
         Err(e) => log::warn!("{e}"),
+    }
+    Ok(())
+}
+
+/// `lookout model install`; the work is in `lookout::model::install`.
+fn model_install(from: &Path, models_dir: &Path, config: Option<&Path>) -> Result<(), Fatal> {
+    use lookout::model::install::{install, set_model_path, InstallError};
+    let fatal = |e: InstallError| {
+        let code = match e {
+            InstallError::Missing { .. } => exit::NO_INPUT,
+            InstallError::Manifest(_) | InstallError::Checksum { .. } => exit::MODEL,
+            InstallError::Write { .. } => exit::CANT_CREATE,
+            InstallError::Config { .. } => exit::CONFIG,
+        };
+        Fatal { code, message: e.to_string() }
+    };
+    let done = install(from, models_dir).map_err(fatal)?;
+    let dir = done.model.parent().unwrap_or(models_dir);
+    println!("installed {} (sha256 {} checked) in {}/", done.name, done.sha256, dir.display());
+    let line = format!("path = {:?}", done.model.display().to_string());
+    match config {
+        None => println!("set it in the [model] section of your config:\n{line}"),
+        Some(cfg) => {
+            let edit = set_model_path(cfg, &done.model).map_err(fatal)?;
+            let was = edit.previous.map(|p| format!(" (was {p:?})")).unwrap_or_default();
+            println!("{}: [model] {line}{was}", cfg.display());
+            for key in edit.overrides {
+                println!("note: {} also sets model.{key}, which overrides the installed model's own", cfg.display());
+            }
+            println!("check it with `lookout check-config {}`, then `sudo systemctl restart lookout`", cfg.display());
+        }
     }
     Ok(())
 }

@@ -18,6 +18,12 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/*/libclang-[0-9]*.so* >/dev/null 2>&1 || need+=(libclang-dev)
 # tests/it/systemd.rs checks the unit with systemd-analyze.
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+# tests/it/system.rs boots Debian in systemd-nspawn containers (as root
+# only; it says it skipped otherwise) and installs the package there.
+if [ "$(id -u)" -eq 0 ]; then
+  command -v systemd-nspawn >/dev/null 2>&1 || need+=(systemd-container)
+  command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || need+=(debootstrap)
+fi
 # Home Assistant (tests/ha/) logs an error at every start without it.
 ldconfig -p 2>/dev/null | grep libturbojpeg >/dev/null || need+=(libturbojpeg0)
 if [ ${#need[@]} -gt 0 ]; then
@@ -25,6 +31,13 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "tools/test.sh: installing ${need[*]}"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# The system test packages the binary it tests with cargo-deb (cross/test.sh
+# uses it too); a debug build of the tool compiles in half the time.
+if [ "$(id -u)" -eq 0 ] && ! command -v cargo-deb >/dev/null 2>&1; then
+  echo "tools/test.sh: installing cargo-deb"
+  cargo install --locked --debug cargo-deb
 fi
 
 py=python3

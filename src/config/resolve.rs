@@ -261,9 +261,10 @@ fn resolve_device(d: super::raw::DeviceSection, file: &Path, base: &Path) -> Res
 }
 
 /// The host name, from the kernel (gethostname(2)): never from /proc, which
-/// the unit's `ProcSubset=pid` hides, so every packaged board would share one
-/// id (and knock the others off the broker with the same client id). Names
-/// that say nothing are refused rather than shared by every such board.
+/// a unit with `ProcSubset=pid` hides (lookout's had it once: every packaged
+/// board then shared one id and knocked the others off the broker with the
+/// same client id). Names that say nothing are refused rather than shared
+/// by every such board.
 fn default_device_id() -> Result<String, String> {
     let mut buf = [0u8; 256];
     // SAFETY: the buffer is valid for its length; the kernel writes at most

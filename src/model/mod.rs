@@ -5,6 +5,7 @@
 
 mod attention;
 mod config;
+pub mod install;
 pub mod manifest;
 mod onnx;
 mod passes;

@@ -163,26 +163,76 @@ fn bad_images_are_named_and_the_good_ones_still_classified() {
     assert!(err.contains("absent.jpg: cannot read image"), "{err}");
 }
 
+/// The packaged model folder, as `lookout model install` fills it.
+const PACKAGED_MODEL: &str =
+    "/usr/local/share/lookout/models/data2vec-vision-large-ft1k/data2vec-vision-large-ft1k-int8.onnx";
+
 #[test]
-fn the_packaged_config_is_valid_once_the_model_is_in_place() {
+fn the_packaged_config_is_valid_once_model_install_put_the_model_in_place() {
     let packaged = root().join("config/packaged.toml");
     let (code, err) = check_config(&packaged);
     assert_eq!(code, 78, "{err}");
-    assert!(error_line(&err).contains("/usr/local/share/lookout/models/d2v-large-int8.onnx does not exist"), "{err}");
+    assert!(error_line(&err).contains(&format!("{PACKAGED_MODEL} does not exist")), "{err}");
+    // The exporter names its int8 file <hub model name>-int8.onnx.
+    let exporter = std::fs::read_to_string(root().join("tools/export_model.py")).unwrap();
+    assert!(exporter.contains("int8 = out_dir / f\"{name}-int8.onnx\""), "the exporter's file name changed");
+    assert!(PACKAGED_MODEL.ends_with("/data2vec-vision-large-ft1k/data2vec-vision-large-ft1k-int8.onnx"));
 
-    // What README.md tells the user to do: copy an export, point at it.
+    // What the installed config's comment tells the user to do, with an
+    // export folder as the exporter writes it (fp32 too).
     let d = tempfile::tempdir().unwrap();
-    let models = root().join("models/digits");
-    let text = std::fs::read_to_string(&packaged)
-        .unwrap()
-        .replace("[device]\n", "[device]\nstate_dir = \"state\"\n")
-        .replace(
-            "/usr/local/share/lookout/models/d2v-large-int8.onnx",
-            &models.join("digits-int8.onnx").display().to_string(),
-        )
-        .replace("/usr/share/lookout/imagenet-1k/labels.txt", &models.join("labels.txt").display().to_string());
-    let (code, err) = check_config(&write_config(d.path(), &text));
+    let export = d.path().join("export");
+    std::fs::create_dir(&export).unwrap();
+    for f in
+        ["digits-fp32.onnx", "digits-fp32.manifest.json", "digits-int8.onnx", "digits-int8.manifest.json", "labels.txt"]
+    {
+        std::fs::copy(root().join("models/digits").join(f), export.join(f)).unwrap();
+    }
+    let text = std::fs::read_to_string(&packaged).unwrap().replace("[device]\n", "[device]\nstate_dir = \"state\"\n");
+    let cfg = write_config(d.path(), &text);
+    let models = d.path().join("models");
+    let install = |from: &Path, cfg: &Path| {
+        run(&[
+            "model".as_ref(),
+            "install".as_ref(),
+            from.as_os_str(),
+            "--models-dir".as_ref(),
+            models.as_os_str(),
+            "--config".as_ref(),
+            cfg.as_os_str(),
+        ])
+    };
+    let (code, out, err) = install(&export, &cfg);
     assert_eq!(code, 0, "{err}");
+    let installed = models.join("digits/digits-int8.onnx");
+    assert!(out.contains(&format!("[model] path = \"{}\"", installed.display())), "{out}");
+    assert!(!models.join("digits/digits-fp32.onnx").exists(), "the fp32 model was copied");
+    let after = std::fs::read_to_string(&cfg).unwrap();
+    assert_eq!(after, text.replace(PACKAGED_MODEL, &installed.display().to_string()), "only model.path changes");
+    let (code, err) = check_config(&cfg);
+    assert_eq!(code, 0, "{err}");
+
+    // Without --config it prints the line to set and touches no config.
+    let (code, out, err) =
+        run(&["model".as_ref(), "install".as_ref(), export.as_os_str(), "--models-dir".as_ref(), models.as_os_str()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().any(|l| l == format!("path = \"{}\"", installed.display())), "{out}");
+
+    // Each failure: one line, its own exit code.
+    let (code, _, err) = install(&d.path().join("absent"), &cfg);
+    assert_eq!(code, 66, "{err}");
+    assert!(error_line(&err).contains("absent: no such folder"), "{err}");
+    let mut bytes = std::fs::read(export.join("digits-int8.onnx")).unwrap();
+    bytes[100] ^= 0xff;
+    std::fs::write(export.join("digits-int8.onnx"), bytes).unwrap();
+    let (code, _, err) = install(&export, &cfg);
+    assert_eq!(code, 79, "{err}");
+    assert!(error_line(&err).contains("digits-int8.onnx: sha256 is "), "{err}");
+    std::fs::copy(root().join("models/digits/digits-int8.onnx"), export.join("digits-int8.onnx")).unwrap();
+    std::fs::write(&cfg, "[model\n").unwrap();
+    let (code, _, err) = install(&export, &cfg);
+    assert_eq!(code, 78, "{err}");
+    assert!(error_line(&err).contains("cannot set model.path: not TOML"), "{err}");
 }
 
 #[test]

@@ -45,6 +45,9 @@ fn the_unit_passes_systemd_analyze_verify_and_security() {
         "Restart=on-failure",
         "LoadCredential=mqtt-password",
         "DeviceAllow=char-video4linux rw",
+        // CSI cameras through libcamera (rpicam-vid).
+        "DeviceAllow=char-media rw",
+        "DeviceAllow=char-dma_heap rw",
         "SupplementaryGroups=video",
         "ProtectSystem=strict",
         "StateDirectory=lookout",
@@ -52,6 +55,8 @@ fn the_unit_passes_systemd_analyze_verify_and_security() {
     ] {
         assert!(text.lines().any(|l| l.starts_with(key)), "the unit lacks {key}");
     }
+    // tract reads /proc/cpuinfo for the CPU's features on ARM.
+    assert!(!text.lines().any(|l| l.starts_with("ProcSubset=")), "ProcSubset= hides /proc/cpuinfo");
 
     // verify exits 0 even on unknown keys: any output is a failure.
     let said = verify_output(&analyze, &unit);
@@ -60,7 +65,17 @@ fn the_unit_passes_systemd_analyze_verify_and_security() {
     let broken = tempfile::tempdir().unwrap();
     let said = verify_output(&analyze, &unit_copy(broken.path(), "Bogus=1\n"));
     assert!(said.contains("Bogus"), "verify did not flag an unknown key: {said:?}");
+    // The Jetson drop-in the package ships, read from beside the unit.
+    let dropins = dir.path().join("lookout.service.d");
+    std::fs::create_dir(&dropins).unwrap();
+    std::fs::copy(root().join("systemd/jetson-argus.conf"), dropins.join("jetson-argus.conf")).unwrap();
+    let said = verify_output(&analyze, &unit);
+    assert!(said.is_empty(), "systemd-analyze verify complained about the Jetson drop-in:\n{said}");
+    std::fs::write(dropins.join("zz-bogus.conf"), "[Service]\nBogus=1\n").unwrap();
+    assert!(verify_output(&analyze, &unit).contains("Bogus"), "verify did not read the drop-ins");
+    std::fs::remove_file(dropins.join("zz-bogus.conf")).unwrap();
 
+    // Scored with the Jetson drop-in, its extra devices and bind included.
     let out = Command::new(&analyze).args(["security", "--offline=yes"]).arg(&unit).output().unwrap();
     let report = String::from_utf8_lossy(&out.stdout);
     let line = report.lines().find(|l| l.contains("Overall exposure level")).unwrap_or_else(|| panic!("{report}"));
@@ -224,24 +239,32 @@ fn sighup_changes_nothing_and_sigterm_stops_within_seconds_with_exit_0() {
 
 #[test]
 fn under_journald_lines_carry_priorities_not_timestamps() {
+    use std::os::unix::fs::MetadataExt;
     let dir = tempfile::tempdir().unwrap();
     let samples = root().join("models/digits/samples");
     let text = digits_config(&samples, "digits-int8.onnx", 1, "").replace("[mqtt]\n", "[mqtt]\nenabled = false\n");
     let config = write_config(dir.path(), &text);
-    let run = |journal: bool| {
+    // journald's stream is stderr itself, named by JOURNAL_STREAM as
+    // device:inode; here a file stands in for the journal's socket.
+    let run = |journal: Option<bool>, args: &[&std::ffi::OsStr]| {
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let meta = log.as_file().metadata().unwrap();
         let mut cmd = lookout();
-        cmd.arg("run").arg("--config").arg(&config);
-        if journal {
-            cmd.env("JOURNAL_STREAM", "8:12345");
-        } else {
-            cmd.env_remove("JOURNAL_STREAM");
-        }
-        let out = run_with_timeout(cmd, Duration::from_secs(120));
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stderr).unwrap()
+        cmd.args(args);
+        match journal {
+            Some(true) => cmd.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino())),
+            // Inherited from a service, but stderr is something else.
+            Some(false) => cmd.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino() + 1)),
+            None => cmd.env_remove("JOURNAL_STREAM"),
+        };
+        let child = cmd.stdout(Stdio::null()).stderr(log.reopen().unwrap()).spawn().unwrap();
+        let (code, _, _) = wait(child, Duration::from_secs(120));
+        (code, std::fs::read_to_string(log.path()).unwrap())
     };
+    let daemon = ["run".as_ref(), "--config".as_ref(), config.as_os_str()];
 
-    let journal = run(true);
+    let (code, journal) = run(Some(true), &daemon);
+    assert_eq!(code, Some(0), "{journal}");
     assert!(journal.lines().count() >= 10, "{journal}");
     for line in journal.lines() {
         let prio = line.strip_prefix('<').and_then(|l| l.split_once('>')).map(|(p, _)| p);
@@ -249,8 +272,19 @@ fn under_journald_lines_carry_priorities_not_timestamps() {
         assert!(!line.contains("[20") && !line.contains("Z "), "timestamp under journald: {line}");
     }
     assert!(journal.contains("<6>result 0 main frame 0"), "{journal}");
+    // The error that ends the program is at error priority, where
+    // `journalctl -p err` finds it.
+    let (code, err) = run(Some(true), &["check-config".as_ref(), dir.path().join("absent.toml").as_os_str()]);
+    assert_eq!(code, Some(78), "{err}");
+    assert!(err.starts_with("<3>lookout: error: "), "{err}");
 
-    // Outside journald env_logger's own format, with timestamps, remains.
-    let plain = run(false);
-    assert!(plain.lines().all(|l| l.starts_with("[20")), "{plain}");
+    // Outside journald env_logger's own format, with timestamps, remains,
+    // also when JOURNAL_STREAM names another stream.
+    for journal in [None, Some(false)] {
+        let (code, plain) = run(journal, &daemon);
+        assert_eq!(code, Some(0), "{plain}");
+        assert!(plain.lines().all(|l| l.starts_with("[20")), "{journal:?}: {plain}");
+        let (_, err) = run(journal, &["check-config".as_ref(), dir.path().join("absent.toml").as_os_str()]);
+        assert!(err.starts_with("lookout: error: "), "{err}");
+    }
 }
