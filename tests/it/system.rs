@@ -1,7 +1,7 @@
 //! lookout as its users run it (issue #22): the .deb installed with apt in a
 //! clean Debian 12 booted with a real systemd (`nspawn.rs`), the model
 //! installed and the service set up by the steps in
-//! docs/service-test-steps.md (read from there and run line by line), then
+//! README.md's ten-minute section (read from there and run line by line), then
 //! what systemd and the broker see: readiness, two boards at once, kill -9,
 //! bad configs and models, long intervals and missing frames against the
 //! watchdog, a hung inference, stop, the security exposure, secrets, the
@@ -159,10 +159,12 @@ struct Setup<'a> {
 const FRAMES_FOREVER: &str =
     "while :; do if [ -e /srv/pause ]; then sleep 0.2; else cat /srv/frames/*.jpg; sleep 0.5; fi; done";
 
-/// The commands of docs/service-test-steps.md's first `sh` block.
+/// The commands of the README's "A Pi, a camera and Home Assistant in ten
+/// minutes" (its first ```sh block), comments left out.
 fn documented_steps() -> Vec<String> {
-    let doc = std::fs::read_to_string(root().join("docs/service-test-steps.md")).unwrap();
-    let block = doc.split("```sh\n").nth(1).and_then(|b| b.split("```").next()).expect("a ```sh block");
+    let doc = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let section = doc.split("## A Pi, a camera and Home Assistant in ten minutes").nth(1).expect("the README's section");
+    let block = section.split("```sh\n").nth(1).and_then(|b| b.split("```").next()).expect("a ```sh block");
     block.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect()
 }
 
