@@ -6,8 +6,8 @@
 //! `/`), and model parameters come from the model's manifest unless the
 //! config overrides them.
 //!
-//! [`raw`] is the file as written, [`locate`] turns TOML errors into one
-//! line with the key, [`resolve`] builds each stage's type (the source's
+//! `raw.rs` is the file as written, `locate.rs` turns TOML errors into one
+//! line with the key, `resolve.rs` builds each stage's type (the source's
 //! [`SourceConfig`], the model's [`ModelConfig`], the publisher's
 //! [`MqttConfig`], the views' [`ViewConfig`]...). Arrows run from here to
 //! the stages, never back.

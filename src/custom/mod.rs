@@ -8,7 +8,7 @@
 //! when far from every class ([`prototypes`]). Examples live in a folder
 //! with the picture the model saw, so a model change re-embeds them
 //! ([`store`]). [`eval`] measures how well the classes separate;
-//! [`embed_image`] is the one path from an image file to an example, for
+//! [`teach_files`] is the one path from image files to examples, for
 //! `lookout teach` and `lookout eval`.
 
 pub mod eval;

@@ -1,5 +1,5 @@
 //! The loop. Each source captures on a thread of its own and hands its
-//! newest frame over through a [`slot`]; the views (named regions of a
+//! newest frame over through a slot (`slot.rs`); the views (named regions of a
 //! source, each on its own schedule) share the one classifier, which runs
 //! on the caller's thread. The loop sleeps until the next view is due, a
 //! frame a view waits for arrives, a command comes in or a stop is asked
