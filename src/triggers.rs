@@ -176,55 +176,19 @@ impl TriggersConfig {
 
 // ---- groups -------------------------------------------------------------
 
-/// Groups for ImageNet-1k, as index ranges into models/imagenet-1k/labels.txt
-/// (line N+1 = class N), checked by the tests below:
-/// - dog: 151 `Chihuahua` .. 268 `Mexican hairless` (every domestic breed;
-///   269 is the timber wolf).
-/// - cat: 281 `tabby, tabby cat` .. 285 `Egyptian cat` (domestic cats only;
-///   286 `cougar` starts the wild cats).
-/// - bird: 7 `cock` .. 24 `great grey owl`, 80 `black grouse` .. 100
-///   `black swan`, 127 `white stork` .. 146 `albatross`.
-/// - vehicle: road vehicles a driveway camera sees (cars, vans, buses,
-///   trucks; bikes and scooters).
-/// - person: ImageNet has no person class; these three are the classes
-///   whose images are mostly a person.
-pub const IMAGENET_GROUPS: &[(&str, &[(usize, usize)])] = &[
-    ("dog", &[(151, 268)]),
-    ("cat", &[(281, 285)]),
-    ("bird", &[(7, 24), (80, 100), (127, 146)]),
-    (
-        "vehicle",
-        &[
-            (407, 407), // ambulance
-            (436, 436), // beach wagon
-            (444, 444), // tandem bicycle
-            (468, 468), // cab
-            (511, 511), // convertible
-            (555, 555), // fire engine
-            (569, 569), // garbage truck
-            (609, 609), // jeep
-            (627, 627), // limousine
-            (654, 654), // minibus
-            (656, 656), // minivan
-            (661, 661), // Model T
-            (665, 665), // moped
-            (670, 671), // motor scooter, mountain bike
-            (675, 675), // moving van
-            (717, 717), // pickup
-            (734, 734), // police van
-            (751, 751), // racer
-            (757, 757), // recreational vehicle
-            (779, 779), // school bus
-            (817, 817), // sports car
-            (864, 864), // tow truck
-            (867, 867), // trailer truck
-            (870, 870), // tricycle
-            (874, 874), // trolleybus
-            (880, 880), // unicycle
-        ],
-    ),
-    ("person", &[(981, 983)]), // ballplayer, groom, scuba diver
-];
+/// The ImageNet-1k groups (`builtin_groups = "imagenet"`): data beside the
+/// labels they index, in the shape of a config's `[[triggers.group]]`.
+const IMAGENET_GROUPS: &str = include_str!("../models/imagenet-1k/groups.toml");
+
+fn imagenet_groups() -> Vec<GroupConfig> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct File {
+        group: Vec<GroupConfig>,
+    }
+    // Compiled in and checked by the tests: it always parses.
+    toml::from_str::<File>(IMAGENET_GROUPS).map(|f| f.group).unwrap_or_default()
+}
 
 /// A named set of class indices whose probabilities are summed; an ungrouped
 /// class is a group of one named by its label.
@@ -257,19 +221,17 @@ pub fn resolve_groups(cfg: &TriggersConfig, labels: &[String]) -> Result<Vec<Gro
 fn resolve_named(cfg: &TriggersConfig, labels: &[String]) -> Result<(Vec<Group>, usize), TriggerError> {
     let n = labels.len();
     let mut groups: Vec<Group> = vec![];
-    if cfg.builtin_groups == BuiltinGroups::Imagenet {
-        if n != 1000 {
+    let builtin = match cfg.builtin_groups {
+        BuiltinGroups::Imagenet if n != 1000 => {
             return Err(invalid(
                 "triggers.builtin_groups",
                 format!("\"imagenet\" needs an ImageNet-1k model (1000 classes); this one has {n}"),
             ));
         }
-        for (name, ranges) in IMAGENET_GROUPS {
-            let members = ranges.iter().flat_map(|&(a, b)| a..=b).collect();
-            groups.push(Group { name: (*name).into(), members });
-        }
-    }
-    for g in &cfg.groups {
+        BuiltinGroups::Imagenet => imagenet_groups(),
+        BuiltinGroups::None => vec![],
+    };
+    for g in builtin.iter().chain(&cfg.groups) {
         let mut members = vec![];
         for spec in &g.indices {
             let (a, b) = match spec {
@@ -523,6 +485,7 @@ mod tests {
 
     #[test]
     fn imagenet_group_ranges_match_the_labels_file() {
+        assert_eq!(imagenet_groups().len(), 5, "models/imagenet-1k/groups.toml parses");
         let l = imagenet_labels();
         let cases = [
             (151, "Chihuahua"),
