@@ -8,8 +8,9 @@ use lookout::command::{Action, Request, INTERVAL_RANGE};
 fuzz_target!(|data: &[u8]| {
     match Request::parse(data) {
         Ok(req) => {
-            if let Action::Set { interval, threshold } = req.action {
-                assert!(interval.is_some() || threshold.is_some());
+            if let Action::Set { interval, threshold, teach_class } = req.action {
+                assert!(interval.is_some() || threshold.is_some() || teach_class.is_some());
+                assert!(teach_class.is_none_or(|c| lookout::custom::check_class_name(&c).is_ok()));
                 assert!(interval.is_none_or(|i| (INTERVAL_RANGE.0..=INTERVAL_RANGE.1).contains(&i)));
                 assert!(threshold.is_none_or(|t| (0.0..=1.0).contains(&t)));
             }
