@@ -16,7 +16,8 @@ use lookout::custom::{self, ClassStore, CustomError};
 use lookout::daemon::{self, LabelSource, Overrides, View};
 use lookout::frame::Frame;
 use lookout::model::{
-    kernel_summary, Classifier, LoadOptions, ModelError, TractClassifier, POOL_THREAD_PREFIX, TRACT_VERSION,
+    kernel_summary, manifest::Manifest, Classifier, LoadOptions, ModelConfig, ModelError, TractClassifier,
+    POOL_THREAD_PREFIX, TRACT_VERSION,
 };
 use lookout::postprocess::{top_k, Latency};
 use lookout::preprocess::{ColorRange, PreprocessParams, Preprocessor};
@@ -122,8 +123,9 @@ enum Command {
     Bench {
         #[arg(long, short, required_unless_present = "model")]
         config: Option<PathBuf>,
-        /// Use this ONNX file (with the manifest and labels beside it)
-        /// instead of the config's model.
+        /// Use this ONNX file instead of the config's model: with the
+        /// manifest and labels beside it, or a bare file (default
+        /// preprocessing, classes numbered).
         #[arg(long)]
         model: Option<PathBuf>,
         /// Inference threads (default: the config's, else one per core).
@@ -323,7 +325,7 @@ fn init_logging() {
 /// The views, their triggers checked against the model's labels. Before the
 /// model loads: that takes minutes on a Pi, a typo in a group should not.
 fn views(cfg: &Config) -> Result<Vec<View>, Fatal> {
-    let labels = lookout::model::load_labels(&cfg.model.labels)?;
+    let labels = cfg.model.labels.as_deref().map(lookout::model::load_labels).transpose()?.unwrap_or_default();
     let mut views = vec![];
     for v in &cfg.views {
         // Over custom classes the triggers are built once they are known.
@@ -909,32 +911,36 @@ struct BenchOptions {
 }
 
 fn bench(config: Option<&Path>, model: Option<&Path>, opts: &BenchOptions) -> Result<(), Fatal> {
-    let mut cfg = match (config, model) {
-        (Some(c), None) => Config::load(c)?,
-        (Some(c), Some(m)) => Config::load(c)?.with_model(m)?,
+    let mut model = match (config, model) {
+        (Some(c), None) => Config::load(c)?.model,
+        (Some(c), Some(m)) => Config::load(c)?.with_model(m)?.model,
         (None, Some(m)) => {
-            // A throwaway config beside the model: its manifest and labels
-            // resolve as they would from a real one.
             let m = std::path::absolute(m).map_err(|e| anyhow::anyhow!("{}: {e}", m.display()))?;
             if !m.is_file() {
                 let message = format!("{}: no such model file (check --model)", m.display());
                 return Err(Fatal { code: exit::MODEL, message });
             }
-            let dir = m.parent().unwrap_or(Path::new("/"));
-            let text = format!("[source]\nkind = \"files\"\npath = {dir:?}\n[model]\npath = {m:?}\n");
-            Config::parse(&text, &dir.join("bench.toml"))?
+            if Manifest::path_beside(&m).is_file() {
+                // A throwaway config beside the model: its manifest and
+                // labels resolve as they would from a real one.
+                let dir = m.parent().unwrap_or(Path::new("/"));
+                let text = format!("[source]\nkind = \"files\"\npath = {dir:?}\n[model]\npath = {m:?}\n");
+                Config::parse(&text, &dir.join("bench.toml"))?.model
+            } else {
+                ModelConfig::bare(m)
+            }
         }
         (None, None) => unreachable!("clap requires --config or --model"),
     };
     if let Some(t) = opts.threads {
-        cfg.model.threads = t;
+        model.threads = t;
     }
     let runs = opts.runs;
     if runs == 0 {
         return Err(Fatal { code: exit::CONFIG, message: "--runs must be at least 1".into() });
     }
     let start = Instant::now();
-    let mut classifier = TractClassifier::load_with(&cfg.model, &opts.load)?;
+    let mut classifier = TractClassifier::load_with(&model, &opts.load)?;
     // A fixed pseudo-random image in [-1, 1]: timing does not depend on
     // the content, and the quantizers see a realistic spread of values.
     let mut seed = 0x2545_f491_4f6c_dd1du64;
@@ -960,7 +966,7 @@ fn bench(config: Option<&Path>, model: Option<&Path>, opts: &BenchOptions) -> Re
     times.sort_by(f64::total_cmp);
     let load = classifier.load_report();
     let report = BenchReport {
-        model: cfg.model.path.display().to_string(),
+        model: model.path.display().to_string(),
         passes: opts.load.passes,
         threads: load.threads,
         runs,

@@ -169,7 +169,7 @@ mod tests {
         let (d, cfg) = fixture();
         let c = Config::parse(BASE, &cfg).unwrap();
         assert_eq!(c.model.path, d.path().join("m.onnx"));
-        assert_eq!(c.model.labels, d.path().join("labels.txt"));
+        assert_eq!(c.model.labels, Some(d.path().join("labels.txt")));
         assert_eq!(c.views[0].interval, Duration::from_secs(1));
         assert_eq!((c.views[0].name.as_str(), c.views[0].source.as_str()), ("main", "main"));
         assert_eq!(c.mqtt.client_id, format!("lookout-{}", c.device.id));

@@ -531,7 +531,7 @@ pub fn resolve_model(m: ModelSection, file: &Path, base: &Path) -> Result<ModelC
         path,
         manifest_path,
         manifest,
-        labels,
+        labels: Some(labels),
         input_size,
         preprocess,
         top_k: m.top_k,

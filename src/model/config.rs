@@ -17,7 +17,10 @@ pub struct ModelConfig {
     /// The manifest as read, kept for the model name and sha256 it carries.
     #[serde(skip)]
     pub manifest: Option<Manifest>,
-    pub labels: PathBuf,
+    /// `None` only for a bare ONNX file (`lookout bench --model`): its
+    /// outputs are then named by their index. A config always has labels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub labels: Option<PathBuf>,
     /// Square input side; `None` means "whatever the ONNX file declares".
     #[serde(skip_serializing_if = "Option::is_none")]
     pub input_size: Option<u32>,
@@ -31,6 +34,22 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
+    /// A model file alone: no manifest, no labels, the default
+    /// preprocessing, the input size the file declares.
+    pub fn bare(path: PathBuf) -> ModelConfig {
+        ModelConfig {
+            path,
+            manifest_path: None,
+            manifest: None,
+            labels: None,
+            input_size: None,
+            preprocess: PreprocessParams::default(),
+            top_k: 5,
+            threads: 0,
+            verify_sha256: false,
+        }
+    }
+
     /// The model's name: the manifest's, else the file's stem.
     pub fn display_name(&self) -> String {
         match &self.manifest {

@@ -166,7 +166,7 @@ impl TractClassifier {
         let t = Instant::now();
         let path = cfg.path.as_path();
         let load_err = |reason: String| ModelError::Load { path: path.to_owned(), reason };
-        let labels = load_labels(&cfg.labels)?;
+        let labels = cfg.labels.as_deref().map(load_labels).transpose()?;
 
         let mut lazy = LazyModel::open(path).map_err(|e| load_err(format!("{e} (is it an ONNX file?)")))?;
         // lookout's int8 layers where it has a kernel for this CPU; tract's
@@ -226,9 +226,13 @@ impl TractClassifier {
                 model.output_fact(0).map(|f| format!("{:?}", f.shape)).unwrap_or_default()
             ),
         })?;
-        if labels.len() != outputs {
-            return Err(ModelError::LabelCount { path: cfg.labels.clone(), labels: labels.len(), outputs });
-        }
+        let labels = match (labels, &cfg.labels) {
+            (Some(l), Some(path)) if l.len() != outputs => {
+                return Err(ModelError::LabelCount { path: path.clone(), labels: l.len(), outputs });
+            }
+            (Some(l), _) => l,
+            (None, _) => (0..outputs).map(|i| i.to_string()).collect(),
+        };
         let embedding_width = embedding_width(&model, path, cfg.manifest.as_ref().and_then(|m| m.embedding.as_ref()))?;
 
         let threads = match cfg.threads {

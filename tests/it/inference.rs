@@ -198,6 +198,28 @@ fn bench_reports_latency_load_time_and_peak_rss() {
     assert!(err.contains("/nonexistent/model.onnx"), "{err}");
 }
 
+/// A model file alone, as exported by another tool: no manifest, no labels.
+/// It runs, with the same fusion and the same logits as beside its manifest.
+#[test]
+fn bench_runs_a_bare_onnx_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let bare = dir.path().join("model.onnx");
+    std::fs::copy(crate::common::root().join("models/digits/digits-int8.onnx"), &bare).unwrap();
+    let bench = |model: &std::path::Path| {
+        let mut cmd = crate::common::lookout();
+        cmd.args(["bench", "--json", "--logits", "--threads", "1", "--warmup", "1", "-n", "1", "--model"]).arg(model);
+        let out = crate::common::run_with_timeout(cmd, Duration::from_secs(120));
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let (bare, packaged) = (bench(&bare), bench(&crate::common::root().join("models/digits/digits-int8.onnx")));
+    for key in ["lookout_int8_layers", "lookout_attention_blocks", "replaced_quantizers"] {
+        assert_eq!(bare[key], packaged[key], "{key}");
+    }
+    assert_eq!(bare["logits"].as_array().unwrap().len(), 10);
+    assert_eq!(bare["logits"], packaged["logits"]);
+}
+
 /// Cosine similarity, in f64.
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
