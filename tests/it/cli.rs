@@ -32,6 +32,33 @@ fn samples() -> std::path::PathBuf {
     root().join("models/digits/samples")
 }
 
+/// README's first command: config/demo.toml as shipped (copied beside a
+/// link to models/, so its relative paths mean what they mean in the
+/// clone) classifies every sample as the digit its file names, and stops.
+#[test]
+fn the_demo_config_classifies_every_sample_and_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("config")).unwrap();
+    std::os::unix::fs::symlink(root().join("models"), dir.path().join("models")).unwrap();
+    let config = dir.path().join("config/demo.toml");
+    std::fs::copy(root().join("config/demo.toml"), &config).unwrap();
+    let (code, _, err) = run(&["run".as_ref(), "--config".as_ref(), config.as_os_str()]);
+    assert_eq!(code, 0, "{err}");
+    let results: Vec<&str> = err.lines().filter(|l| l.contains(" result ")).collect();
+    let pictures = std::fs::read_dir(samples())
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "jpg"));
+    assert_eq!(results.len(), pictures.count(), "{err}");
+    for line in results {
+        // `result 3 main frame 3 (.../3-three.jpg): three 0.999 in 45.7 ms`
+        let (file, label) = line.split_once("): ").unwrap();
+        let name = file.rsplit('/').next().unwrap().trim_end_matches(".jpg");
+        let word = name.split_once('-').unwrap().1;
+        assert_eq!(label.split_whitespace().next(), Some(word), "{line}");
+    }
+    assert!(dir.path().join("target/demo-state").is_dir(), "the state folder is where README says");
+}
+
 #[test]
 fn version_names_tract() {
     let (code, out, _) = run(&["--version".as_ref()]);
