@@ -5,7 +5,8 @@
 
 use std::arch::x86_64::*;
 
-use super::{Activations, Gelu, Job, ERF_P, ERF_Q, NR};
+use super::scalar::{ERF_P, ERF_Q};
+use super::{Activations, Gelu, Job, NR};
 
 const MR: usize = 12;
 
@@ -36,6 +37,9 @@ pub(super) unsafe fn panel_avx512vnni(a: &Activations, job: &Job, panel: usize) 
 }
 
 /// Rows `m0..m0 + R` of one panel: the k loop, then the epilogue.
+///
+/// # Safety
+/// As [`panel_avx512vnni`], with `m0 + R <= a.rows`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn tile<const R: usize>(a: &Activations, job: &Job, panel: usize, m0: usize) {
@@ -57,6 +61,21 @@ unsafe fn tile<const R: usize>(a: &Activations, job: &Job, panel: usize, m0: usi
     // unrolling; the epilogue's loops are not unrolled, so it reads a copy.
     let mut sums = [[_mm512_setzero_si512(); 2]; R];
     sums.copy_from_slice(&acc);
+    epilogue(&sums, a, job, panel, m0);
+}
+
+/// Output rows `m0..m0 + sums.len()` of one panel from their integer sums
+/// (a row's 32 columns as two zmm): zero-point terms, then ONNX's Cast,
+/// Mul and Add in that order, with no FMA, and the GELU.
+///
+/// # Safety
+/// AVX-512 F and BW must be present; `job` and `a` come from `Job::new`
+/// and `Activations::quantize`, `panel < job.w.panels()` and
+/// `m0 + sums.len() <= a.rows`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn epilogue(sums: &[[__m512i; 2]], a: &Activations, job: &Job, panel: usize, m0: usize) {
+    let w = job.w;
     let col0 = panel * NR;
     let valid = (w.n - col0).min(NR);
     for half in 0..2 {
@@ -76,7 +95,6 @@ unsafe fn tile<const R: usize>(a: &Activations, job: &Job, panel: usize, m0: usi
             if let Some(zb) = zb {
                 v = _mm512_sub_epi32(v, _mm512_mullo_epi32(zb, _mm512_set1_epi32(a.row_terms[m0 + r])));
             }
-            // Cast, then Mul, then Add: ONNX's order, no FMA.
             let mut f = _mm512_mul_ps(_mm512_cvtepi32_ps(v), scale);
             if let Some(bias) = bias {
                 f = _mm512_add_ps(f, bias);
@@ -148,6 +166,9 @@ pub(super) unsafe fn min_max_avx512(xs: &[f32]) -> (f32, f32) {
 }
 
 /// `Gelu::apply` on 16 values: the same operations in the same order.
+///
+/// # Safety
+/// AVX-512 F must be present.
 #[inline]
 #[target_feature(enable = "avx512f")]
 unsafe fn gelu(y: __m512, g: Gelu) -> __m512 {
@@ -195,6 +216,8 @@ pub(super) unsafe fn panel_avxvnni(a: &Activations, job: &Job, panel: usize) {
     }
 }
 
+/// # Safety
+/// As [`panel_avxvnni`], with `m0 + R <= a.rows` and `half` 0 or 1.
 #[inline]
 #[target_feature(enable = "avx2,fma,avxvnni")]
 unsafe fn tile_avxvnni<const R: usize>(a: &Activations, job: &Job, panel: usize, half: usize, m0: usize) {
@@ -246,6 +269,8 @@ pub(super) unsafe fn panel_avx2(a: &Activations, job: &Job, panel: usize) {
     }
 }
 
+/// # Safety
+/// As [`panel_avx2`], with `m0 + R <= a.rows` and `half` 0 or 1.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn tile_avx2<const R: usize>(a: &Activations, job: &Job, panel: usize, half: usize, m0: usize) {
@@ -280,6 +305,10 @@ unsafe fn tile_avx2<const R: usize>(a: &Activations, job: &Job, panel: usize, ha
 
 /// The epilogue for 8 columns from `col` of output row `row`: the same
 /// operations as the zmm kernel's, in the same order.
+///
+/// # Safety
+/// AVX2 and FMA must be present; `row < a.rows`, `col` is a multiple of 8
+/// within the padded panels of `job`.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn store8(sums: __m256i, a: &Activations, job: &Job, row: usize, col: usize) {
@@ -305,6 +334,9 @@ unsafe fn store8(sums: __m256i, a: &Activations, job: &Job, row: usize, col: usi
 }
 
 /// `Gelu::apply` on 8 values.
+///
+/// # Safety
+/// AVX2 and FMA must be present.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn gelu8(y: __m256, g: Gelu) -> __m256 {
@@ -349,7 +381,7 @@ pub(super) unsafe fn quantize_row_avx2(x: &[f32], q: &mut [u8], scale: f32, zero
         }
         i += 8;
     }
-    super::quantize_into(&x[i..], &mut q[i..], scale, zero_point);
+    super::scalar::quantize_into(&x[i..], &mut q[i..], scale, zero_point);
     _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, sums);
     lanes.iter().sum::<i32>() + q[i..].iter().map(|&v| v as i32).sum::<i32>()
 }
