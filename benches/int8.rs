@@ -2,7 +2,8 @@
 //! Data2Vec-Vision large, on 1 and 2 threads, with every int8 kernel this
 //! CPU runs side by side: GMAC/s per layer shape, the ratio to the best
 //! kernel (the one a model gets), and the time the model's 144 encoder
-//! layers would take at that rate.
+//! layers would take at that rate. First, the ceiling: a bare loop of each
+//! int8 instruction on one thread.
 //!
 //! cargo bench --bench int8 [-- KERNEL...]   (parts of kernel names)
 
@@ -22,6 +23,9 @@ fn main() {
     if kernels.is_empty() {
         println!("no lookout int8 kernel on this CPU (or none named {wanted:?})");
         return;
+    }
+    for (instruction, gmacs) in lookout::model::int8_peaks() {
+        println!("peak, bare {instruction} loop, 1 thread: {gmacs:.0} GMAC/s");
     }
     // ViT-L/16 at 224x224: 197 tokens; per block q, k, v and the output
     // projection (1024 -> 1024), the MLP (1024 -> 4096 -> 1024).

@@ -9,7 +9,8 @@
 //! one onnxruntime's MLAS uses: weights in panels of [`NR`] columns, 4
 //! consecutive k per column, so one x86 `vpdpbusd` multiplies 4 bytes of a
 //! row (broadcast) by 4 k of 16 columns, and ARM's `sdot` does the same for
-//! 4 columns. Kernels: AVX-512 VNNI, AVX-VNNI and AVX2 (`x86.rs`), `sdot`
+//! 4 columns; AMX's `tdpbusd` reads 16 such steps of 16 columns as one
+//! tile. Kernels: AMX, AVX-512 VNNI, AVX-VNNI and AVX2 (`x86.rs`), `sdot`
 //! and plain NEON (`aarch64.rs`), chosen once per model by
 //! [`Kernel::choose`]; `scalar.rs` holds the portable routines they must
 //! equal. Each kernel has its own test against the oracle.
@@ -32,6 +33,10 @@ pub(crate) use scalar::{min_max, quantize_into, scale_and_zero_point};
 /// Columns per weight panel.
 pub(crate) const NR: usize = 32;
 
+/// Zero steps after the last panel: AMX reads 16 steps at a time, past a
+/// panel's end (where the activations it multiplies are zero padding).
+const STEP_SLACK: usize = 15;
+
 /// One k-step of a panel: 4 consecutive k of each of the panel's 32
 /// columns, column after column (`[col][k]`), aligned for vector loads.
 #[repr(C, align(64))]
@@ -45,7 +50,8 @@ pub(crate) struct PackedWeights {
     pub(crate) n: usize,
     /// K rounded up to a multiple of 4, divided by 4.
     k4: usize,
-    /// `panels * k4` steps, panel after panel; padding is zero.
+    /// `panels * k4` steps, panel after panel, then [`STEP_SLACK`]; padding
+    /// is zero.
     steps: Vec<Step>,
     /// Sum over k of each column, padded with zeros to the panels' width.
     col_sums: Vec<i32>,
@@ -67,7 +73,7 @@ impl PackedWeights {
         assert!(zero_points.len() == 1 || zero_points.len() == n, "zero points are neither one nor one per column");
         let panels = n.div_ceil(NR);
         let k4 = k.div_ceil(4);
-        let mut steps = vec![Step([0; NR * 4]); panels * k4];
+        let mut steps = vec![Step([0; NR * 4]); panels * k4 + STEP_SLACK];
         let mut col_sums = vec![0i32; panels * NR];
         for (kk, row) in w.chunks_exact(n).enumerate() {
             let (s, lane) = (kk / 4, kk % 4);
@@ -97,6 +103,10 @@ impl PackedWeights {
 /// A kernel: the instruction set one panel is computed with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kernel {
+    /// AMX `tdpbusd` on 16 x 64-byte tiles (Xeon Sapphire Rapids and
+    /// later), with the AVX-512 quantizer and epilogue.
+    #[cfg(target_arch = "x86_64")]
+    Amx,
     /// AVX-512 VNNI `vpdpbusd` on zmm (Ice Lake and later, Zen 4 and later).
     #[cfg(target_arch = "x86_64")]
     Avx512Vnni,
@@ -124,6 +134,9 @@ impl Kernel {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::is_x86_feature_detected as has;
+            if has!("avx512f") && has!("avx512bw") && x86::amx_usable() {
+                all.push(Kernel::Amx);
+            }
             if has!("avx512vnni") && has!("avx512bw") && has!("avx512f") {
                 all.push(Kernel::Avx512Vnni);
             }
@@ -164,6 +177,8 @@ impl Kernel {
     pub(crate) fn name(self) -> &'static str {
         match self {
             #[cfg(target_arch = "x86_64")]
+            Kernel::Amx => "lookout_amx_u8i8_32x32",
+            #[cfg(target_arch = "x86_64")]
             Kernel::Avx512Vnni => "lookout_avx512vnni_u8i8_12x32",
             #[cfg(target_arch = "x86_64")]
             Kernel::AvxVnni => "lookout_avxvnni_u8i8_6x16",
@@ -182,7 +197,7 @@ impl Kernel {
     fn activation_offset(self) -> i32 {
         match self {
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512Vnni | Kernel::AvxVnni | Kernel::Avx2 => 0,
+            Kernel::Amx | Kernel::Avx512Vnni | Kernel::AvxVnni | Kernel::Avx2 => 0,
             #[cfg(target_arch = "aarch64")]
             Kernel::Dot | Kernel::Neon => 128,
         }
@@ -198,12 +213,23 @@ impl Kernel {
         }
     }
 
+    /// Bytes from one activation row to the next, and rows allocated: AMX
+    /// loads 64 bytes of k and 16 rows at once, so rows are padded to both
+    /// with zeros (which add nothing to the sums).
+    fn activation_layout(self, rows: usize, k: usize) -> (usize, usize) {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Amx => (k.div_ceil(64) * 64, rows.div_ceil(16) * 16),
+            _ => (k.div_ceil(4) * 4 * self.activation_bytes(), rows),
+        }
+    }
+
     /// `quantize_into` for one row, returning the sum of its bytes.
     fn quantize_row(self, x: &[f32], q: &mut [u8], scale: f32, zero_point: u8) -> i32 {
         match self {
             // SAFETY: supported() saw AVX-512 F and BW, or AVX2.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512Vnni => unsafe { x86::quantize_row_avx512(x, q, scale, zero_point) },
+            Kernel::Amx | Kernel::Avx512Vnni => unsafe { x86::quantize_row_avx512(x, q, scale, zero_point) },
             #[cfg(target_arch = "x86_64")]
             Kernel::AvxVnni | Kernel::Avx2 => unsafe { x86::quantize_row_avx2(x, q, scale, zero_point) },
             #[allow(unreachable_patterns)]
@@ -218,7 +244,7 @@ impl Kernel {
         match self {
             // SAFETY: supported() saw AVX-512 F, or AVX2.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512Vnni => unsafe { x86::min_max_avx512(xs) },
+            Kernel::Amx | Kernel::Avx512Vnni => unsafe { x86::min_max_avx512(xs) },
             #[cfg(target_arch = "x86_64")]
             Kernel::AvxVnni | Kernel::Avx2 => unsafe { x86::min_max_avx2(xs) },
             #[allow(unreachable_patterns)]
@@ -231,6 +257,8 @@ impl Kernel {
     /// for it and `job` built from `a`; `panel < job.w.panels()`.
     unsafe fn panel(self, a: &Activations, job: &Job, panel: usize) {
         match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Amx => x86::panel_amx(a, job, panel),
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512Vnni => x86::panel_avx512vnni(a, job, panel),
             #[cfg(target_arch = "x86_64")]
@@ -249,8 +277,8 @@ impl Kernel {
 /// padded for the kernel, with the per-row terms of the zero-point algebra.
 #[derive(Default)]
 pub(crate) struct Activations {
-    /// `rows * stride` bytes (`q ^ 0x80` for signed kernels, `q` as a
-    /// little-endian u16 for the AVX2 kernel); padding is 0.
+    /// `rows * stride` bytes or more (`q ^ 0x80` for signed kernels, `q` as
+    /// a little-endian u16 for the AVX2 kernel); padding is 0.
     data: Vec<u8>,
     stride: usize,
     rows: usize,
@@ -270,11 +298,11 @@ impl Activations {
         assert!(k > 0 && x.len().is_multiple_of(k), "input is not rows of {k}");
         let rows = x.len() / k;
         let wide = kernel.activation_bytes() == 2;
-        let stride = k.div_ceil(4) * 4 * kernel.activation_bytes();
+        let (stride, padded_rows) = kernel.activation_layout(rows, k);
         let (min, max) = parallel_min_max(x, executor, |xs| kernel.min_max(xs));
         let (scale, zero_point) = scale_and_zero_point(min, max);
         self.data.clear();
-        self.data.resize(rows * stride, 0);
+        self.data.resize(padded_rows * stride, 0);
         self.row_terms.clear();
         self.row_terms.resize(rows, 0);
         let flip = if kernel.activation_offset() == 128 { 0x80 } else { 0 };
@@ -418,6 +446,16 @@ fn pool(executor: &Executor, work: usize) -> Option<&rayon::ThreadPool> {
 /// The names of the int8 kernels this CPU runs, best first.
 pub fn int8_kernels() -> Vec<&'static str> {
     Kernel::supported().into_iter().map(Kernel::name).collect()
+}
+
+/// For `benches/int8.rs`: GMAC/s of a bare one-thread loop of each int8
+/// instruction this CPU's kernels use, the ceiling a layer compares with.
+#[doc(hidden)]
+pub fn int8_peaks() -> Vec<(&'static str, f64)> {
+    #[cfg(target_arch = "x86_64")]
+    return x86::peaks().into_iter().map(|(name, rate)| (name, rate / 1e9)).collect();
+    #[cfg(not(target_arch = "x86_64"))]
+    vec![]
 }
 
 /// For `benches/int8.rs`: times one `[rows, k] x [k, n]` layer (quantize,
@@ -568,13 +606,20 @@ mod tests {
     /// quantizer against the portable one.
     fn equals_the_onnx_definition_bit_for_bit(kernel: Kernel) {
         // Shapes that exercise every remainder: rows not a multiple of the
-        // tile, k not a multiple of 4, n not a multiple of
+        // tile, k not a multiple of 4 (or of AMX's 64), n not a multiple of
         // a panel, one row (the classifier head), and a transformer layer's
         // shape. k of 8 and 12 steps of 4, odd and even, for the A72
-        // kernel's pairs of steps.
-        for (rows, k, n) in
-            [(1, 4, 1), (5, 7, 33), (13, 64, 32), (12, 100, 70), (25, 129, 65), (4, 47, 20), (197, 256, 96)]
-        {
+        // kernel's pairs of steps; 33 rows for AMX's 32 + 16 blocks.
+        for (rows, k, n) in [
+            (1, 4, 1),
+            (5, 7, 33),
+            (13, 64, 32),
+            (12, 100, 70),
+            (25, 129, 65),
+            (4, 47, 20),
+            (33, 200, 64),
+            (197, 256, 96),
+        ] {
             for (asymmetric, bias, gelu) in [(false, true, None), (true, false, None), (true, true, Some(GELU))] {
                 for data in [Data::Random, Data::Symmetric] {
                     check(kernel, data, rows, k, n, asymmetric, bias, gelu, 1);
@@ -605,6 +650,8 @@ mod tests {
     }
 
     kernel_tests! {
+        #[cfg(target_arch = "x86_64")]
+        amx_equals_the_onnx_definition: Amx,
         #[cfg(target_arch = "x86_64")]
         avx512vnni_equals_the_onnx_definition: Avx512Vnni,
         #[cfg(target_arch = "x86_64")]
@@ -668,7 +715,7 @@ mod tests {
     fn packing_pads_with_zeros_and_sums_columns() {
         let w: Vec<i8> = (0..5 * 3).map(|i| i as i8 - 7).collect();
         let p = PackedWeights::pack(5, 3, &w, &[0]);
-        assert_eq!((p.k4, p.panels(), p.steps.len()), (2, 1, 2));
+        assert_eq!((p.k4, p.panels(), p.steps.len()), (2, 1, 2 + STEP_SLACK));
         // Column 1 holds k = 0..4 in step 0 and k = 4 then padding in step 1.
         assert_eq!(&p.steps[0].0[4..8], &[w[1], w[4], w[7], w[10]]);
         assert_eq!(&p.steps[1].0[4..8], &[w[13], 0, 0, 0]);
