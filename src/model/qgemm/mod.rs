@@ -134,10 +134,11 @@ impl Kernel {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::is_x86_feature_detected as has;
-            if has!("avx512f") && has!("avx512bw") && x86::amx_usable() {
+            let avx512 = has!("avx512f") && has!("avx512bw") && has!("avx512vl");
+            if avx512 && x86::amx_usable() {
                 all.push(Kernel::Amx);
             }
-            if has!("avx512vnni") && has!("avx512bw") && has!("avx512f") {
+            if avx512 && has!("avx512vnni") {
                 all.push(Kernel::Avx512Vnni);
             }
             if has!("avxvnni") && has!("avx2") && has!("fma") {
@@ -227,7 +228,7 @@ impl Kernel {
     /// `quantize_into` for one row, returning the sum of its bytes.
     fn quantize_row(self, x: &[f32], q: &mut [u8], scale: f32, zero_point: u8) -> i32 {
         match self {
-            // SAFETY: supported() saw AVX-512 F and BW, or AVX2.
+            // SAFETY: supported() saw AVX-512 F, BW and VL, or AVX2.
             #[cfg(target_arch = "x86_64")]
             Kernel::Amx | Kernel::Avx512Vnni => unsafe { x86::quantize_row_avx512(x, q, scale, zero_point) },
             #[cfg(target_arch = "x86_64")]

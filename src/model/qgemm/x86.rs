@@ -120,9 +120,12 @@ unsafe fn epilogue(sums: &[[__m512i; 2]], a: &Activations, job: &Job, panel: usi
 /// bytes: the same bytes, since `roundscale` rounds half to even like the
 /// scalar trick and saturation happens in the same places.
 ///
+/// VL too: the 16-byte masked store is an AVX-512 VL instruction, and
+/// without that feature enabled its intrinsic is a call per 16 values.
+///
 /// # Safety
-/// AVX-512 F and BW must be present.
-#[target_feature(enable = "avx512f,avx512bw")]
+/// AVX-512 F, BW and VL must be present; `q` is as long as `x`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 pub(super) unsafe fn quantize_row_avx512(x: &[f32], q: &mut [u8], scale: f32, zero_point: u8) -> i32 {
     debug_assert_eq!(x.len(), q.len());
     let scale_v = _mm512_set1_ps(scale);
