@@ -142,6 +142,11 @@ enum Command {
         /// instead of lookout's.
         #[arg(long)]
         tract_int8: bool,
+        /// Run int8 layers with this lookout kernel (part of its name as the
+        /// load line prints it: amx, avx512vnni, avxvnni, avx2, arm64dot,
+        /// arm64neon) instead of the best this CPU runs.
+        #[arg(long, value_name = "NAME", conflicts_with_all = ["tract_int8", "no_passes"])]
+        int8_kernel: Option<String>,
         /// Run self-attention with tract's ops instead of lookout's.
         #[arg(long)]
         tract_attention: bool,
@@ -264,6 +269,7 @@ fn main() -> ExitCode {
             runs,
             no_passes,
             tract_int8,
+            int8_kernel,
             tract_attention,
             json,
             logits,
@@ -272,6 +278,7 @@ fn main() -> ExitCode {
             let load = LoadOptions {
                 passes: !no_passes,
                 lookout_int8: !no_passes && !tract_int8,
+                int8_kernel,
                 lookout_attention: !no_passes && !tract_attention,
             };
             let opts = BenchOptions { threads, warmup, runs, load, json, logits, profile };

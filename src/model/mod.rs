@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 pub use self::config::ModelConfig;
 pub use self::passes::PassReport;
 #[doc(hidden)]
-pub use self::qgemm::bench_layer;
+pub use self::qgemm::{bench_layer, int8_kernels, int8_peaks};
 
 /// For `fuzz/fuzz_targets/onnx.rs`: lookout's own reading of an ONNX file
 /// (the piecewise reader and the searches for the layers and blocks it

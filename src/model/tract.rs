@@ -39,6 +39,9 @@ pub struct LoadOptions {
     /// (src/model/qlinear.rs) where this CPU has one. Off to compare with
     /// tract's int8 path.
     pub lookout_int8: bool,
+    /// Which of lookout's int8 kernels (part of its name, as the load line
+    /// prints it: `avx2`, `amx`...); `None` for the best this CPU runs.
+    pub int8_kernel: Option<String>,
     /// Run ViT self-attention blocks as lookout's fused op
     /// (src/model/attention) where this CPU has its kernels.
     pub lookout_attention: bool,
@@ -46,13 +49,13 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { passes: true, lookout_int8: true, lookout_attention: true }
+        LoadOptions { passes: true, lookout_int8: true, int8_kernel: None, lookout_attention: true }
     }
 }
 
-/// The name of lookout's int8 kernel for this CPU, if it has one.
+/// The name of lookout's best int8 kernel for this CPU, if it has one.
 pub fn lookout_int8_kernel() -> Option<&'static str> {
-    Kernel::detect().map(Kernel::name)
+    Kernel::choose(None).ok().flatten().map(Kernel::name)
 }
 
 /// Whether this CPU runs lookout's fused self-attention.
@@ -171,7 +174,10 @@ impl TractClassifier {
         let mut lazy = LazyModel::open(path).map_err(|e| load_err(format!("{e} (is it an ONNX file?)")))?;
         // lookout's int8 layers where it has a kernel for this CPU; tract's
         // own int8 path elsewhere (and when the passes are off).
-        let kernel = if options.lookout_int8 { Kernel::detect() } else { None };
+        let kernel = match options.lookout_int8 {
+            true => Kernel::choose(options.int8_kernel.as_deref()).map_err(load_err)?,
+            false => None,
+        };
         let (weights, rewritten, mut taken) = match kernel {
             Some(kernel) => qlinear::rewrite(&mut lazy, kernel).map_err(|e| load_err(root_cause(&e)))?,
             None => Default::default(),

@@ -106,10 +106,13 @@ const TOLERANCE_VS_SPEC: f32 = 0.1;
 
 /// tract's int8 path with lookout's graph passes, as CPUs without a
 /// lookout int8 kernel run it.
-const TRACT_INT8_WITH_PASSES: LoadOptions = LoadOptions { passes: true, lookout_int8: false, lookout_attention: false };
-const PLAIN_TRACT: LoadOptions = LoadOptions { passes: false, lookout_int8: false, lookout_attention: false };
+const TRACT_INT8_WITH_PASSES: LoadOptions =
+    LoadOptions { passes: true, lookout_int8: false, int8_kernel: None, lookout_attention: false };
+const PLAIN_TRACT: LoadOptions =
+    LoadOptions { passes: false, lookout_int8: false, int8_kernel: None, lookout_attention: false };
 /// lookout's int8 layers, and tract for everything else.
-const LOOKOUT_INT8_ONLY: LoadOptions = LoadOptions { passes: true, lookout_int8: true, lookout_attention: false };
+const LOOKOUT_INT8_ONLY: LoadOptions =
+    LoadOptions { passes: true, lookout_int8: true, int8_kernel: None, lookout_attention: false };
 
 #[test]
 fn passes_keep_the_outputs_of_plain_tract() {
@@ -164,6 +167,40 @@ fn lookout_int8_layers_agree_with_tracts_int8_path() {
     assert_eq!(same, sample.len());
     // Measured 0.021.
     assert!(worst <= TOLERANCE_VS_SPEC, "max abs logit difference to tract's int8 path {worst}");
+}
+
+/// Every int8 kernel this CPU runs, chosen by name as `lookout bench
+/// --int8-kernel` does, runs all 25 layers and gives the same logits bit for
+/// bit: each equals the ONNX definition (unit tests in src/model/qgemm).
+#[test]
+fn every_int8_kernel_gives_the_same_logits() {
+    let kernels = lookout::model::int8_kernels();
+    if kernels.len() < 2 {
+        eprintln!("skipped: this CPU runs {kernels:?}, nothing to compare");
+        return;
+    }
+    let refs = references();
+    let sample: Vec<&Reference> = refs.iter().step_by(16).collect();
+    let mut first: Option<(&str, Vec<Vec<f32>>)> = None;
+    for kernel in kernels {
+        let options = LoadOptions { int8_kernel: Some(kernel.into()), ..LOOKOUT_INT8_ONLY };
+        let (mut c, mut pre) = load("digits-int8.onnx", &options);
+        assert!(c.load_report().kernels.iter().any(|(k, n)| k == kernel && *n == 25), "{:?}", c.load_report().kernels);
+        let logits: Vec<Vec<f32>> =
+            sample.iter().map(|r| crate::common::logits_of(&mut c, &mut pre, &r.file)).collect();
+        match &first {
+            None => first = Some((kernel, logits)),
+            Some((k0, l0)) => assert!(logits == *l0, "{kernel} and {k0} disagree"),
+        }
+    }
+
+    let mut cmd = crate::common::lookout();
+    cmd.args(["bench", "--int8-kernel", "nosuchkernel", "--model"])
+        .arg(crate::common::root().join("models/digits/digits-int8.onnx"));
+    let out = crate::common::run_with_timeout(cmd, Duration::from_secs(60));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(err.lines().count() == 1 && err.contains("\"nosuchkernel\""), "{err}");
 }
 
 #[test]

@@ -10,6 +10,10 @@ use std::arch::aarch64::*;
 
 /// `s[i][j] = sum_d qs[i][d] * kt[d][j]` for rows `0..t` and keys `0..tp`
 /// (`kt` is zero past key `t`, so those scores are 0).
+///
+/// # Safety
+/// `qs` holds `t * hd` values, `kt` `hd * tp`, `s` `t * tp`; `tp` and `hd`
+/// are multiples of 16. (NEON is part of every aarch64 CPU.)
 pub(super) unsafe fn scores(qs: &[f32], kt: &[f32], s: &mut [f32], t: usize, tp: usize, hd: usize) {
     debug_assert!(qs.len() >= t * hd && kt.len() >= hd * tp && s.len() >= t * tp && tp.is_multiple_of(16));
     let (qs, kt, s) = (qs.as_ptr(), kt.as_ptr(), s.as_mut_ptr());
@@ -28,6 +32,10 @@ pub(super) unsafe fn scores(qs: &[f32], kt: &[f32], s: &mut [f32], t: usize, tp:
     }
 }
 
+/// Rows `i..i + R`, keys `j..j + 16` of [`scores`].
+///
+/// # Safety
+/// As [`scores`], with `i + R <= t` and `j + 16 <= tp`.
 #[inline(always)]
 unsafe fn scores_tile<const R: usize>(
     qs: *const f32,
@@ -57,6 +65,9 @@ unsafe fn scores_tile<const R: usize>(
 
 /// `acc[r] += a[r][L] * b[0..16]`: one rank-1 step of a tile, 16 values of
 /// `b` against lane `L` of each row's register.
+///
+/// # Safety
+/// `b` points to 16 readable f32.
 #[inline(always)]
 unsafe fn step<const L: i32, const R: usize>(acc: &mut [[float32x4_t; 4]; R], a: &[float32x4_t; R], b: *const f32) {
     let b = [0, 1, 2, 3].map(|c| vld1q_f32(b.add(4 * c)));
@@ -70,6 +81,11 @@ unsafe fn step<const L: i32, const R: usize>(acc: &mut [[float32x4_t; 4]; R], a:
 /// Each row `i < t` of `s` (stride `tp`): add its bias row, then
 /// `exp(x - max)` over the first `t` entries; `sums[i]` gets the row's
 /// sum, by which [`weighted_sum`] divides.
+///
+/// # Safety
+/// `s` holds `t * tp` values (`t <= tp`), `bias` (if any) `t * t`, `sums`
+/// `t` (checked in debug builds; the slices are indexed with bounds checks
+/// except within whole blocks of 4 of a row).
 pub(super) unsafe fn exp_rows(s: &mut [f32], bias: Option<&[f32]>, t: usize, tp: usize, sums: &mut [f32]) {
     debug_assert!(s.len() >= t * tp && sums.len() >= t && bias.is_none_or(|b| b.len() >= t * t));
     let whole = t / 4 * 4;
@@ -108,6 +124,10 @@ pub(super) unsafe fn exp_rows(s: &mut [f32], bias: Option<&[f32]>, t: usize, tp:
 /// below 1e-8 on |r| <= ln 2 / 2). x is held to [-87.3, 88] so that 2^n is
 /// a normal float built from its exponent bits: below, 2^-126, a softmax
 /// term too small to change any sum.
+///
+/// # Safety
+/// None beyond NEON, which every aarch64 CPU has: `unsafe` only because
+/// the intrinsics are.
 #[inline(always)]
 unsafe fn exp(x: float32x4_t) -> float32x4_t {
     let x = vminq_f32(vmaxq_f32(x, vdupq_n_f32(-87.3)), vdupq_n_f32(88.0));
@@ -125,6 +145,10 @@ unsafe fn exp(x: float32x4_t) -> float32x4_t {
 /// `out[i][:] = sum_j e[i][j] * v[j][:] / sums[i]` for rows `0..t`, `hd`
 /// columns (a multiple of 16) in blocks of 16; `v` and `out` rows are
 /// `width` apart, `e` rows `tp`.
+///
+/// # Safety
+/// `p` holds `t * tp` values and `sums` `t`; `v` and `out` point to `t`
+/// rows of `width >= hd` f32 that nothing else accesses meanwhile.
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn weighted_sum(
     p: &[f32],
@@ -156,6 +180,11 @@ pub(super) unsafe fn weighted_sum(
     }
 }
 
+/// Rows `i..i + R`, 16 columns of [`weighted_sum`] (`v` and `out` start
+/// at the block's first column).
+///
+/// # Safety
+/// As [`weighted_sum`], with `i + R <= t`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn pv_tile<const R: usize>(

@@ -7,6 +7,10 @@ use std::arch::x86_64::*;
 
 /// `s[i][j] = sum_d qs[i][d] * kt[d][j]` for rows `0..t` and keys `0..tp`
 /// (`kt` is zero past key `t`, so those scores are 0).
+///
+/// # Safety
+/// AVX-512 F must be present; `qs` holds `t * hd` values, `kt` `hd * tp`,
+/// `s` `t * tp`, and `tp` is a multiple of 16.
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn scores(qs: &[f32], kt: &[f32], s: &mut [f32], t: usize, tp: usize, hd: usize) {
     debug_assert!(qs.len() >= t * hd && kt.len() >= hd * tp && s.len() >= t * tp && tp.is_multiple_of(16));
@@ -33,6 +37,10 @@ pub(super) unsafe fn scores(qs: &[f32], kt: &[f32], s: &mut [f32], t: usize, tp:
     }
 }
 
+/// Rows `i..i + R`, keys `j..j + 16 * NB` of [`scores`].
+///
+/// # Safety
+/// As [`scores`], with `i + R <= t` and `j + 16 * NB <= tp`.
 #[inline]
 #[target_feature(enable = "avx512f")]
 unsafe fn scores_tile<const R: usize, const NB: usize>(
@@ -72,6 +80,10 @@ unsafe fn scores_tile<const R: usize, const NB: usize>(
 /// `exp(x - max)` over the first `t` entries; `sums[i]` gets the row's
 /// sum, by which [`weighted_sum`] divides (once per output value instead of
 /// once per probability).
+///
+/// # Safety
+/// AVX-512 F must be present; `s` holds `t * tp` values (`t <= tp`),
+/// `bias` (if any) `t * t`, `sums` `t`.
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn exp_rows(s: &mut [f32], bias: Option<&[f32]>, t: usize, tp: usize, sums: &mut [f32]) {
     let tail: __mmask16 = if t.is_multiple_of(16) { 0xffff } else { ((1u32 << (t % 16)) - 1) as u16 };
@@ -104,6 +116,9 @@ pub(super) unsafe fn exp_rows(s: &mut [f32], bias: Option<&[f32]>, t: usize, tp:
 /// remainder split in two parts of ln 2, `p` Taylor to degree 7 (error
 /// below 1e-8 on |r| <= ln 2 / 2). Inputs below -87.3 give 2^-126, not a
 /// subnormal or 0: a softmax term that small changes no sum.
+///
+/// # Safety
+/// AVX-512 F must be present.
 #[inline]
 #[target_feature(enable = "avx512f")]
 unsafe fn exp(x: __m512) -> __m512 {
@@ -123,6 +138,12 @@ unsafe fn exp(x: __m512) -> __m512 {
 
 /// `out[i][:] = sum_j e[i][j] * v[j][:] / sums[i]` for rows `0..t`, `hd`
 /// columns; `v` and `out` rows are `width` apart, `e` rows `tp`.
+///
+/// # Safety
+/// AVX-512 F must be present; `p` holds `t * tp` values and `sums` `t`;
+/// `v` and `out` point to `t` rows of `width >= hd` f32 (the block's own
+/// buffers, so they are valid and `out` is not read concurrently); `hd` is
+/// 16, 32, 64 or 128.
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn weighted_sum(
@@ -158,6 +179,10 @@ pub(super) unsafe fn weighted_sum(
     }
 }
 
+/// Rows `i..i + R`, all `16 * DB` columns of [`weighted_sum`].
+///
+/// # Safety
+/// As [`weighted_sum`], with `i + R <= t` and `16 * DB == hd`.
 #[inline]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]

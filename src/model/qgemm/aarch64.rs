@@ -22,6 +22,9 @@ const MR: usize = 4;
 const HALF: usize = 16;
 
 /// `acc += b (16 i8: 4 columns x 4 k) . lane L of a (4 i8)` per column.
+///
+/// # Safety
+/// The CPU must have the dot-product extension (ARMv8.2 `dotprod`).
 #[inline(always)]
 unsafe fn sdot<const L: i32>(acc: int32x4_t, b: int8x16_t, a: int8x16_t) -> int32x4_t {
     let mut acc = acc;
@@ -60,6 +63,10 @@ pub(super) unsafe fn panel_dot(a: &Activations, job: &Job, panel: usize) {
     }
 }
 
+/// Rows `m0..m0 + R` of one half panel with `sdot`.
+///
+/// # Safety
+/// As [`panel_dot`], with `m0 + R <= a.rows` and `half` 0 or 1.
 #[inline]
 #[target_feature(enable = "neon")]
 unsafe fn tile<const R: usize>(a: &Activations, job: &Job, panel: usize, half: usize, m0: usize) {
@@ -111,6 +118,10 @@ unsafe fn tile<const R: usize>(a: &Activations, job: &Job, panel: usize, half: u
 
 /// The epilogue: column sums of rows `m0..m0 + R` of one half panel, 4
 /// registers of 4 columns per row, to f32 in the output.
+///
+/// # Safety
+/// `job` and `a` come from `Job::new` and `Activations::quantize`,
+/// `m0 + R <= a.rows`, `half` is 0 or 1, `panel < job.w.panels()`.
 #[inline]
 #[target_feature(enable = "neon")]
 unsafe fn store<const R: usize>(
@@ -150,6 +161,10 @@ unsafe fn store<const R: usize>(
 /// `smull` once it sees that `q`'s halves are equal, and shuffles the
 /// accumulators between registers every step: 60 instructions per step
 /// of two rows instead of 39 (counted under qemu, tools/bench/arm_profile.py).
+///
+/// # Safety
+/// None: registers only, NEON is part of every aarch64 CPU; `unsafe` for
+/// the `asm!`.
 #[inline(always)]
 unsafe fn widening_step(acc: &mut [int32x4_t; 8], b: &[int8x16_t; 4], q: int8x16_t) {
     asm!(
@@ -193,6 +208,9 @@ unsafe fn widening_step(acc: &mut [int32x4_t; 8], b: &[int8x16_t; 4], q: int8x16
 /// [`widening_step`] for two rows in one block, in fixed registers: as
 /// two blocks, or with registers of LLVM's choosing, it rotates some
 /// accumulators through spare registers every step.
+///
+/// # Safety
+/// None, as [`widening_step`].
 #[inline(always)]
 unsafe fn widening_step2(
     a0: &mut [int32x4_t; 8],
@@ -270,6 +288,10 @@ unsafe fn widening_step2(
 /// per two steps of two rows instead of 64. Exact: a product of a weight in
 /// -127..127 and an activation in -128..127 is at most 16256 in size, two
 /// at most 32512.
+///
+/// # Safety
+/// No weight in `b` may be -128 (otherwise the i16 sums may wrap: wrong
+/// results, not undefined behaviour); registers only.
 #[inline(always)]
 unsafe fn widening_pair2(
     a0: &mut [int32x4_t; 8],
@@ -384,6 +406,10 @@ pub(super) unsafe fn panel_neon(a: &Activations, job: &Job, panel: usize) {
     }
 }
 
+/// Rows `m0..m0 + R` of one half panel with widening multiplies.
+///
+/// # Safety
+/// As [`panel_neon`], with `m0 + R <= a.rows` and `half` 0 or 1.
 #[inline]
 #[target_feature(enable = "neon")]
 unsafe fn tile_neon<const R: usize>(a: &Activations, job: &Job, panel: usize, half: usize, m0: usize) {

@@ -9,22 +9,33 @@
 //! one onnxruntime's MLAS uses: weights in panels of [`NR`] columns, 4
 //! consecutive k per column, so one x86 `vpdpbusd` multiplies 4 bytes of a
 //! row (broadcast) by 4 k of 16 columns, and ARM's `sdot` does the same for
-//! 4 columns. Kernels: AVX-512 VNNI, AVX-VNNI and AVX2 (`x86.rs`), `sdot`
-//! and plain NEON (`aarch64.rs`); every one this CPU runs is tested.
+//! 4 columns; AMX's `tdpbusd` reads 16 such steps of 16 columns as one
+//! tile. Kernels: AMX, AVX-512 VNNI, AVX-VNNI and AVX2 (`x86.rs`), `sdot`
+//! and plain NEON (`aarch64.rs`), chosen once per model by
+//! [`Kernel::choose`]; `scalar.rs` holds the portable routines they must
+//! equal. Each kernel has its own test against the oracle.
 //!
 //! The integer part is exact. The epilogue is ONNX's `Cast`, `Mul` and `Add`
 //! in that order with no fused multiply-add, so a layer's output equals what
-//! the ONNX graph defines, bit for bit ([`reference`] is the test oracle).
+//! the ONNX graph defines, bit for bit ([`scalar::reference`] is the test
+//! oracle).
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
+mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
 use tract_linalg::multithread::Executor;
 
+pub(crate) use scalar::{min_max, quantize_into, scale_and_zero_point};
+
 /// Columns per weight panel.
 pub(crate) const NR: usize = 32;
+
+/// Zero steps after the last panel: AMX reads 16 steps at a time, past a
+/// panel's end (where the activations it multiplies are zero padding).
+const STEP_SLACK: usize = 15;
 
 /// One k-step of a panel: 4 consecutive k of each of the panel's 32
 /// columns, column after column (`[col][k]`), aligned for vector loads.
@@ -39,7 +50,8 @@ pub(crate) struct PackedWeights {
     pub(crate) n: usize,
     /// K rounded up to a multiple of 4, divided by 4.
     k4: usize,
-    /// `panels * k4` steps, panel after panel; padding is zero.
+    /// `panels * k4` steps, panel after panel, then [`STEP_SLACK`]; padding
+    /// is zero.
     steps: Vec<Step>,
     /// Sum over k of each column, padded with zeros to the panels' width.
     col_sums: Vec<i32>,
@@ -61,7 +73,7 @@ impl PackedWeights {
         assert!(zero_points.len() == 1 || zero_points.len() == n, "zero points are neither one nor one per column");
         let panels = n.div_ceil(NR);
         let k4 = k.div_ceil(4);
-        let mut steps = vec![Step([0; NR * 4]); panels * k4];
+        let mut steps = vec![Step([0; NR * 4]); panels * k4 + STEP_SLACK];
         let mut col_sums = vec![0i32; panels * NR];
         for (kk, row) in w.chunks_exact(n).enumerate() {
             let (s, lane) = (kk / 4, kk % 4);
@@ -91,6 +103,10 @@ impl PackedWeights {
 /// A kernel: the instruction set one panel is computed with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kernel {
+    /// AMX `tdpbusd` on 16 x 64-byte tiles (Xeon Sapphire Rapids and
+    /// later), with the AVX-512 quantizer and epilogue.
+    #[cfg(target_arch = "x86_64")]
+    Amx,
     /// AVX-512 VNNI `vpdpbusd` on zmm (Ice Lake and later, Zen 4 and later).
     #[cfg(target_arch = "x86_64")]
     Avx512Vnni,
@@ -118,7 +134,11 @@ impl Kernel {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::is_x86_feature_detected as has;
-            if has!("avx512vnni") && has!("avx512bw") && has!("avx512f") {
+            let avx512 = has!("avx512f") && has!("avx512bw") && has!("avx512vl");
+            if avx512 && x86::amx_usable() {
+                all.push(Kernel::Amx);
+            }
+            if avx512 && has!("avx512vnni") {
                 all.push(Kernel::Avx512Vnni);
             }
             if has!("avxvnni") && has!("avx2") && has!("fma") {
@@ -138,26 +158,27 @@ impl Kernel {
         all
     }
 
-    /// The best kernel this CPU runs; `None` where lookout has none (32-bit
-    /// ARM, x86 without AVX2), and tract's own int8 path is used instead.
-    /// `LOOKOUT_INT8_KERNEL` picks another (part of its name: `avx2`,
-    /// `neon`...) to compare kernels on one machine, or `tract` for none.
-    pub(crate) fn detect() -> Option<Kernel> {
+    /// The kernel a model runs with: the first this CPU runs whose name
+    /// contains `want` (`lookout bench --int8-kernel`, to compare kernels on
+    /// one machine), else the best. `None` where lookout has none (32-bit
+    /// ARM, x86 without AVX2): tract's own int8 path runs instead.
+    pub(crate) fn choose(want: Option<&str>) -> Result<Option<Kernel>, String> {
         let supported = Kernel::supported();
-        match std::env::var("LOOKOUT_INT8_KERNEL") {
-            Ok(want) if want == "tract" => None,
-            Ok(want) => supported.iter().copied().find(|k| k.name().contains(want.as_str())).or_else(|| {
+        let Some(want) = want else { return Ok(supported.first().copied()) };
+        match supported.iter().find(|k| k.name().contains(want)) {
+            Some(&k) => Ok(Some(k)),
+            None => {
                 let names: Vec<&str> = supported.iter().map(|k| k.name()).collect();
-                log::warn!("LOOKOUT_INT8_KERNEL={want} names none of this CPU's int8 kernels {names:?}; ignored");
-                supported.first().copied()
-            }),
-            Err(_) => supported.first().copied(),
+                Err(format!("no int8 kernel of this CPU's {names:?} is named like {want:?}"))
+            }
         }
     }
 
     /// As the load log and `lookout bench` print it.
     pub(crate) fn name(self) -> &'static str {
         match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Amx => "lookout_amx_u8i8_32x32",
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512Vnni => "lookout_avx512vnni_u8i8_12x32",
             #[cfg(target_arch = "x86_64")]
@@ -177,7 +198,7 @@ impl Kernel {
     fn activation_offset(self) -> i32 {
         match self {
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512Vnni | Kernel::AvxVnni | Kernel::Avx2 => 0,
+            Kernel::Amx | Kernel::Avx512Vnni | Kernel::AvxVnni | Kernel::Avx2 => 0,
             #[cfg(target_arch = "aarch64")]
             Kernel::Dot | Kernel::Neon => 128,
         }
@@ -193,12 +214,23 @@ impl Kernel {
         }
     }
 
+    /// Bytes from one activation row to the next, and rows allocated: AMX
+    /// loads 64 bytes of k and 16 rows at once, so rows are padded to both
+    /// with zeros (which add nothing to the sums).
+    fn activation_layout(self, rows: usize, k: usize) -> (usize, usize) {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Amx => (k.div_ceil(64) * 64, rows.div_ceil(16) * 16),
+            _ => (k.div_ceil(4) * 4 * self.activation_bytes(), rows),
+        }
+    }
+
     /// `quantize_into` for one row, returning the sum of its bytes.
     fn quantize_row(self, x: &[f32], q: &mut [u8], scale: f32, zero_point: u8) -> i32 {
         match self {
-            // SAFETY: supported() saw AVX-512 F and BW, or AVX2.
+            // SAFETY: supported() saw AVX-512 F, BW and VL, or AVX2.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512Vnni => unsafe { x86::quantize_row_avx512(x, q, scale, zero_point) },
+            Kernel::Amx | Kernel::Avx512Vnni => unsafe { x86::quantize_row_avx512(x, q, scale, zero_point) },
             #[cfg(target_arch = "x86_64")]
             Kernel::AvxVnni | Kernel::Avx2 => unsafe { x86::quantize_row_avx2(x, q, scale, zero_point) },
             #[allow(unreachable_patterns)]
@@ -213,7 +245,7 @@ impl Kernel {
         match self {
             // SAFETY: supported() saw AVX-512 F, or AVX2.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512Vnni => unsafe { x86::min_max_avx512(xs) },
+            Kernel::Amx | Kernel::Avx512Vnni => unsafe { x86::min_max_avx512(xs) },
             #[cfg(target_arch = "x86_64")]
             Kernel::AvxVnni | Kernel::Avx2 => unsafe { x86::min_max_avx2(xs) },
             #[allow(unreachable_patterns)]
@@ -222,9 +254,12 @@ impl Kernel {
     }
 
     /// # Safety
-    /// The CPU must have the kernel's instructions ([`Kernel::detect`]).
+    /// The kernel must be one of [`Kernel::supported`]; `a` was quantized
+    /// for it and `job` built from `a`; `panel < job.w.panels()`.
     unsafe fn panel(self, a: &Activations, job: &Job, panel: usize) {
         match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Amx => x86::panel_amx(a, job, panel),
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512Vnni => x86::panel_avx512vnni(a, job, panel),
             #[cfg(target_arch = "x86_64")]
@@ -243,8 +278,8 @@ impl Kernel {
 /// padded for the kernel, with the per-row terms of the zero-point algebra.
 #[derive(Default)]
 pub(crate) struct Activations {
-    /// `rows * stride` bytes (`q ^ 0x80` for signed kernels, `q` as a
-    /// little-endian u16 for the AVX2 kernel); padding is 0.
+    /// `rows * stride` bytes or more (`q ^ 0x80` for signed kernels, `q` as
+    /// a little-endian u16 for the AVX2 kernel); padding is 0.
     data: Vec<u8>,
     stride: usize,
     rows: usize,
@@ -264,11 +299,11 @@ impl Activations {
         assert!(k > 0 && x.len().is_multiple_of(k), "input is not rows of {k}");
         let rows = x.len() / k;
         let wide = kernel.activation_bytes() == 2;
-        let stride = k.div_ceil(4) * 4 * kernel.activation_bytes();
+        let (stride, padded_rows) = kernel.activation_layout(rows, k);
         let (min, max) = parallel_min_max(x, executor, |xs| kernel.min_max(xs));
         let (scale, zero_point) = scale_and_zero_point(min, max);
         self.data.clear();
-        self.data.resize(rows * stride, 0);
+        self.data.resize(padded_rows * stride, 0);
         self.row_terms.clear();
         self.row_terms.resize(rows, 0);
         let flip = if kernel.activation_offset() == 128 { 0x80 } else { 0 };
@@ -335,33 +370,8 @@ impl Gelu {
     /// The scalar form: ARM's epilogue and the tests (x86 has its own).
     #[cfg_attr(not(any(test, target_arch = "aarch64")), allow(dead_code))]
     pub(crate) fn apply(self, y: f32) -> f32 {
-        (y * (erf(y / self.div) + self.add)) * self.mul
+        (y * (scalar::erf(y / self.div) + self.add)) * self.mul
     }
-}
-
-/// Coefficients of the rational approximation of erf on [-4, 4] (Eigen's
-/// `generic_fast_erf_float`): `x P(x^2) / Q(x^2)`, a few ulp from the true
-/// value; beyond 4 erf is +-1 in f32.
-pub(crate) const ERF_P: [f32; 7] = [
-    -2.726_142_3e-10,
-    2.770_681_4e-8,
-    -2.101_024e-6,
-    -5.692_506_4e-5,
-    -7.349_906_3e-4,
-    -2.954_600_1e-3,
-    -1.609_603_3e-2,
-];
-pub(crate) const ERF_Q: [f32; 5] = [-1.456_607_2e-5, -2.133_740_6e-4, -1.682_827e-3, -7.373_329e-3, -1.426_474e-2];
-
-/// erf in f32 with fused multiply-adds, so that it gives the vector
-/// kernels' bits exactly.
-#[cfg_attr(not(any(test, target_arch = "aarch64")), allow(dead_code))]
-pub(crate) fn erf(x: f32) -> f32 {
-    let x = x.clamp(-4.0, 4.0);
-    let x2 = x * x;
-    let p = ERF_P[1..].iter().fold(ERF_P[0], |p, &c| p.mul_add(x2, c));
-    let q = ERF_Q[1..].iter().fold(ERF_Q[0], |q, &c| q.mul_add(x2, c));
-    (x * p) / q
 }
 
 #[derive(Clone, Copy)]
@@ -404,8 +414,9 @@ pub(crate) fn run(kernel: Kernel, a: &Activations, jobs: &[Job], executor: &Exec
         jobs.iter().enumerate().flat_map(|(j, job)| (0..job.w.panels()).map(move |p| (j, p))).collect();
     let compute = |items: &[(usize, usize)]| {
         for &(j, p) in items {
-            // SAFETY: `kernel` came from `Kernel::detect` on this CPU, and
-            // the job's buffers were sized by `Job::new`.
+            // SAFETY: `kernel` came from `Kernel::choose` on this CPU, `a`
+            // was quantized for it, and the job's buffers were sized by
+            // `Job::new`.
             unsafe { kernel.panel(a, &jobs[j], p) }
         }
     };
@@ -433,13 +444,28 @@ fn pool(executor: &Executor, work: usize) -> Option<&rayon::ThreadPool> {
     }
 }
 
-/// For `benches/int8.rs`: times one `[rows, k] x [k, n]` layer (quantize,
-/// product, epilogue with a bias) on `threads` threads; returns the kernel
-/// and the median seconds per call over `runs`, or `None` where lookout has
-/// no kernel.
+/// The names of the int8 kernels this CPU runs, best first.
+pub fn int8_kernels() -> Vec<&'static str> {
+    Kernel::supported().into_iter().map(Kernel::name).collect()
+}
+
+/// For `benches/int8.rs`: GMAC/s of a bare one-thread loop of each int8
+/// instruction this CPU's kernels use, the ceiling a layer compares with.
 #[doc(hidden)]
-pub fn bench_layer(rows: usize, k: usize, n: usize, threads: usize, runs: usize) -> Option<(&'static str, f64)> {
-    let kernel = Kernel::detect()?;
+pub fn int8_peaks() -> Vec<(&'static str, f64)> {
+    #[cfg(target_arch = "x86_64")]
+    return x86::peaks().into_iter().map(|(name, rate)| (name, rate / 1e9)).collect();
+    #[cfg(not(target_arch = "x86_64"))]
+    vec![]
+}
+
+/// For `benches/int8.rs`: times one `[rows, k] x [k, n]` layer (quantize,
+/// product, epilogue with a bias) with `kernel` (a name from
+/// [`int8_kernels`]) on `threads` threads; returns the median seconds per
+/// call over `runs`.
+#[doc(hidden)]
+pub fn bench_layer(kernel: &str, rows: usize, k: usize, n: usize, threads: usize, runs: usize) -> f64 {
+    let kernel = Kernel::choose(Some(kernel)).ok().flatten().expect("a kernel from int8_kernels()");
     let executor = if threads > 1 { Executor::multithread(threads) } else { Executor::SingleThread };
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     let mut next = move || {
@@ -475,32 +501,7 @@ pub fn bench_layer(rows: usize, k: usize, n: usize, threads: usize, runs: usize)
         _ => timed(),
     };
     times.sort_by(f64::total_cmp);
-    Some((kernel.name(), times[times.len() / 2]))
-}
-
-/// The range extended to include 0, ignoring NaN, as ONNX (and tract) do.
-pub(crate) fn min_max(xs: &[f32]) -> (f32, f32) {
-    const LANES: usize = 16;
-    let mut mins = [0f32; LANES];
-    let mut maxs = [0f32; LANES];
-    let mut blocks = xs.chunks_exact(LANES);
-    for block in &mut blocks {
-        for i in 0..LANES {
-            // `if x < m` (not f32::min) so NaN keeps the old value and the
-            // loop maps to packed min/max instructions.
-            mins[i] = if block[i] < mins[i] { block[i] } else { mins[i] };
-            maxs[i] = if block[i] > maxs[i] { block[i] } else { maxs[i] };
-        }
-    }
-    let mut min = 0f32;
-    let mut max = 0f32;
-    for &x in mins.iter().chain(blocks.remainder()) {
-        min = if x < min { x } else { min };
-    }
-    for &x in maxs.iter().chain(blocks.remainder()) {
-        max = if x > max { x } else { max };
-    }
-    (min, max)
+    times[times.len() / 2]
 }
 
 /// `min_max` over the executor's threads, with `min_max` the per-thread
@@ -520,59 +521,6 @@ pub(crate) fn parallel_min_max(
         }
     });
     ranges.iter().fold((0f32, 0f32), |(a, b), &(c, d)| (if c < a { c } else { a }, if d > b { d } else { b }))
-}
-
-/// tract-onnx's `scale_and_zero_point`, so both agree exactly.
-pub(crate) fn scale_and_zero_point(min: f32, max: f32) -> (f32, u8) {
-    let scale = (max - min) / u8::MAX as f32;
-    let zero_point = (-min / scale).round_ties_even().clamp(0.0, 255.0);
-    (scale, zero_point as u8)
-}
-
-/// `saturate(round_half_even(x / scale) + zero_point)`, vectorisable.
-pub(crate) fn quantize_into(xs: &[f32], ys: &mut [u8], scale: f32, zero_point: u8) {
-    // Adding then subtracting 1.5 * 2^23 rounds any |y| < 2^22 half to even
-    // in the default rounding mode, without an SSE4.1 `roundps`; values are
-    // clamped first because everything beyond +-1024 saturates anyway.
-    const MAGIC: f32 = 12_582_912.0;
-    let zp = zero_point as f32;
-    for (x, y) in xs.iter().zip(ys.iter_mut()) {
-        let q = *x / scale;
-        // NaN becomes the zero point, as `NaN as i32 == 0` does in tract.
-        let q = if q.is_nan() { 0.0 } else { q.clamp(-1024.0, 1024.0) };
-        let q = (q + MAGIC) - MAGIC + zp;
-        *y = q.clamp(0.0, 255.0) as u8;
-    }
-}
-
-/// What ONNX defines for `Add(Mul(Cast(MatMulInteger(q, w, za, zb)),
-/// Mul(a_scale, w_scale)), bias)`, computed naively: the test oracle.
-#[cfg(test)]
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn reference(
-    q: &[u8],
-    za: u8,
-    a_scale: f32,
-    k: usize,
-    w: &[i8],
-    zb: &[i8],
-    w_scale: &[f32],
-    bias: Option<&[f32]>,
-    gelu: Option<Gelu>,
-) -> Vec<f32> {
-    let n = w.len() / k;
-    let mut out = vec![];
-    for row in q.chunks_exact(k) {
-        for c in 0..n {
-            let zb = zb[if zb.len() == 1 { 0 } else { c }] as i32;
-            let acc: i32 = (0..k).map(|i| (row[i] as i32 - za as i32) * (w[i * n + c] as i32 - zb)).sum();
-            let s = a_scale * w_scale[if w_scale.len() == 1 { 0 } else { c }];
-            let v = acc as f32 * s;
-            let v = bias.map_or(v, |b| v + b[c]);
-            out.push(gelu.map_or(v, |g| g.apply(v)));
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -650,48 +598,94 @@ mod tests {
         let (scale, zp) = scale_and_zero_point(min, max);
         quantize_into(&x, &mut q, scale, zp);
         assert_eq!((a.scale.to_bits(), a.zero_point), (scale.to_bits(), zp));
-        let want = reference(&q, zp, scale, k, &w, &zb, &w_scale, bias, gelu);
+        let want = scalar::reference(&q, zp, scale, k, &w, &zb, &w_scale, bias, gelu);
         let diff = out.iter().zip(&want).position(|(a, b)| a.to_bits() != b.to_bits());
         assert_eq!(diff, None, "{kernel:?} {data:?} rows {rows} k {k} n {n}: {:?}", diff.map(|i| (out[i], want[i])));
     }
 
+    /// Every check of one kernel against the ONNX definition, and of its
+    /// quantizer against the portable one.
+    fn equals_the_onnx_definition_bit_for_bit(kernel: Kernel) {
+        // Shapes that exercise every remainder: rows not a multiple of the
+        // tile, k not a multiple of 4 (or of AMX's 64), n not a multiple of
+        // a panel, one row (the classifier head), and a transformer layer's
+        // shape. k of 8 and 12 steps of 4, odd and even, for the A72
+        // kernel's pairs of steps; 33 rows for AMX's 32 + 16 blocks.
+        for (rows, k, n) in [
+            (1, 4, 1),
+            (5, 7, 33),
+            (13, 64, 32),
+            (12, 100, 70),
+            (25, 129, 65),
+            (4, 47, 20),
+            (33, 200, 64),
+            (197, 256, 96),
+        ] {
+            for (asymmetric, bias, gelu) in [(false, true, None), (true, false, None), (true, true, Some(GELU))] {
+                for data in [Data::Random, Data::Symmetric] {
+                    check(kernel, data, rows, k, n, asymmetric, bias, gelu, 1);
+                }
+            }
+            check(kernel, Data::Extreme, rows, k, n, false, true, None, 1);
+        }
+        check(kernel, Data::Random, 197, 512, 300, false, true, Some(GELU), 2);
+        check(kernel, Data::Symmetric, 197, 512, 300, true, true, None, 3);
+        quantizer_gives_the_portable_bytes(kernel);
+    }
+
+    /// One test per kernel, so a failure names it; a kernel this CPU lacks
+    /// says it was skipped.
+    macro_rules! kernel_tests {
+        ($($(#[$cfg:meta])* $test:ident: $kernel:ident,)*) => {$(
+            $(#[$cfg])*
+            #[test]
+            fn $test() {
+                let kernel = Kernel::$kernel;
+                if Kernel::supported().contains(&kernel) {
+                    equals_the_onnx_definition_bit_for_bit(kernel);
+                } else {
+                    eprintln!("skipped: this CPU does not run {}", kernel.name());
+                }
+            }
+        )*};
+    }
+
+    kernel_tests! {
+        #[cfg(target_arch = "x86_64")]
+        amx_equals_the_onnx_definition: Amx,
+        #[cfg(target_arch = "x86_64")]
+        avx512vnni_equals_the_onnx_definition: Avx512Vnni,
+        #[cfg(target_arch = "x86_64")]
+        avxvnni_equals_the_onnx_definition: AvxVnni,
+        #[cfg(target_arch = "x86_64")]
+        avx2_equals_the_onnx_definition: Avx2,
+        #[cfg(target_arch = "aarch64")]
+        arm64dot_equals_the_onnx_definition: Dot,
+        #[cfg(target_arch = "aarch64")]
+        arm64neon_equals_the_onnx_definition: Neon,
+    }
+
     #[test]
-    fn every_kernel_equals_the_onnx_definition_bit_for_bit() {
-        // cross/test.sh names the kernel a CPU must get, so that a run on
-        // the wrong CPU model cannot pass by testing nothing.
+    fn the_cpu_gets_the_kernel_it_must() {
+        // cross/test.sh names the kernel a CPU model must get, so that a run
+        // on the wrong (emulated) CPU cannot pass by skipping every kernel.
         if let Ok(want) = std::env::var("LOOKOUT_EXPECT_INT8_KERNEL") {
-            assert_eq!(Kernel::detect().map(Kernel::name), Some(want.as_str()));
+            assert_eq!(Kernel::choose(None).unwrap().map(Kernel::name), Some(want.as_str()));
         }
         if Kernel::supported().is_empty() {
             eprintln!("no lookout int8 kernel on this CPU; tract's path is used and tested instead");
         }
-        for kernel in Kernel::supported() {
-            eprintln!("checking {}", kernel.name());
-            // Shapes that exercise every remainder: rows not a multiple of
-            // the tile, k not a multiple of 4, n not a multiple of a panel,
-            // one row (the classifier head), and a transformer layer's shape.
-            // k of 8 and 12 steps of 4, odd and even, for the A72 kernel's
-            // pairs of steps.
-            for (rows, k, n) in
-                [(1, 4, 1), (5, 7, 33), (13, 64, 32), (12, 100, 70), (25, 129, 65), (4, 47, 20), (197, 256, 96)]
-            {
-                for (asymmetric, bias, gelu) in [(false, true, None), (true, false, None), (true, true, Some(GELU))] {
-                    for data in [Data::Random, Data::Symmetric] {
-                        check(kernel, data, rows, k, n, asymmetric, bias, gelu, 1);
-                    }
-                }
-                check(kernel, Data::Extreme, rows, k, n, false, true, None, 1);
-            }
-            check(kernel, Data::Random, 197, 512, 300, false, true, Some(GELU), 2);
-            check(kernel, Data::Symmetric, 197, 512, 300, true, true, None, 3);
-        }
     }
 
     #[test]
-    fn the_kernels_quantizer_gives_the_portable_bytes_on_awkward_values() {
-        for kernel in Kernel::supported() {
-            quantizer_gives_the_portable_bytes(kernel);
+    fn a_kernel_is_chosen_by_part_of_its_name() {
+        let supported = Kernel::supported();
+        assert_eq!(Kernel::choose(None), Ok(supported.first().copied()));
+        for &k in &supported {
+            assert_eq!(Kernel::choose(Some(k.name())), Ok(Some(k)));
         }
+        let err = Kernel::choose(Some("nosuchkernel")).unwrap_err();
+        assert!(err.contains("nosuchkernel"), "{err}");
     }
 
     fn quantizer_gives_the_portable_bytes(kernel: Kernel) {
@@ -718,34 +712,11 @@ mod tests {
         }
     }
 
-    /// erf by its Maclaurin series in f64 (converges on [-4, 4] with ~1e-11
-    /// error after cancellation).
-    fn erf_f64(x: f64) -> f64 {
-        let (mut term, mut sum) = (x, x);
-        for n in 1..200 {
-            term *= -x * x / n as f64;
-            sum += term / (2 * n + 1) as f64;
-        }
-        sum * 2.0 / std::f64::consts::PI.sqrt()
-    }
-
-    #[test]
-    fn erf_is_within_a_few_ulp_of_the_true_value() {
-        let worst = (-5000..=5000)
-            .map(|i| i as f32 / 1000.0)
-            .map(|x| ((erf(x) as f64) - erf_f64(x.clamp(-4.0, 4.0) as f64)).abs())
-            .fold(0f64, f64::max);
-        assert!(worst < 4e-7, "max abs error {worst:e}");
-        assert_eq!(erf(0.0), 0.0);
-        assert_eq!(erf(-9.0), -erf(9.0), "odd");
-        assert!(1.0 - erf(9.0) <= f32::EPSILON, "saturates within an ulp of 1: {}", erf(9.0));
-    }
-
     #[test]
     fn packing_pads_with_zeros_and_sums_columns() {
         let w: Vec<i8> = (0..5 * 3).map(|i| i as i8 - 7).collect();
         let p = PackedWeights::pack(5, 3, &w, &[0]);
-        assert_eq!((p.k4, p.panels(), p.steps.len()), (2, 1, 2));
+        assert_eq!((p.k4, p.panels(), p.steps.len()), (2, 1, 2 + STEP_SLACK));
         // Column 1 holds k = 0..4 in step 0 and k = 4 then padding in step 1.
         assert_eq!(&p.steps[0].0[4..8], &[w[1], w[4], w[7], w[10]]);
         assert_eq!(&p.steps[1].0[4..8], &[w[13], 0, 0, 0]);
@@ -753,19 +724,5 @@ mod tests {
         assert_eq!(p.col_sums[..4], [-5, 0, 5, 0]);
         assert!(p.zero_points.is_none());
         assert_eq!(PackedWeights::pack(5, 3, &w, &[0, 2, 0]).zero_points.unwrap()[..4], [0, 2, 0, 0]);
-    }
-
-    #[test]
-    fn quantization_matches_onnx_examples() {
-        // From the ONNX operator documentation.
-        let (min, max) = min_max(&[0., 2., -3., -2.5, 1.34, 0.5]);
-        let (scale, zp) = scale_and_zero_point(min, max);
-        let mut ys = [0u8; 6];
-        quantize_into(&[0., 2., -3., -2.5, 1.34, 0.5], &mut ys, scale, zp);
-        assert_eq!(ys, [153, 255, 0, 26, 221, 179]);
-        assert_eq!(zp, 153);
-        let mut ys = [0u8; 3];
-        quantize_into(&[-127., 128., 0.5], &mut ys, 1.0, 127);
-        assert_eq!(ys, [0, 255, 127], "0.5 / 1.0 is a tie and rounds to even");
     }
 }

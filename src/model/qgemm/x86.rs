@@ -2,10 +2,20 @@
 //! (24 zmm), two zmm of weights per k-step, one broadcast register: 28 of
 //! the 32 registers, and 24 `vpdpbusd` per 2 weight loads and 12
 //! broadcasts, so the multiplier, not the load ports, sets the pace.
+//!
+//! AMX: 32 rows x 32 columns in four accumulator tiles, two tiles of
+//! activations (16 rows x 64 k) and two of weights (16 k-steps x 16
+//! columns, read straight from the panel layout with a 128-byte stride):
+//! four `tdpbusd`, each 16 x 16 x 64 multiply-adds, per four tile loads.
+//! The accumulators go through memory into the AVX-512 epilogue. Written
+//! with `asm!` because Rust's AMX intrinsics are unstable.
 
+use std::arch::asm;
 use std::arch::x86_64::*;
+use std::sync::OnceLock;
 
-use super::{Activations, Gelu, Job, ERF_P, ERF_Q, NR};
+use super::scalar::{ERF_P, ERF_Q};
+use super::{Activations, Gelu, Job, NR};
 
 const MR: usize = 12;
 
@@ -36,6 +46,9 @@ pub(super) unsafe fn panel_avx512vnni(a: &Activations, job: &Job, panel: usize) 
 }
 
 /// Rows `m0..m0 + R` of one panel: the k loop, then the epilogue.
+///
+/// # Safety
+/// As [`panel_avx512vnni`], with `m0 + R <= a.rows`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn tile<const R: usize>(a: &Activations, job: &Job, panel: usize, m0: usize) {
@@ -57,6 +70,21 @@ unsafe fn tile<const R: usize>(a: &Activations, job: &Job, panel: usize, m0: usi
     // unrolling; the epilogue's loops are not unrolled, so it reads a copy.
     let mut sums = [[_mm512_setzero_si512(); 2]; R];
     sums.copy_from_slice(&acc);
+    epilogue(&sums, a, job, panel, m0);
+}
+
+/// Output rows `m0..m0 + sums.len()` of one panel from their integer sums
+/// (a row's 32 columns as two zmm): zero-point terms, then ONNX's Cast,
+/// Mul and Add in that order, with no FMA, and the GELU.
+///
+/// # Safety
+/// AVX-512 F and BW must be present; `job` and `a` come from `Job::new`
+/// and `Activations::quantize`, `panel < job.w.panels()` and
+/// `m0 + sums.len() <= a.rows`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn epilogue(sums: &[[__m512i; 2]], a: &Activations, job: &Job, panel: usize, m0: usize) {
+    let w = job.w;
     let col0 = panel * NR;
     let valid = (w.n - col0).min(NR);
     for half in 0..2 {
@@ -76,7 +104,6 @@ unsafe fn tile<const R: usize>(a: &Activations, job: &Job, panel: usize, m0: usi
             if let Some(zb) = zb {
                 v = _mm512_sub_epi32(v, _mm512_mullo_epi32(zb, _mm512_set1_epi32(a.row_terms[m0 + r])));
             }
-            // Cast, then Mul, then Add: ONNX's order, no FMA.
             let mut f = _mm512_mul_ps(_mm512_cvtepi32_ps(v), scale);
             if let Some(bias) = bias {
                 f = _mm512_add_ps(f, bias);
@@ -93,9 +120,12 @@ unsafe fn tile<const R: usize>(a: &Activations, job: &Job, panel: usize, m0: usi
 /// bytes: the same bytes, since `roundscale` rounds half to even like the
 /// scalar trick and saturation happens in the same places.
 ///
+/// VL too: the 16-byte masked store is an AVX-512 VL instruction, and
+/// without that feature enabled its intrinsic is a call per 16 values.
+///
 /// # Safety
-/// AVX-512 F and BW must be present.
-#[target_feature(enable = "avx512f,avx512bw")]
+/// AVX-512 F, BW and VL must be present; `q` is as long as `x`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 pub(super) unsafe fn quantize_row_avx512(x: &[f32], q: &mut [u8], scale: f32, zero_point: u8) -> i32 {
     debug_assert_eq!(x.len(), q.len());
     let scale_v = _mm512_set1_ps(scale);
@@ -148,6 +178,9 @@ pub(super) unsafe fn min_max_avx512(xs: &[f32]) -> (f32, f32) {
 }
 
 /// `Gelu::apply` on 16 values: the same operations in the same order.
+///
+/// # Safety
+/// AVX-512 F must be present.
 #[inline]
 #[target_feature(enable = "avx512f")]
 unsafe fn gelu(y: __m512, g: Gelu) -> __m512 {
@@ -195,6 +228,8 @@ pub(super) unsafe fn panel_avxvnni(a: &Activations, job: &Job, panel: usize) {
     }
 }
 
+/// # Safety
+/// As [`panel_avxvnni`], with `m0 + R <= a.rows` and `half` 0 or 1.
 #[inline]
 #[target_feature(enable = "avx2,fma,avxvnni")]
 unsafe fn tile_avxvnni<const R: usize>(a: &Activations, job: &Job, panel: usize, half: usize, m0: usize) {
@@ -246,6 +281,8 @@ pub(super) unsafe fn panel_avx2(a: &Activations, job: &Job, panel: usize) {
     }
 }
 
+/// # Safety
+/// As [`panel_avx2`], with `m0 + R <= a.rows` and `half` 0 or 1.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn tile_avx2<const R: usize>(a: &Activations, job: &Job, panel: usize, half: usize, m0: usize) {
@@ -280,6 +317,10 @@ unsafe fn tile_avx2<const R: usize>(a: &Activations, job: &Job, panel: usize, ha
 
 /// The epilogue for 8 columns from `col` of output row `row`: the same
 /// operations as the zmm kernel's, in the same order.
+///
+/// # Safety
+/// AVX2 and FMA must be present; `row < a.rows`, `col` is a multiple of 8
+/// within the padded panels of `job`.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn store8(sums: __m256i, a: &Activations, job: &Job, row: usize, col: usize) {
@@ -305,6 +346,9 @@ unsafe fn store8(sums: __m256i, a: &Activations, job: &Job, row: usize, col: usi
 }
 
 /// `Gelu::apply` on 8 values.
+///
+/// # Safety
+/// AVX2 and FMA must be present.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn gelu8(y: __m256, g: Gelu) -> __m256 {
@@ -349,7 +393,7 @@ pub(super) unsafe fn quantize_row_avx2(x: &[f32], q: &mut [u8], scale: f32, zero
         }
         i += 8;
     }
-    super::quantize_into(&x[i..], &mut q[i..], scale, zero_point);
+    super::scalar::quantize_into(&x[i..], &mut q[i..], scale, zero_point);
     _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, sums);
     lanes.iter().sum::<i32>() + q[i..].iter().map(|&v| v as i32).sum::<i32>()
 }
@@ -383,4 +427,233 @@ pub(super) unsafe fn min_max_avx2(xs: &[f32]) -> (f32, f32) {
         hi = if x > hi { x } else { hi };
     }
     (lo, hi)
+}
+
+/// Whether AMX's int8 tiles can run here: the CPU has them (CPUID leaf 7:
+/// AMX-TILE, AMX-INT8) and Linux lets this process use tile data, which it
+/// grants per process on request (`arch_prctl(ARCH_REQ_XCOMP_PERM)`, Linux
+/// 5.16 and later). Asked once; a CPU with AMX that is refused it says why
+/// in the log, and the AVX-512 kernel runs instead.
+pub(super) fn amx_usable() -> bool {
+    static USABLE: OnceLock<bool> = OnceLock::new();
+    *USABLE.get_or_init(|| {
+        let leaf7 = __cpuid_count(7, 0);
+        let (tile, int8) = (leaf7.edx & (1 << 24) != 0, leaf7.edx & (1 << 25) != 0);
+        if !(tile && int8) {
+            return false;
+        }
+        const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+        const XFEATURE_XTILEDATA: libc::c_long = 18;
+        // SAFETY: a syscall with integer arguments; it changes only which
+        // register state this process may use.
+        let r = unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) };
+        if r != 0 {
+            let err = std::io::Error::last_os_error();
+            log::info!("the CPU has AMX but Linux did not grant its tiles ({err}); int8 runs on AVX-512 instead");
+        }
+        r == 0
+    })
+}
+
+/// `ldtilecfg`'s 64-byte operand: palette 1, then per tile its bytes per row
+/// (16-bit) at 16 and its rows at 48. Every tile here is 16 rows of 64
+/// bytes: accumulators (16 x 16 i32), activations (16 rows x 64 k) and
+/// weights (16 k-steps x 16 columns x 4 k).
+#[repr(C, align(64))]
+struct TileConfig([u8; 64]);
+
+const TILES: TileConfig = {
+    let mut cfg = [0u8; 64];
+    cfg[0] = 1;
+    let mut t = 0;
+    while t < 8 {
+        cfg[16 + 2 * t] = 64;
+        cfg[48 + t] = 16;
+        t += 1;
+    }
+    TileConfig(cfg)
+};
+
+/// Bytes from one k-step of a panel to the next (4 k of each column), and
+/// from one row of 32 i32 sums to the next.
+const STEP_BYTES: usize = NR * 4;
+const SUMS_ROW_BYTES: usize = NR * 4;
+
+/// The AMX kernel for one panel: 32 rows at a time (16 for a last block of
+/// 16 or fewer), all of k, then the epilogue. The tile configuration is
+/// loaded here and released at the end, so a thread holds AMX state only
+/// while it computes (each pool thread configures its own tiles).
+///
+/// # Safety
+/// [`amx_usable`] and AVX-512 F and BW; `job` and `a` come from `Job::new`
+/// and `Activations::quantize` for the AMX kernel (rows padded to 16, a
+/// stride of whole 64-byte chunks), and the weights have
+/// `super::STEP_SLACK` steps after the last panel.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(super) unsafe fn panel_amx(a: &Activations, job: &Job, panel: usize) {
+    let w = job.w;
+    debug_assert_eq!(a.stride % 64, 0);
+    debug_assert!(a.data.len() >= a.rows.div_ceil(16) * 16 * a.stride);
+    let chunks = a.stride / 64;
+    let b = w.steps.as_ptr().add(panel * w.k4) as *const u8;
+    let mut sums = [[_mm512_setzero_si512(); 2]; 32];
+    asm!("ldtilecfg [{}]", in(reg) TILES.0.as_ptr(), options(nostack, readonly));
+    let mut m0 = 0;
+    while m0 < a.rows {
+        let rows = (a.rows - m0).min(32);
+        let a0 = a.data.as_ptr().add(m0 * a.stride);
+        let c = sums.as_mut_ptr() as *mut u8;
+        if rows > 16 {
+            // tmm0/1: rows 0-15, columns 0-15/16-31; tmm2/3: rows 16-31.
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                "2:",
+                "tileloadd tmm4, [{a0} + {sa}*1]",
+                "tileloadd tmm6, [{b} + {sb}*1]",
+                "tileloadd tmm7, [{b} + {sb}*1 + 64]",
+                "tdpbusd tmm0, tmm4, tmm6",
+                "tileloadd tmm5, [{a1} + {sa}*1]",
+                "tdpbusd tmm1, tmm4, tmm7",
+                "tdpbusd tmm2, tmm5, tmm6",
+                "tdpbusd tmm3, tmm5, tmm7",
+                "add {a0}, 64",
+                "add {a1}, 64",
+                "add {b}, {bstep}",
+                "dec {n}",
+                "jnz 2b",
+                "tilestored [{c} + {sc}*1], tmm0",
+                "tilestored [{c} + {sc}*1 + 64], tmm1",
+                "tilestored [{c2} + {sc}*1], tmm2",
+                "tilestored [{c2} + {sc}*1 + 64], tmm3",
+                a0 = inout(reg) a0 => _,
+                a1 = inout(reg) a0.add(16 * a.stride) => _,
+                b = inout(reg) b => _,
+                n = inout(reg) chunks => _,
+                c = in(reg) c,
+                c2 = in(reg) c.add(16 * SUMS_ROW_BYTES),
+                sa = in(reg) a.stride,
+                sb = in(reg) STEP_BYTES,
+                sc = in(reg) SUMS_ROW_BYTES,
+                bstep = const 16 * STEP_BYTES,
+                options(nostack),
+            );
+        } else {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "2:",
+                "tileloadd tmm4, [{a0} + {sa}*1]",
+                "tileloadd tmm6, [{b} + {sb}*1]",
+                "tileloadd tmm7, [{b} + {sb}*1 + 64]",
+                "tdpbusd tmm0, tmm4, tmm6",
+                "tdpbusd tmm1, tmm4, tmm7",
+                "add {a0}, 64",
+                "add {b}, {bstep}",
+                "dec {n}",
+                "jnz 2b",
+                "tilestored [{c} + {sc}*1], tmm0",
+                "tilestored [{c} + {sc}*1 + 64], tmm1",
+                a0 = inout(reg) a0 => _,
+                b = inout(reg) b => _,
+                n = inout(reg) chunks => _,
+                c = in(reg) c,
+                sa = in(reg) a.stride,
+                sb = in(reg) STEP_BYTES,
+                sc = in(reg) SUMS_ROW_BYTES,
+                bstep = const 16 * STEP_BYTES,
+                options(nostack),
+            );
+        }
+        epilogue(&sums[..rows], a, job, panel, m0);
+        m0 += 32;
+    }
+    asm!("tilerelease", options(nostack, nomem));
+}
+
+/// Multiply-adds per second of a bare loop of each int8 instruction this
+/// CPU has, on independent accumulators with no loads: the ceiling the
+/// kernels are measured against (`benches/int8.rs`).
+pub(super) fn peaks() -> Vec<(&'static str, f64)> {
+    // The best of 5: a peak, and on a shared machine any run can lose
+    // its core for a while.
+    let rate = |macs_per_iter: usize, f: &dyn Fn(usize)| {
+        f(1000);
+        let iters = 1_000_000;
+        let best = (0..5)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                f(iters);
+                t.elapsed().as_secs_f64()
+            })
+            .fold(f64::INFINITY, f64::min);
+        (iters * macs_per_iter) as f64 / best
+    };
+    let mut all = vec![];
+    if is_x86_feature_detected!("avx512vnni") {
+        // SAFETY: the CPU has AVX-512 VNNI.
+        all.push(("vpdpbusd zmm", rate(24 * 64, &|n| unsafe { vpdpbusd_loop(n) })));
+    }
+    if is_x86_feature_detected!("avx512f") && amx_usable() {
+        // SAFETY: AMX is usable (`amx_usable`).
+        all.push(("tdpbusd", rate(4 * 16 * 16 * 64, &|n| unsafe { tdpbusd_loop(n) })));
+    }
+    all
+}
+
+/// `n` times 24 `vpdpbusd` into independent registers, as the 12 x 32 tile.
+/// Assembly: with intrinsics LLVM reloads the operands around each one.
+///
+/// # Safety
+/// AVX-512 VNNI must be present.
+#[target_feature(enable = "avx512f,avx512vnni")]
+unsafe fn vpdpbusd_loop(n: usize) {
+    macro_rules! dp24 {
+        ($($r:literal)*) => { concat!($("vpdpbusd zmm", $r, ", zmm30, zmm31\n",)*) };
+    }
+    asm!(
+        "vpternlogd zmm30, zmm30, zmm30, 0xff",
+        "vpternlogd zmm31, zmm31, zmm31, 0xff",
+        "2:",
+        dp24!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23),
+        "dec {n}",
+        "jnz 2b",
+        n = inout(reg) n => _,
+        out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _, out("zmm4") _, out("zmm5") _,
+        out("zmm6") _, out("zmm7") _, out("zmm8") _, out("zmm9") _, out("zmm10") _, out("zmm11") _,
+        out("zmm12") _, out("zmm13") _, out("zmm14") _, out("zmm15") _, out("zmm16") _, out("zmm17") _,
+        out("zmm18") _, out("zmm19") _, out("zmm20") _, out("zmm21") _, out("zmm22") _, out("zmm23") _,
+        out("zmm30") _, out("zmm31") _,
+        options(nostack, nomem),
+    );
+}
+
+/// `n` times four `tdpbusd` into the four accumulator tiles, as the kernel.
+///
+/// # Safety
+/// [`amx_usable`] must be true.
+unsafe fn tdpbusd_loop(n: usize) {
+    let ones = [1u8; 1024];
+    asm!(
+        "ldtilecfg [{cfg}]",
+        "tileloadd tmm4, [{x} + {s}*1]",
+        "tileloadd tmm5, [{x} + {s}*1]",
+        "tileloadd tmm6, [{x} + {s}*1]",
+        "tileloadd tmm7, [{x} + {s}*1]",
+        "2:",
+        "tdpbusd tmm0, tmm4, tmm6",
+        "tdpbusd tmm1, tmm4, tmm7",
+        "tdpbusd tmm2, tmm5, tmm6",
+        "tdpbusd tmm3, tmm5, tmm7",
+        "dec {n}",
+        "jnz 2b",
+        "tilerelease",
+        cfg = in(reg) TILES.0.as_ptr(),
+        x = in(reg) ones.as_ptr(),
+        s = in(reg) 64usize,
+        n = inout(reg) n => _,
+        options(nostack, readonly),
+    );
 }
