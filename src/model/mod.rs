@@ -4,6 +4,7 @@
 //! type stays in `tract.rs`.
 
 mod attention;
+pub mod canon;
 mod config;
 pub mod install;
 pub mod manifest;

@@ -117,12 +117,19 @@ impl LazyModel {
     /// Puts each `(at, node, removed)`'s `node` in the place of node `at`
     /// and removes the nodes in `removed` (indexes into the graph as it is).
     pub(crate) fn replace_nodes(&mut self, replacements: Vec<(usize, NodeProto, Vec<usize>)>) {
-        let mut put = std::collections::HashMap::new();
-        let mut removed = std::collections::HashSet::new();
+        let mut put = vec![];
+        let mut removed = HashSet::new();
         for (at, node, gone) in replacements {
             removed.extend(gone);
-            put.insert(at, node);
+            put.push((at, node));
         }
+        self.edit(put, removed);
+    }
+
+    /// Puts each `(at, node)`'s `node` in the place of node `at` and removes
+    /// the nodes in `removed` (indexes into the graph as it is).
+    pub(crate) fn edit(&mut self, put: Vec<(usize, NodeProto)>, removed: HashSet<usize>) {
+        let mut put: HashMap<usize, NodeProto> = put.into_iter().collect();
         let graph = self.proto.graph.as_mut().expect("open() sets the graph");
         let nodes = std::mem::take(&mut graph.node);
         graph.node = nodes
@@ -130,6 +137,11 @@ impl LazyModel {
             .enumerate()
             .filter_map(|(i, n)| put.remove(&i).or_else(|| (!removed.contains(&i)).then_some(n)))
             .collect();
+    }
+
+    /// Adds an initializer after the others (so that every index stays).
+    pub(crate) fn add_initializer(&mut self, t: TensorProto) {
+        self.proto.graph.as_mut().expect("open() sets the graph").initializer.push(t);
     }
 
     /// The model for tract: every initializer's data read, except those in

@@ -84,6 +84,8 @@ impl std::fmt::Debug for GroupWeights {
 pub struct Rewritten {
     pub groups: usize,
     pub layers: usize,
+    /// Layers that took the GELU after them along.
+    pub gelus: usize,
     pub packed_bytes: usize,
 }
 
@@ -103,6 +105,7 @@ pub(crate) fn rewrite(lazy: &mut LazyModel, kernel: Kernel) -> TractResult<(Tabl
         let weights = pack(lazy, group, kernel)?;
         report.groups += 1;
         report.layers += weights.layers.len();
+        report.gelus += weights.layers.iter().filter(|l| l.gelu.is_some()).count();
         report.packed_bytes += weights.layers.iter().map(|l| l.packed.bytes()).sum::<usize>();
         table.insert(node_name(i), Arc::new(weights));
         for l in &group.layers {
