@@ -82,13 +82,22 @@ fn read_initializers(lazy: &LazyModel) -> HashSet<usize> {
 /// as ONNX shape inference wrote them; a dimension that is not a number
 /// makes the shape unknown.
 fn declared_shapes(graph: &GraphProto) -> HashMap<&str, Vec<i64>> {
+    declared_dims(graph)
+        .into_iter()
+        .filter_map(|(name, dims)| Some((name, dims.into_iter().collect::<Option<_>>()?)))
+        .collect()
+}
+
+/// The shapes the file declares, with the dimensions that are not numbers
+/// unknown.
+fn declared_dims(graph: &GraphProto) -> HashMap<&str, Vec<Option<i64>>> {
     let mut shapes = HashMap::new();
     for info in graph.input.iter().chain(&graph.output).chain(&graph.value_info) {
         let Some(type_proto::Value::TensorType(t)) = info.r#type.as_ref().and_then(|t| t.value.as_ref()) else {
             continue;
         };
         let Some(shape) = &t.shape else { continue };
-        let dims: Option<Vec<i64>> = shape
+        let dims = shape
             .dim
             .iter()
             .map(|d| match d.value {
@@ -96,9 +105,7 @@ fn declared_shapes(graph: &GraphProto) -> HashMap<&str, Vec<i64>> {
                 _ => None,
             })
             .collect();
-        if let Some(dims) = dims {
-            shapes.insert(info.name.as_str(), dims);
-        }
+        shapes.insert(info.name.as_str(), dims);
     }
     shapes
 }
@@ -276,8 +283,10 @@ fn to_proto(name: &str, value: &Tensor) -> Option<TensorProto> {
 }
 
 /// `Reshape(Transpose<0,2,1>(Reshape(x, [B*H, T, D])), [B, H, D, T])` is
-/// `Transpose<0,1,3,2>(x)` for `x` of shape `[B, H, T, D]`; then two
-/// `Transpose`s in a row are one. Returns how many nodes were merged away.
+/// `Transpose<0,1,3,2>(x)` for `x` of shape `[B, H, T, D]`; two
+/// `Transpose`s in a row are one; a `Reshape` that keeps its input's shape
+/// (transformers' ViT before merging the heads) is none. Returns how many
+/// nodes were removed.
 fn merge_transposes(lazy: &mut LazyModel) -> usize {
     let mut merged = 0;
     while let Some((at, node, removed)) = next_merge(lazy) {
@@ -290,7 +299,19 @@ fn merge_transposes(lazy: &mut LazyModel) -> usize {
 fn next_merge(lazy: &LazyModel) -> Option<(usize, NodeProto, Vec<usize>)> {
     let g = GraphIndex::new(lazy);
     let shapes = declared_shapes(lazy.graph());
+    let dims = declared_dims(lazy.graph());
     for (i, n) in g.nodes() {
+        // A Reshape to the shape its input has: its reader reads the input.
+        for (slot, input) in n.input.iter().enumerate() {
+            let Some(r) = g.private_producer(input).filter(|&r| g.is(r, "Reshape", 2)) else { continue };
+            let (x, to) = (&g.node(r).input[0], g.int64s(&g.node(r).input[1]));
+            let allow_zero = super::onnx::int(g.node(r), "allowzero").unwrap_or(0) != 0;
+            if !allow_zero && dims.get(x.as_str()).zip(to).is_some_and(|(xs, to)| keeps_shape(xs, &to)) {
+                let mut node = n.clone();
+                node.input[slot] = x.clone();
+                return Some((i, node, vec![r]));
+            }
+        }
         if g.is(i, "Reshape", 2) {
             let Some(t) = g.private_producer(&n.input[0]).filter(|&t| g.is(t, "Transpose", 1)) else { continue };
             if ints(g.node(t), "perm").as_deref() != Some(&[0, 2, 1]) {
@@ -320,6 +341,15 @@ fn next_merge(lazy: &LazyModel) -> Option<(usize, NodeProto, Vec<usize>)> {
         }
     }
     None
+}
+
+/// Whether `Reshape(x, to)` gives `x`'s own shape, `x` of dims `xs` (some
+/// unknown): every target dimension copies (0) or equals `x`'s, but for at
+/// most one -1, which then equals `x`'s there, the sizes being equal.
+fn keeps_shape(xs: &[Option<i64>], to: &[i64]) -> bool {
+    xs.len() == to.len()
+        && to.iter().filter(|&&d| d == -1).count() <= 1
+        && xs.iter().zip(to).all(|(&x, &t)| t == 0 || t == -1 || x == Some(t))
 }
 
 fn transpose(input: &str, output: &str, perm: &[i64], like: &NodeProto) -> NodeProto {
@@ -429,6 +459,20 @@ mod tests {
             let worst = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
             assert!(worst <= 1e-4, "{form}: the rewrites moved the logits by {worst}: {want:?} vs {got:?}");
         }
+    }
+
+    #[test]
+    fn a_reshape_keeps_the_shape_only_when_every_dimension_does() {
+        // transformers' ViT merging heads: [1, ?, 65, 16] to [1, -1, 65, 16].
+        assert!(keeps_shape(&[Some(1), None, Some(65), Some(16)], &[1, -1, 65, 16]));
+        assert!(keeps_shape(&[Some(1), Some(4), Some(65), Some(16)], &[0, 4, -1, 0]));
+        assert!(!keeps_shape(&[Some(1), None, Some(65), Some(16)], &[1, -1, 16, 65]), "a transposed shape");
+        assert!(
+            !keeps_shape(&[Some(1), None, Some(65), Some(16)], &[1, 4, 65, 16]),
+            "the unknown is not known to be 4"
+        );
+        assert!(!keeps_shape(&[Some(1), None, None, Some(16)], &[1, -1, -1, 16]), "two -1 are not a shape");
+        assert!(!keeps_shape(&[Some(1), Some(65), Some(64)], &[1, 65, 4, 16]), "another rank");
     }
 
     #[test]
