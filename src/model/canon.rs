@@ -10,14 +10,19 @@
 //!   BEiT's relative position bias as ~450 Shape, Gather, ScatterND, Where
 //!   and Resize nodes per block that read nothing but constants;
 //! - the dynamo exporter transposes the keys as `Reshape` to 3-D,
-//!   `Transpose<0,2,1>` and `Reshape` back after the head split, and writes
-//!   GELU as `y * (0.5 * (1 + erf(y / sqrt 2)))`.
+//!   `Transpose<0,2,1>` and `Reshape` back after the head split, writes
+//!   GELU as `y * (0.5 * (1 + erf(y / sqrt 2)))`, and for transformers' ViT
+//!   adds a mask of zeros to the scores and guards the softmax with
+//!   `Where(IsNaN(p), 0, p)`;
+//! - transformers' ViT reshapes the weighted sum to its own shape before
+//!   merging the heads.
 //!
 //! Here every node whose inputs are constants is evaluated once by tract
 //! and becomes an initializer, the key transposes become one `Transpose`,
-//! and GELU's products are reordered to `(y * (1 + erf(..))) * 0.5`
-//! (exact: the product by 0.5 only changes the exponent). Each rewrite
-//! keeps the names of the tensors that other nodes read.
+//! the no-ops go, and GELU's products are reordered to
+//! `(y * (1 + erf(..))) * 0.5` (exact: the product by 0.5 only changes the
+//! exponent). Each rewrite keeps the names of the tensors that other nodes
+//! read.
 
 use std::collections::{HashMap, HashSet};
 
@@ -34,7 +39,8 @@ use super::onnx::{ints, GraphIndex, LazyModel};
 pub struct Canonical {
     /// Nodes evaluated at load (constants, and what reads only constants).
     pub folded: usize,
-    /// `Reshape`/`Transpose` chains merged into one `Transpose`.
+    /// Nodes removed by merging `Reshape`/`Transpose` chains into one
+    /// `Transpose` and dropping no-ops.
     pub transposes: usize,
     /// GELUs whose products were reordered.
     pub gelus: usize,
@@ -312,6 +318,36 @@ fn next_merge(lazy: &LazyModel) -> Option<(usize, NodeProto, Vec<usize>)> {
                 return Some((i, node, vec![r]));
             }
         }
+        // No-ops torch's dynamo exporter writes around the attention
+        // scores: `Add` of zeros (an absent mask), and `Where(IsNaN(p), 0,
+        // p)` on a softmax `p`, which is NaN only where its input was.
+        for (slot, input) in n.input.iter().enumerate() {
+            let Some(p) = g.private_producer(input) else { continue };
+            let pn = g.node(p);
+            let kept = if g.is(p, "Add", 2) {
+                let same_shape = |name: &str| shapes.get(name).is_some_and(|s| shapes.get(input.as_str()) == Some(s));
+                let zeros = |name: &str| g.floats(name).is_some_and(|v| v.iter().all(|&x| x == 0.0));
+                match (&pn.input[0], &pn.input[1]) {
+                    (x, z) | (z, x) if zeros(z) && same_shape(x) => Some((x.clone(), vec![p])),
+                    _ => None,
+                }
+            } else if g.is(p, "Where", 3) {
+                let (c, z, x) = (&pn.input[0], &pn.input[1], &pn.input[2]);
+                let nan = g.private_producer(c).filter(|&c| g.is(c, "IsNaN", 1) && g.node(c).input[0] == *x);
+                let softmax = g.producer(x).is_some_and(|s| g.is(s, "Softmax", 1));
+                match nan {
+                    Some(c) if softmax && g.scalar(z) == Some(0.0) => Some((x.clone(), vec![p, c])),
+                    _ => None,
+                }
+            } else {
+                None
+            };
+            if let Some((x, removed)) = kept {
+                let mut node = n.clone();
+                node.input[slot] = x;
+                return Some((i, node, removed));
+            }
+        }
         if g.is(i, "Reshape", 2) {
             let Some(t) = g.private_producer(&n.input[0]).filter(|&t| g.is(t, "Transpose", 1)) else { continue };
             if ints(g.node(t), "perm").as_deref() != Some(&[0, 2, 1]) {
@@ -419,8 +455,8 @@ mod tests {
     use super::*;
     use std::path::Path;
 
-    fn fixture(form: &str) -> std::path::PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/export-forms/digits-{form}-int8.onnx"))
+    fn fixture(stem: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/export-forms/{stem}-int8.onnx"))
     }
 
     /// The logits plain tract computes from `proto` on one fixed input.
@@ -435,29 +471,25 @@ mod tests {
 
     #[test]
     fn each_form_is_rewritten_and_computes_what_it_computed() {
-        // (form, something folded, nodes merged into transposes, reordered
-        // GELUs): dynamo's 4 blocks each lose the key's Reshape, Transpose
-        // and the head split's Transpose.
-        for (form, folds, transposes, gelus) in [("legacy", true, 0, 0), ("dynamo", true, 12, 4)] {
-            let lazy = LazyModel::open(&fixture(form)).unwrap();
-            let before = lazy.into_proto(&Default::default()).unwrap();
-            let mut lazy = LazyModel::open(&fixture(form)).unwrap();
-            let (canonical, unread) = run(&mut lazy).unwrap();
-            assert_eq!(canonical.folded > 0, folds, "{form}: {canonical:?}");
-            assert_eq!((canonical.transposes, canonical.gelus), (transposes, gelus), "{form}: {canonical:?}");
-            let g = GraphIndex::new(&lazy);
-            let left: Vec<&str> = g
-                .nodes()
-                .map(|(_, n)| n.op_type.as_str())
-                .filter(|op| {
-                    ["Constant", "Shape", "Gather", "ScatterND", "Where", "Resize", "ConstantOfShape"].contains(op)
-                })
-                .collect();
-            assert!(left.is_empty(), "{form}: constant work left: {left:?}");
-            let after = lazy.into_proto(&unread).unwrap();
-            let (want, got) = (logits(&before), logits(&after));
-            let worst = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-            assert!(worst <= 1e-4, "{form}: the rewrites moved the logits by {worst}: {want:?} vs {got:?}");
+        for model in ["digits", "vit", "deit"] {
+            for form in ["legacy", "dynamo"] {
+                let path = fixture(&format!("{model}-{form}"));
+                let before = LazyModel::open(&path).unwrap().into_proto(&Default::default()).unwrap();
+                let mut lazy = LazyModel::open(&path).unwrap();
+                let (canonical, unread) = run(&mut lazy).unwrap();
+                assert_ne!(canonical, Canonical::default(), "{model} {form}: nothing to do?");
+                let g = GraphIndex::new(&lazy);
+                let left: Vec<&str> = g
+                    .nodes()
+                    .map(|(_, n)| n.op_type.as_str())
+                    .filter(|op| ["Constant", "Shape", "ScatterND", "Resize", "IsNaN"].contains(op))
+                    .collect();
+                assert!(left.is_empty(), "{model} {form}: constant work left: {left:?}");
+                let after = lazy.into_proto(&unread).unwrap();
+                let (want, got) = (logits(&before), logits(&after));
+                let worst = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                assert!(worst <= 1e-4, "{model} {form}: the rewrites moved the logits by {worst}: {want:?} vs {got:?}");
+            }
         }
     }
 

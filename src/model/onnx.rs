@@ -237,11 +237,16 @@ impl<'m> GraphIndex<'m> {
         }
     }
 
+    /// The node writing `name`.
+    pub(crate) fn producer(&self, name: &str) -> Option<usize> {
+        self.producer.get(name).copied()
+    }
+
     /// The node writing `name`, if `name` has no other reader and is no
     /// graph output: a node a fused op may swallow.
     pub(crate) fn private_producer(&self, name: &str) -> Option<usize> {
         self.only_reader(name)?;
-        self.producer.get(name).copied()
+        self.producer(name)
     }
 
     /// Whether node `i` is a standard-domain `op_type` with `inputs` inputs
@@ -278,6 +283,12 @@ impl<'m> GraphIndex<'m> {
             return None;
         }
         self.lazy.tensor(i).ok()?.cast_to_scalar::<f32>().ok()
+    }
+
+    /// Initializer `name` as f32 values.
+    pub(crate) fn floats(&self, name: &str) -> Option<Vec<f32>> {
+        let (i, _) = self.init_of(name, DataType::Float)?;
+        Some(self.lazy.tensor(i).ok()?.try_as_plain_ram().ok()?.as_slice::<f32>().ok()?.to_vec())
     }
 
     /// Initializer `name` as integers (a shape, say).
