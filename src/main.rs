@@ -903,6 +903,9 @@ struct BenchReport {
     packed_weights_mb: f64,
     /// Self-attention blocks run by lookout's fused op.
     lookout_attention_blocks: usize,
+    /// ONNX nodes lookout evaluated once at load because they read only
+    /// constants (plain exports leave thousands).
+    onnx_nodes_folded: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     logits: Option<Vec<f32>>,
 }
@@ -993,6 +996,7 @@ fn bench(config: Option<&Path>, model: Option<&Path>, opts: &BenchOptions) -> Re
         lookout_int8_layers: load.pass_report.fused.layers,
         packed_weights_mb: load.pass_report.fused.packed_bytes as f64 / 1e6,
         lookout_attention_blocks: load.pass_report.attention,
+        onnx_nodes_folded: load.pass_report.canonical.folded,
         logits: opts.logits.then_some(first_logits),
     };
     if opts.json {
@@ -1002,11 +1006,12 @@ fn bench(config: Option<&Path>, model: Option<&Path>, opts: &BenchOptions) -> Re
         println!("model         {}", r.model);
         println!(
             "passes        {} ({} int8 layers on lookout's kernel, {:.0} MB packed; {} attention blocks fused; \
-             {} constants folded, {} quantizers replaced)",
+             {} ONNX nodes folded at load; {} constants folded, {} quantizers replaced)",
             if r.passes { "on" } else { "off" },
             r.lookout_int8_layers,
             r.packed_weights_mb,
             r.lookout_attention_blocks,
+            r.onnx_nodes_folded,
             r.folded_constants,
             r.replaced_quantizers
         );

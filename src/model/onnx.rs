@@ -12,13 +12,13 @@
 //! Only the protobuf wire format is parsed here (keys, varints, lengths);
 //! every message is still decoded by tract-onnx's own prost types.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 
 use prost::Message;
-use tract_onnx::pb::{GraphProto, ModelProto, NodeProto, TensorProto};
+use tract_onnx::pb::{tensor_proto::DataType, GraphProto, ModelProto, NodeProto, TensorProto};
 
 /// Tensor data above this size is left in the file until it is needed.
 const DEFER_BYTES: u64 = 64 * 1024;
@@ -117,12 +117,19 @@ impl LazyModel {
     /// Puts each `(at, node, removed)`'s `node` in the place of node `at`
     /// and removes the nodes in `removed` (indexes into the graph as it is).
     pub(crate) fn replace_nodes(&mut self, replacements: Vec<(usize, NodeProto, Vec<usize>)>) {
-        let mut put = std::collections::HashMap::new();
-        let mut removed = std::collections::HashSet::new();
+        let mut put = vec![];
+        let mut removed = HashSet::new();
         for (at, node, gone) in replacements {
             removed.extend(gone);
-            put.insert(at, node);
+            put.push((at, node));
         }
+        self.edit(put, removed);
+    }
+
+    /// Puts each `(at, node)`'s `node` in the place of node `at` and removes
+    /// the nodes in `removed` (indexes into the graph as it is).
+    pub(crate) fn edit(&mut self, put: Vec<(usize, NodeProto)>, removed: HashSet<usize>) {
+        let mut put: HashMap<usize, NodeProto> = put.into_iter().collect();
         let graph = self.proto.graph.as_mut().expect("open() sets the graph");
         let nodes = std::mem::take(&mut graph.node);
         graph.node = nodes
@@ -130,6 +137,11 @@ impl LazyModel {
             .enumerate()
             .filter_map(|(i, n)| put.remove(&i).or_else(|| (!removed.contains(&i)).then_some(n)))
             .collect();
+    }
+
+    /// Adds an initializer after the others (so that every index stays).
+    pub(crate) fn add_initializer(&mut self, t: TensorProto) {
+        self.proto.graph.as_mut().expect("open() sets the graph").initializer.push(t);
     }
 
     /// The model for tract: every initializer's data read, except those in
@@ -163,6 +175,137 @@ impl LazyModel {
         f.read_exact(&mut data).map_err(truncated)?;
         Ok(data)
     }
+}
+
+/// The lookups every pattern over the ONNX graph needs, built once: which
+/// node writes and which nodes read each tensor, the initializers by name,
+/// and the graph's outputs (a tensor the graph returns can never be folded
+/// into a fused op). The checks here (`is`, `init`) guard every index into
+/// a node's lists, so a malformed graph is left alone rather than a panic.
+pub(crate) struct GraphIndex<'m> {
+    lazy: &'m LazyModel,
+    inits: HashMap<&'m str, usize>,
+    readers: HashMap<&'m str, Vec<usize>>,
+    producer: HashMap<&'m str, usize>,
+    outputs: HashSet<&'m str>,
+}
+
+impl<'m> GraphIndex<'m> {
+    pub(crate) fn new(lazy: &'m LazyModel) -> GraphIndex<'m> {
+        let graph = lazy.graph();
+        let inits = graph.initializer.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect();
+        let mut readers: HashMap<&str, Vec<usize>> = HashMap::new();
+        let mut producer = HashMap::new();
+        for (i, n) in graph.node.iter().enumerate() {
+            for input in &n.input {
+                readers.entry(input.as_str()).or_default().push(i);
+            }
+            for output in &n.output {
+                producer.insert(output.as_str(), i);
+            }
+        }
+        let outputs = graph.output.iter().map(|o| o.name.as_str()).collect();
+        GraphIndex { lazy, inits, readers, producer, outputs }
+    }
+
+    pub(crate) fn node(&self, i: usize) -> &'m NodeProto {
+        &self.lazy.graph().node[i]
+    }
+
+    pub(crate) fn nodes(&self) -> impl Iterator<Item = (usize, &'m NodeProto)> {
+        self.lazy.graph().node.iter().enumerate()
+    }
+
+    pub(crate) fn initializer(&self, i: usize) -> &'m TensorProto {
+        &self.lazy.graph().initializer[i]
+    }
+
+    pub(crate) fn readers(&self, name: &str) -> &[usize] {
+        self.readers.get(name).map_or(&[], Vec::as_slice)
+    }
+
+    pub(crate) fn is_output(&self, name: &str) -> bool {
+        self.outputs.contains(name)
+    }
+
+    /// The single node reading `name`, if it is the only reader and `name`
+    /// is not a graph output.
+    pub(crate) fn only_reader(&self, name: &str) -> Option<usize> {
+        match self.readers(name) {
+            [i] if !self.is_output(name) => Some(*i),
+            _ => None,
+        }
+    }
+
+    /// The node writing `name`.
+    pub(crate) fn producer(&self, name: &str) -> Option<usize> {
+        self.producer.get(name).copied()
+    }
+
+    /// The node writing `name`, if `name` has no other reader and is no
+    /// graph output: a node a fused op may swallow.
+    pub(crate) fn private_producer(&self, name: &str) -> Option<usize> {
+        self.only_reader(name)?;
+        self.producer(name)
+    }
+
+    /// Whether node `i` is a standard-domain `op_type` with `inputs` inputs
+    /// and one output.
+    pub(crate) fn is(&self, i: usize, op_type: &str, inputs: usize) -> bool {
+        let n = self.node(i);
+        n.op_type == op_type && n.domain.is_empty() && n.input.len() == inputs && n.output.len() == 1
+    }
+
+    /// The input of two-input node `i` that is not `this`.
+    pub(crate) fn other_input(&self, i: usize, this: &str) -> Option<&'m str> {
+        let n = self.node(i);
+        (n.input.len() == 2 && n.input.iter().any(|i| i == this))
+            .then(|| n.input.iter().find(|i| *i != this).map(String::as_str))
+            .flatten()
+    }
+
+    /// The index of initializer `name`.
+    pub(crate) fn init(&self, name: &str) -> Option<usize> {
+        self.inits.get(name).copied()
+    }
+
+    /// Initializer `name` if it has ONNX type `dt`.
+    pub(crate) fn init_of(&self, name: &str, dt: DataType) -> Option<(usize, &'m TensorProto)> {
+        let i = self.init(name)?;
+        let t = self.initializer(i);
+        (t.data_type == dt as i32).then_some((i, t))
+    }
+
+    /// Initializer `name` as one f32.
+    pub(crate) fn scalar(&self, name: &str) -> Option<f32> {
+        let (i, t) = self.init_of(name, DataType::Float)?;
+        if t.dims.iter().product::<i64>() != 1 {
+            return None;
+        }
+        self.lazy.tensor(i).ok()?.cast_to_scalar::<f32>().ok()
+    }
+
+    /// Initializer `name` as f32 values.
+    pub(crate) fn floats(&self, name: &str) -> Option<Vec<f32>> {
+        let (i, _) = self.init_of(name, DataType::Float)?;
+        Some(self.lazy.tensor(i).ok()?.try_as_plain_ram().ok()?.as_slice::<f32>().ok()?.to_vec())
+    }
+
+    /// Initializer `name` as integers (a shape, say).
+    pub(crate) fn int64s(&self, name: &str) -> Option<Vec<i64>> {
+        let t = self.lazy.tensor(self.init(name)?).ok()?;
+        Some(t.cast_to::<i64>().ok()?.try_as_plain_ram().ok()?.as_slice::<i64>().ok()?.to_vec())
+    }
+}
+
+/// Attribute `name` of `n` as a list of integers.
+pub(crate) fn ints(n: &NodeProto, name: &str) -> Option<Vec<i64>> {
+    n.attribute.iter().find(|a| a.name == name).map(|a| a.ints.clone())
+}
+
+/// Attribute `name` of `n` as one integer.
+pub(crate) fn int(n: &NodeProto, name: &str) -> Option<i64> {
+    n.attribute.iter().find(|a| a.name == name).map(|a| a.i)
 }
 
 fn read_graph(wire: &mut Wire, end: u64, deferred: &mut Vec<(usize, Span)>) -> io::Result<GraphProto> {

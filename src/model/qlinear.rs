@@ -18,7 +18,7 @@
 //! consumer of `q`, a bias that is not a per-column vector...) is left to
 //! tract.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use tract_linalg::multithread::current_tract_executor;
@@ -27,7 +27,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_hir::internal::*;
 
-use super::onnx::LazyModel;
+use super::onnx::{int, GraphIndex, LazyModel};
 use super::placeholder::{self, Payload};
 use super::qgemm::{self, Activations, Gelu, Job, Kernel, PackedWeights};
 
@@ -84,6 +84,8 @@ impl std::fmt::Debug for GroupWeights {
 pub struct Rewritten {
     pub groups: usize,
     pub layers: usize,
+    /// Layers that took the GELU after them along.
+    pub gelus: usize,
     pub packed_bytes: usize,
 }
 
@@ -103,6 +105,7 @@ pub(crate) fn rewrite(lazy: &mut LazyModel, kernel: Kernel) -> TractResult<(Tabl
         let weights = pack(lazy, group, kernel)?;
         report.groups += 1;
         report.layers += weights.layers.len();
+        report.gelus += weights.layers.iter().filter(|l| l.gelu.is_some()).count();
         report.packed_bytes += weights.layers.iter().map(|l| l.packed.bytes()).sum::<usize>();
         table.insert(node_name(i), Arc::new(weights));
         for l in &group.layers {
@@ -134,83 +137,9 @@ fn node_name(group: usize) -> String {
 
 /// Finds the groups; see the module documentation for the shape.
 fn find(lazy: &LazyModel) -> Vec<Group> {
-    let graph = lazy.graph();
-    let inits: HashMap<&str, usize> = graph.initializer.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect();
-    let mut readers: HashMap<&str, Vec<usize>> = HashMap::new();
-    for (i, n) in graph.node.iter().enumerate() {
-        for input in &n.input {
-            readers.entry(input.as_str()).or_default().push(i);
-        }
-    }
-    let outputs: HashSet<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
-    // The single node reading `name`, if it is the only reader and `name`
-    // is not a graph output.
-    let only_reader = |name: &str| -> Option<&NodeProto> {
-        match readers.get(name).map(Vec::as_slice) {
-            Some([i]) if !outputs.contains(name) => Some(&graph.node[*i]),
-            _ => None,
-        }
-    };
-    let index_of = |n: &NodeProto| graph.node.iter().position(|m| std::ptr::eq(m, n)).expect("node of this graph");
-    let init = |name: &str, dt: DataType| -> Option<(usize, &TensorProto)> {
-        let &i = inits.get(name)?;
-        let t = &graph.initializer[i];
-        (t.data_type == dt as i32).then_some((i, t))
-    };
-    // Scalar, or one value per column.
-    let per_column = |t: &TensorProto, n: i64| -> bool {
-        let len: i64 = t.dims.iter().product();
-        t.dims.len() <= 1 && (len == 1 || len == n)
-    };
-
-    let scalar = |name: &str| -> Option<f32> {
-        let (i, t) = init(name, DataType::Float)?;
-        if t.dims.iter().product::<i64>() != 1 {
-            return None;
-        }
-        lazy.tensor(i).ok()?.cast_to_scalar::<f32>().ok()
-    };
-    let other = |n: &NodeProto, this: &str| -> Option<String> {
-        (n.input.len() == 2 && n.input.iter().any(|i| i == this))
-            .then(|| n.input.iter().find(|i| *i != this).cloned())
-            .flatten()
-    };
-    // A standard-domain node of this type, inputs and one output: every
-    // `input[i]` and `output[0]` below is checked by one of these first, so
-    // a malformed graph cannot index past a node's lists.
-    let is = |n: &NodeProto, op_type: &str, inputs: usize| {
-        n.op_type == op_type && n.domain.is_empty() && n.input.len() == inputs && n.output.len() == 1
-    };
-    // `Mul(Mul(y, Add(Erf(Div(y, c)), one)), half)` on `y`, which nothing
-    // else reads: the GELU, the nodes and its output.
-    let gelu_after = |y: &str| -> Option<(Gelu, Vec<usize>, String)> {
-        let [a, b] = readers.get(y)?.as_slice() else { return None };
-        if outputs.contains(y) {
-            return None;
-        }
-        let (div, mul) = match (&graph.node[*a], &graph.node[*b]) {
-            (d, m) if is(d, "Div", 2) => (d, m),
-            (m, d) if is(d, "Div", 2) => (d, m),
-            _ => return None,
-        };
-        if div.input[0] != y || !is(mul, "Mul", 2) {
-            return None;
-        }
-        let c_div = scalar(&div.input[1])?;
-        let erf = only_reader(&div.output[0]).filter(|n| is(n, "Erf", 1))?;
-        let add = only_reader(&erf.output[0]).filter(|n| is(n, "Add", 2))?;
-        let c_add = scalar(&other(add, &erf.output[0])?)?;
-        if only_reader(&add.output[0]).map(index_of) != Some(index_of(mul)) || other(mul, y)? != add.output[0] {
-            return None;
-        }
-        let half = only_reader(&mul.output[0]).filter(|n| is(n, "Mul", 2))?;
-        let c_mul = scalar(&other(half, &mul.output[0])?)?;
-        let nodes = vec![index_of(div), index_of(erf), index_of(add), index_of(mul), index_of(half)];
-        Some((Gelu { div: c_div, add: c_add, mul: c_mul }, nodes, half.output[0].clone()))
-    };
-
+    let g = GraphIndex::new(lazy);
     let mut groups = vec![];
-    for (qi, quantizer) in graph.node.iter().enumerate() {
+    for (qi, quantizer) in g.nodes() {
         if quantizer.op_type != "DynamicQuantizeLinear"
             || !quantizer.domain.is_empty()
             || quantizer.input.len() != 1
@@ -219,81 +148,18 @@ fn find(lazy: &LazyModel) -> Vec<Group> {
             continue;
         }
         let (q, s, z) = (&quantizer.output[0], &quantizer.output[1], &quantizer.output[2]);
-        if [q, s, z].iter().any(|o| outputs.contains(o.as_str())) {
+        if [q, s, z].iter().any(|o| g.is_output(o)) {
             continue;
         }
-        let layer = |mmi: usize| -> Option<(Layer, Vec<usize>, i64)> {
-            let mmi_node = &graph.node[mmi];
-            if mmi_node.op_type != "MatMulInteger"
-                || !mmi_node.domain.is_empty()
-                || mmi_node.output.len() != 1
-                || !(3..=4).contains(&mmi_node.input.len())
-                || &mmi_node.input[0] != q
-                || &mmi_node.input[2] != z
-            {
-                return None;
-            }
-            let (weight, w) = init(&mmi_node.input[1], DataType::Int8)?;
-            let [k, n] = w.dims[..] else { return None };
-            let zero_point = match mmi_node.input.get(3) {
-                Some(name) => {
-                    let (i, t) = init(name, DataType::Int8)?;
-                    per_column(t, n).then_some(Some(i))?
-                }
-                None => None,
-            };
-            let cast = only_reader(&mmi_node.output[0])?;
-            let to = cast.attribute.iter().find(|a| a.name == "to").map(|a| a.i);
-            if !is(cast, "Cast", 1) || to != Some(DataType::Float as i64) {
-                return None;
-            }
-            let mul = only_reader(&cast.output[0])?;
-            if !is(mul, "Mul", 2) {
-                return None;
-            }
-            let scales_name = mul.input.iter().find(|i| *i != &cast.output[0])?;
-            let scales = graph.node.iter().find(|m| m.output.first() == Some(scales_name))?;
-            if !is(scales, "Mul", 2) || only_reader(scales_name).is_none() || !scales.input.contains(s) {
-                return None;
-            }
-            let w_scale_name = scales.input.iter().find(|i| *i != s)?;
-            let (scale, ws) = init(w_scale_name, DataType::Float)?;
-            if !per_column(ws, n) {
-                return None;
-            }
-            let mut nodes = vec![mmi, index_of(cast), index_of(mul), index_of(scales)];
-            let mut output = mul.output[0].clone();
-            let mut bias = None;
-            if let Some(add) = only_reader(&mul.output[0]).filter(|a| is(a, "Add", 2)) {
-                let other = add.input.iter().find(|i| *i != &mul.output[0]);
-                if let Some((b, t)) = other.and_then(|o| init(o, DataType::Float)) {
-                    if t.dims[..] == [n] {
-                        bias = Some(b);
-                        output = add.output[0].clone();
-                        nodes.push(index_of(add));
-                    }
-                }
-            }
-            let gelu = match gelu_after(&output) {
-                Some((g, more, out)) => {
-                    nodes.extend(more);
-                    output = out;
-                    Some(g)
-                }
-                None => None,
-            };
-            Some((Layer { weight, zero_point, scale, bias, gelu, output }, nodes, k))
+        let Some(found) = g.readers(q).iter().map(|&m| layer(&g, m, q, s, z)).collect::<Option<Vec<_>>>() else {
+            continue;
         };
-        let Some(mmis) = readers.get(q.as_str()) else { continue };
-        let Some(found) = mmis.iter().map(|&m| layer(m)).collect::<Option<Vec<_>>>() else { continue };
         let ks: HashSet<i64> = found.iter().map(|(_, _, k)| *k).collect();
         if ks.len() != 1 {
             continue;
         }
         // `z` is read by the matmuls only, `s` by their scale products only.
-        let z_readers = readers.get(z.as_str()).map_or(0, Vec::len);
-        let s_readers = readers.get(s.as_str()).map_or(0, Vec::len);
-        if z_readers != found.len() || s_readers != found.len() {
+        if g.readers(z).len() != found.len() || g.readers(s).len() != found.len() {
             continue;
         }
         let mut nodes = vec![qi];
@@ -305,6 +171,96 @@ fn find(lazy: &LazyModel) -> Vec<Group> {
         groups.push(Group { quantizer: qi, input: quantizer.input[0].clone(), layers, nodes });
     }
     groups
+}
+
+/// `MatMulInteger(q, W, z, Wz)` at node `mmi`, then `Cast`, `Mul` by
+/// `Mul(s, Ws)`, an optional bias `Add` and an optional GELU: the layer,
+/// its nodes and its k.
+fn layer(g: &GraphIndex, mmi: usize, q: &str, s: &str, z: &str) -> Option<(Layer, Vec<usize>, i64)> {
+    let mmi_node = g.node(mmi);
+    if mmi_node.op_type != "MatMulInteger"
+        || !mmi_node.domain.is_empty()
+        || mmi_node.output.len() != 1
+        || !(3..=4).contains(&mmi_node.input.len())
+        || mmi_node.input[0] != q
+        || mmi_node.input[2] != z
+    {
+        return None;
+    }
+    let (weight, w) = g.init_of(&mmi_node.input[1], DataType::Int8)?;
+    let [k, n] = w.dims[..] else { return None };
+    let zero_point = match mmi_node.input.get(3) {
+        Some(name) => {
+            let (i, t) = g.init_of(name, DataType::Int8)?;
+            per_column(t, n).then_some(Some(i))?
+        }
+        None => None,
+    };
+    let cast = g.only_reader(&mmi_node.output[0]).filter(|&c| g.is(c, "Cast", 1))?;
+    if int(g.node(cast), "to") != Some(DataType::Float as i64) {
+        return None;
+    }
+    let cast_out = &g.node(cast).output[0];
+    let mul = g.only_reader(cast_out).filter(|&m| g.is(m, "Mul", 2))?;
+    let scales_name = g.other_input(mul, cast_out)?;
+    let scales = g.private_producer(scales_name).filter(|&m| g.is(m, "Mul", 2))?;
+    let (scale, ws) = g.init_of(g.other_input(scales, s)?, DataType::Float)?;
+    if !per_column(ws, n) {
+        return None;
+    }
+    let mut nodes = vec![mmi, cast, mul, scales];
+    let mut output = g.node(mul).output[0].clone();
+    let mut bias = None;
+    if let Some(add) = g.only_reader(&output).filter(|&a| g.is(a, "Add", 2)) {
+        if let Some((b, t)) = g.other_input(add, &output).and_then(|o| g.init_of(o, DataType::Float)) {
+            if t.dims[..] == [n] {
+                bias = Some(b);
+                output = g.node(add).output[0].clone();
+                nodes.push(add);
+            }
+        }
+    }
+    let gelu = match gelu_after(g, &output) {
+        Some((gelu, more, out)) => {
+            nodes.extend(more);
+            output = out;
+            Some(gelu)
+        }
+        None => None,
+    };
+    Some((Layer { weight, zero_point, scale, bias, gelu, output }, nodes, k))
+}
+
+/// Scalar, or one value per column.
+fn per_column(t: &TensorProto, n: i64) -> bool {
+    let len: i64 = t.dims.iter().product();
+    t.dims.len() <= 1 && (len == 1 || len == n)
+}
+
+/// `Mul(Mul(y, Add(Erf(Div(y, c)), one)), half)` on `y`, which nothing
+/// else reads: the GELU, the nodes and its output.
+fn gelu_after(g: &GraphIndex, y: &str) -> Option<(Gelu, Vec<usize>, String)> {
+    let &[a, b] = g.readers(y) else { return None };
+    if g.is_output(y) {
+        return None;
+    }
+    let (div, mul) = if g.is(a, "Div", 2) { (a, b) } else { (b, a) };
+    if !g.is(div, "Div", 2) || g.node(div).input[0] != y || !g.is(mul, "Mul", 2) {
+        return None;
+    }
+    let c_div = g.scalar(&g.node(div).input[1])?;
+    let erf = g.only_reader(&g.node(div).output[0]).filter(|&n| g.is(n, "Erf", 1))?;
+    let erf_out = &g.node(erf).output[0];
+    let add = g.only_reader(erf_out).filter(|&n| g.is(n, "Add", 2))?;
+    let c_add = g.scalar(g.other_input(add, erf_out)?)?;
+    let add_out = &g.node(add).output[0];
+    if g.only_reader(add_out) != Some(mul) || g.other_input(mul, y)? != add_out {
+        return None;
+    }
+    let mul_out = &g.node(mul).output[0];
+    let half = g.only_reader(mul_out).filter(|&n| g.is(n, "Mul", 2))?;
+    let c_mul = g.scalar(g.other_input(half, mul_out)?)?;
+    Some((Gelu { div: c_div, add: c_add, mul: c_mul }, vec![div, erf, add, mul, half], g.node(half).output[0].clone()))
 }
 
 fn pack(lazy: &LazyModel, group: &Group, kernel: Kernel) -> TractResult<GroupWeights> {

@@ -10,6 +10,7 @@ use tract_onnx::tract_core::internal::DimLike;
 use tract_onnx::tract_hir::infer::GenericFactoid;
 
 use super::attention;
+use super::canon;
 use super::config::ModelConfig;
 use super::manifest::OutputSpec;
 use super::onnx::LazyModel;
@@ -172,6 +173,14 @@ impl TractClassifier {
         let labels = cfg.labels.as_deref().map(load_labels).transpose()?;
 
         let mut lazy = LazyModel::open(path).map_err(|e| load_err(format!("{e} (is it an ONNX file?)")))?;
+        // The patterns below match one form of each layer; bring the others
+        // to it first (plain tract keeps the file as it is).
+        let (canonical, unread) = if options.lookout_int8 || options.lookout_attention {
+            canon::run(&mut lazy).map_err(|e| load_err(root_cause(&e)))?
+        } else {
+            Default::default()
+        };
+        report.pass_report.canonical = canonical;
         // lookout's int8 layers where it has a kernel for this CPU; tract's
         // own int8 path elsewhere (and when the passes are off).
         let kernel = match options.lookout_int8 {
@@ -188,6 +197,7 @@ impl TractClassifier {
             Default::default()
         };
         taken.extend(more);
+        taken.extend(unread);
         report.pass_report.attention = blocks.len();
         let proto = lazy.into_proto(&taken).map_err(|e| load_err(e.to_string()))?;
         let mut onnx = tract_onnx::onnx();

@@ -14,6 +14,7 @@ mod common;
 mod cross;
 mod custom;
 mod e2e;
+mod forms;
 mod inference;
 mod model;
 mod mqtt;

@@ -28,16 +28,16 @@ mod aarch64;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use tract_linalg::multithread::{current_tract_executor, Executor};
-use tract_onnx::pb::{tensor_proto::DataType, GraphProto, NodeProto};
+use tract_onnx::pb::{tensor_proto::DataType, NodeProto};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_hir::internal::*;
 
-use super::onnx::LazyModel;
+use super::onnx::{int, ints, GraphIndex, LazyModel};
 use super::placeholder::{self, Payload};
 
 /// The op type of the replacement node (registered with tract-onnx).
@@ -93,7 +93,7 @@ struct Found {
 /// Replaces every attention block by a `LookoutAttention` node; returns
 /// the blocks by node name and the initializers they copied.
 pub(crate) fn rewrite(lazy: &mut LazyModel) -> TractResult<(Table, HashSet<usize>)> {
-    let found = find(lazy.graph(), lazy)?;
+    let found = find(lazy);
     let mut table = Table::new();
     let mut taken = HashSet::new();
     let mut replacements = vec![];
@@ -125,177 +125,114 @@ pub(crate) fn rewrite(lazy: &mut LazyModel) -> TractResult<(Table, HashSet<usize
 }
 
 /// How many blocks [`rewrite`] would replace.
-pub(crate) fn count(lazy: &LazyModel) -> TractResult<usize> {
-    Ok(find(lazy.graph(), lazy)?.len())
+pub(crate) fn count(lazy: &LazyModel) -> usize {
+    find(lazy).len()
 }
 
-fn find(graph: &GraphProto, lazy: &LazyModel) -> TractResult<Vec<Found>> {
-    let inits: HashMap<&str, usize> = graph.initializer.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect();
-    let mut readers: HashMap<&str, Vec<usize>> = HashMap::new();
-    let mut producer: HashMap<&str, usize> = HashMap::new();
-    for (i, n) in graph.node.iter().enumerate() {
-        for input in &n.input {
-            readers.entry(input.as_str()).or_default().push(i);
-        }
-        for output in &n.output {
-            producer.insert(output.as_str(), i);
-        }
-    }
-    let outputs: HashSet<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
-    // The node writing `name` if `name` has no other reader and is no
-    // graph output.
-    let private_producer = |name: &str| -> Option<usize> {
-        let single = matches!(readers.get(name).map(Vec::as_slice), Some([_]));
-        (single && !outputs.contains(name)).then(|| producer.get(name).copied()).flatten()
-    };
-    let only_reader = |name: &str| -> Option<usize> {
-        match readers.get(name).map(Vec::as_slice) {
-            Some([i]) if !outputs.contains(name) => Some(*i),
-            _ => None,
-        }
-    };
-    // A standard-domain node of this type with its ONNX input count and one
-    // output: every `input[i]` and `output[0]` below is checked by one of
-    // these first, so a malformed graph cannot index past a node's lists.
-    let op = |i: usize, op_type: &str| {
-        let n = &graph.node[i];
-        let inputs = match op_type {
-            "Transpose" | "Softmax" => 1,
-            _ => 2,
-        };
-        n.op_type == op_type && n.domain.is_empty() && n.input.len() == inputs && n.output.len() == 1
-    };
-    let ints = |n: &NodeProto, name: &str| -> Option<Vec<i64>> {
-        n.attribute.iter().find(|a| a.name == name).map(|a| a.ints.clone())
-    };
-    let int64s = |name: &str| -> Option<Vec<i64>> {
-        let t = lazy.tensor(*inits.get(name)?).ok()?;
-        Some(t.cast_to::<i64>().ok()?.try_as_plain_ram().ok()?.as_slice::<i64>().ok()?.to_vec())
-    };
-    let scalar = |name: &str| -> Option<f32> {
-        let &i = inits.get(name)?;
-        let t = &graph.initializer[i];
-        if t.data_type != DataType::Float as i32 || t.dims.iter().product::<i64>() != 1 {
-            return None;
-        }
-        lazy.tensor(i).ok()?.cast_to_scalar::<f32>().ok()
-    };
-    // `Transpose<perm>(Reshape(x, [1|0, T|0|-1, H|-1, D]))`, possibly then
-    // `Mul` by a scalar: (x, D, scale, nodes).
-    let head_split = |name: &str, perm: &[i64]| -> Option<(String, usize, f32, Vec<usize>)> {
-        let mut nodes = vec![];
-        let mut at = private_producer(name)?;
-        let mut scale = 1.0;
-        if op(at, "Mul") {
-            let n = &graph.node[at];
-            let (x, c) = match (scalar(&n.input[0]), scalar(&n.input[1])) {
-                (None, Some(c)) => (&n.input[0], c),
-                (Some(c), None) => (&n.input[1], c),
-                _ => return None,
-            };
-            scale = c;
-            nodes.push(at);
-            at = private_producer(x)?;
-        }
-        if !op(at, "Transpose") || ints(&graph.node[at], "perm")? != perm {
-            return None;
-        }
-        nodes.push(at);
-        let reshape = private_producer(&graph.node[at].input[0])?;
-        let n = &graph.node[reshape];
-        if !op(reshape, "Reshape") {
-            return None;
-        }
-        let shape = int64s(&n.input[1])?;
-        let [b, t, h, d] = shape[..] else { return None };
-        let ok =
-            matches!(b, 0 | 1) && (t == -1 || t >= 0) && (h == -1 || h > 0) && d > 0 && (d as usize).is_multiple_of(16);
-        if !ok || d > 128 {
-            return None;
-        }
-        nodes.push(reshape);
-        Some((n.input[0].clone(), d as usize, scale, nodes))
-    };
+fn find(lazy: &LazyModel) -> Vec<Found> {
+    let g = GraphIndex::new(lazy);
+    g.nodes().filter_map(|(si, _)| block(&g, si)).collect()
+}
 
-    let mut found = vec![];
-    for (si, softmax) in graph.node.iter().enumerate() {
-        if !op(si, "Softmax") {
-            continue;
-        }
-        let axis = softmax.attribute.iter().find(|a| a.name == "axis").map_or(-1, |a| a.i);
-        if axis != -1 && axis != 3 {
-            continue;
-        }
-        let Some(found_block) = (|| -> Option<Found> {
-            let mut nodes = vec![si];
-            // Scores, with or without the bias.
-            let mut scores = private_producer(&softmax.input[0])?;
-            let mut bias = None;
-            if op(scores, "Add") {
-                let add = &graph.node[scores];
-                let (s, b) = match (inits.get(add.input[0].as_str()), inits.get(add.input[1].as_str())) {
-                    (None, Some(&b)) => (&add.input[0], b),
-                    (Some(&b), None) => (&add.input[1], b),
-                    _ => return None,
-                };
-                let t = &graph.initializer[b];
-                let ok_dims = matches!(t.dims[..], [1, h, n, m] | [h, n, m] if h > 0 && n == m);
-                if t.data_type != DataType::Float as i32 || !ok_dims {
-                    return None;
-                }
-                bias = Some(b);
-                nodes.push(scores);
-                scores = private_producer(s)?;
-            }
-            if !op(scores, "MatMul") {
-                return None;
-            }
-            nodes.push(scores);
-            let mm = &graph.node[scores];
-            let (q, d, q_scale, qn) = head_split(&mm.input[0], &[0, 2, 1, 3])?;
-            let (k, dk, k_scale, kn) = head_split(&mm.input[1], &[0, 2, 3, 1])?;
-            // The weighted sum of values, back to [1, T, H * D].
-            let pv = only_reader(&softmax.output[0]).filter(|&i| op(i, "MatMul"))?;
-            let pvn = &graph.node[pv];
-            if pvn.input[0] != softmax.output[0] {
-                return None;
-            }
-            let (v, dv, v_scale, vn) = head_split(&pvn.input[1], &[0, 2, 1, 3])?;
-            if d != dk || d != dv || v_scale != 1.0 {
-                return None;
-            }
-            let tr = only_reader(&pvn.output[0]).filter(|&i| op(i, "Transpose"))?;
-            if ints(&graph.node[tr], "perm")? != [0, 2, 1, 3] {
-                return None;
-            }
-            let re = only_reader(&graph.node[tr].output[0]).filter(|&i| op(i, "Reshape"))?;
-            let shape = int64s(&graph.node[re].input[1])?;
-            if !matches!(shape[..], [0 | 1, t, c] if (t == -1 || t >= 0) && (c == -1 || c > 0)) {
-                return None;
-            }
-            nodes.extend([pv, tr, re]);
-            nodes.extend(qn);
-            nodes.extend(kn);
-            nodes.extend(vn);
-            let at = *nodes.iter().min().expect("not empty");
-            Some(Found {
-                q,
-                k,
-                v,
-                output: graph.node[re].output[0].clone(),
-                head_dim: d,
-                q_scale,
-                k_scale,
-                bias,
-                at,
-                nodes,
-            })
-        })() else {
-            continue;
-        };
-        found.push(found_block);
+/// The block whose softmax is node `si`, read backwards to the scores and
+/// the three head splits, and forwards to the merge of the heads.
+fn block(g: &GraphIndex, si: usize) -> Option<Found> {
+    if !g.is(si, "Softmax", 1) {
+        return None;
     }
-    Ok(found)
+    let softmax = g.node(si);
+    if !matches!(int(softmax, "axis").unwrap_or(-1), -1 | 3) {
+        return None;
+    }
+    let mut nodes = vec![si];
+    // Scores, with or without the bias.
+    let mut scores = g.private_producer(&softmax.input[0])?;
+    let mut bias = None;
+    if g.is(scores, "Add", 2) {
+        let add = g.node(scores);
+        let (s, b) = match (g.init(&add.input[0]), g.init(&add.input[1])) {
+            (None, Some(b)) => (&add.input[0], b),
+            (Some(b), None) => (&add.input[1], b),
+            _ => return None,
+        };
+        let t = g.initializer(b);
+        let ok_dims = matches!(t.dims[..], [1, h, n, m] | [h, n, m] if h > 0 && n == m);
+        if t.data_type != DataType::Float as i32 || !ok_dims {
+            return None;
+        }
+        bias = Some(b);
+        nodes.push(scores);
+        scores = g.private_producer(s)?;
+    }
+    if !g.is(scores, "MatMul", 2) {
+        return None;
+    }
+    nodes.push(scores);
+    let mm = g.node(scores);
+    let (q, d, q_scale, qn) = head_split(g, &mm.input[0], &[0, 2, 1, 3])?;
+    let (k, dk, k_scale, kn) = head_split(g, &mm.input[1], &[0, 2, 3, 1])?;
+    // The weighted sum of values, back to [1, T, H * D].
+    let pv = g.only_reader(&softmax.output[0]).filter(|&i| g.is(i, "MatMul", 2))?;
+    let pvn = g.node(pv);
+    if pvn.input[0] != softmax.output[0] {
+        return None;
+    }
+    let (v, dv, v_scale, vn) = head_split(g, &pvn.input[1], &[0, 2, 1, 3])?;
+    if d != dk || d != dv || v_scale != 1.0 {
+        return None;
+    }
+    let tr = g.only_reader(&pvn.output[0]).filter(|&i| g.is(i, "Transpose", 1))?;
+    if ints(g.node(tr), "perm")? != [0, 2, 1, 3] {
+        return None;
+    }
+    let re = g.only_reader(&g.node(tr).output[0]).filter(|&i| g.is(i, "Reshape", 2))?;
+    let shape = g.int64s(&g.node(re).input[1])?;
+    if !matches!(shape[..], [0 | 1, t, c] if (t == -1 || t >= 0) && (c == -1 || c > 0)) {
+        return None;
+    }
+    nodes.extend([pv, tr, re]);
+    nodes.extend(qn);
+    nodes.extend(kn);
+    nodes.extend(vn);
+    let at = *nodes.iter().min().expect("not empty");
+    Some(Found { q, k, v, output: g.node(re).output[0].clone(), head_dim: d, q_scale, k_scale, bias, at, nodes })
+}
+
+/// `Transpose<perm>(Reshape(x, [1|0, T|0|-1, H|-1, D]))`, possibly then
+/// `Mul` by a scalar: (x, D, scale, nodes).
+fn head_split(g: &GraphIndex, name: &str, perm: &[i64]) -> Option<(String, usize, f32, Vec<usize>)> {
+    let mut nodes = vec![];
+    let mut at = g.private_producer(name)?;
+    let mut scale = 1.0;
+    if g.is(at, "Mul", 2) {
+        let n = g.node(at);
+        let (x, c) = match (g.scalar(&n.input[0]), g.scalar(&n.input[1])) {
+            (None, Some(c)) => (&n.input[0], c),
+            (Some(c), None) => (&n.input[1], c),
+            _ => return None,
+        };
+        scale = c;
+        nodes.push(at);
+        at = g.private_producer(x)?;
+    }
+    if !g.is(at, "Transpose", 1) || ints(g.node(at), "perm")? != perm {
+        return None;
+    }
+    nodes.push(at);
+    let reshape = g.private_producer(&g.node(at).input[0])?;
+    if !g.is(reshape, "Reshape", 2) {
+        return None;
+    }
+    let n = g.node(reshape);
+    let shape = g.int64s(&n.input[1])?;
+    let [b, t, h, d] = shape[..] else { return None };
+    let ok =
+        matches!(b, 0 | 1) && (t == -1 || t >= 0) && (h == -1 || h > 0) && d > 0 && (d as usize).is_multiple_of(16);
+    if !ok || d > 128 {
+        return None;
+    }
+    nodes.push(reshape);
+    Some((n.input[0].clone(), d as usize, scale, nodes))
 }
 
 impl Payload for Block {

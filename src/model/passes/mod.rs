@@ -20,6 +20,9 @@ pub struct PassReport {
     /// ONNX quantized linear layers run by lookout's int8 kernel
     /// (`model/qlinear.rs`, applied before tract parses the graph).
     pub fused: crate::model::qlinear::Rewritten,
+    /// What lookout changed in the ONNX graph so that other exports of the
+    /// same layers match its patterns (`model/canon.rs`).
+    pub canonical: crate::model::canon::Canonical,
     /// Self-attention blocks run as lookout's fused op
     /// (`model/attention`, also applied before tract parses the graph).
     pub attention: usize,

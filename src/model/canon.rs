@@ -1,0 +1,520 @@
+//! Brings the forms in which exporters write the same layers to the one
+//! form lookout's patterns (`qlinear.rs`, `attention/`) match, before they
+//! run.
+//!
+//! `tools/export_model.py` folds the graph with onnxruntime's optimizer
+//! before quantizing; the patterns were written against that. A plain
+//! export quantized as it is computes the same model another way:
+//!
+//! - torch's legacy exporter leaves its constants as `Constant` nodes and
+//!   BEiT's relative position bias as ~450 Shape, Gather, ScatterND, Where
+//!   and Resize nodes per block that read nothing but constants;
+//! - the dynamo exporter transposes the keys as `Reshape` to 3-D,
+//!   `Transpose<0,2,1>` and `Reshape` back after the head split, writes
+//!   GELU as `y * (0.5 * (1 + erf(y / sqrt 2)))`, and for transformers' ViT
+//!   adds a mask of zeros to the scores and guards the softmax with
+//!   `Where(IsNaN(p), 0, p)`;
+//! - transformers' ViT reshapes the weighted sum to its own shape before
+//!   merging the heads.
+//!
+//! Here every node whose inputs are constants is evaluated once by tract
+//! and becomes an initializer, the key transposes become one `Transpose`,
+//! the no-ops go, and GELU's products are reordered to
+//! `(y * (1 + erf(..))) * 0.5` (exact: the product by 0.5 only changes the
+//! exponent). Each rewrite keeps the names of the tensors that other nodes
+//! read.
+
+use std::collections::{HashMap, HashSet};
+
+use tract_onnx::pb::tensor_proto::DataType;
+use tract_onnx::pb::{
+    attribute_proto, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto,
+};
+use tract_onnx::prelude::*;
+
+use super::onnx::{ints, GraphIndex, LazyModel};
+
+/// What [`run`] changed, for the load report.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Canonical {
+    /// Nodes evaluated at load (constants, and what reads only constants).
+    pub folded: usize,
+    /// Nodes removed by merging `Reshape`/`Transpose` chains into one
+    /// `Transpose` and dropping no-ops.
+    pub transposes: usize,
+    /// GELUs whose products were reordered.
+    pub gelus: usize,
+}
+
+/// Ops never folded: random draws differ per run, and quantizers of
+/// constant weights are what lookout's and tract's int8 paths read.
+const NOT_FOLDED: &[&str] = &[
+    "RandomNormal",
+    "RandomNormalLike",
+    "RandomUniform",
+    "RandomUniformLike",
+    "Multinomial",
+    "Bernoulli",
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "DynamicQuantizeLinear",
+];
+
+/// Runs every rewrite; returns what changed and the initializers no node
+/// reads any more (for [`LazyModel::into_proto`] to drop unread).
+pub(crate) fn run(lazy: &mut LazyModel) -> TractResult<(Canonical, HashSet<usize>)> {
+    let read_before = read_initializers(lazy);
+    let folded = fold(lazy)?;
+    let transposes = merge_transposes(lazy);
+    let gelus = reorder_gelus(lazy);
+    let read_after = read_initializers(lazy);
+    let unread = read_before.difference(&read_after).copied().collect();
+    Ok((Canonical { folded, transposes, gelus }, unread))
+}
+
+fn read_initializers(lazy: &LazyModel) -> HashSet<usize> {
+    let graph = lazy.graph();
+    let read: HashSet<&str> = graph
+        .node
+        .iter()
+        .flat_map(|n| n.input.iter())
+        .chain(graph.output.iter().map(|o| &o.name))
+        .map(String::as_str)
+        .collect();
+    graph.initializer.iter().enumerate().filter(|(_, t)| read.contains(t.name.as_str())).map(|(i, _)| i).collect()
+}
+
+/// The static shapes the file declares (graph inputs, outputs, value_info),
+/// as ONNX shape inference wrote them; a dimension that is not a number
+/// makes the shape unknown.
+fn declared_shapes(graph: &GraphProto) -> HashMap<&str, Vec<i64>> {
+    declared_dims(graph)
+        .into_iter()
+        .filter_map(|(name, dims)| Some((name, dims.into_iter().collect::<Option<_>>()?)))
+        .collect()
+}
+
+/// The shapes the file declares, with the dimensions that are not numbers
+/// unknown.
+fn declared_dims(graph: &GraphProto) -> HashMap<&str, Vec<Option<i64>>> {
+    let mut shapes = HashMap::new();
+    for info in graph.input.iter().chain(&graph.output).chain(&graph.value_info) {
+        let Some(type_proto::Value::TensorType(t)) = info.r#type.as_ref().and_then(|t| t.value.as_ref()) else {
+            continue;
+        };
+        let Some(shape) = &t.shape else { continue };
+        let dims = shape
+            .dim
+            .iter()
+            .map(|d| match d.value {
+                Some(tract_onnx::pb::tensor_shape_proto::dimension::Value::DimValue(v)) if v > 0 => Some(v),
+                _ => None,
+            })
+            .collect();
+        shapes.insert(info.name.as_str(), dims);
+    }
+    shapes
+}
+
+/// Evaluates every node whose inputs are all constant (initializers, or
+/// outputs of such nodes; `Shape` of a tensor whose shape the file
+/// declares) in one tract model of those nodes alone, and puts the
+/// constants the rest of the graph reads in their place as initializers.
+/// Returns how many nodes went. A constant part tract cannot run is left
+/// as it was: tract then reports the problem with the whole model.
+fn fold(lazy: &mut LazyModel) -> TractResult<usize> {
+    let graph = lazy.graph();
+    let shapes = declared_shapes(graph);
+    let outputs: HashSet<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
+    let mut constant: HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    let mut folded = vec![];
+    for (i, n) in graph.node.iter().enumerate() {
+        let foldable = n.domain.is_empty()
+            && !NOT_FOLDED.contains(&n.op_type.as_str())
+            && !n.output.is_empty()
+            && n.output.iter().all(|o| !o.is_empty() && !outputs.contains(o.as_str()))
+            && n.attribute.iter().all(|a| a.r#type != attribute_proto::AttributeType::Graph as i32)
+            && match shape_of_declared(n, &shapes) {
+                Some(_) => true,
+                None => n.input.iter().all(|i| i.is_empty() || constant.contains(i.as_str())),
+            };
+        if foldable {
+            constant.extend(n.output.iter().map(String::as_str));
+            folded.push(i);
+        }
+    }
+    if folded.is_empty() {
+        return Ok(0);
+    }
+    let in_fold: HashSet<usize> = folded.iter().copied().collect();
+    // What the rest of the graph reads from the folded part.
+    let made: HashSet<&str> = folded.iter().flat_map(|&i| graph.node[i].output.iter().map(String::as_str)).collect();
+    let mut wanted: Vec<&str> = vec![];
+    for (i, n) in graph.node.iter().enumerate() {
+        if in_fold.contains(&i) {
+            continue;
+        }
+        for input in &n.input {
+            if made.contains(input.as_str()) && !wanted.contains(&input.as_str()) {
+                wanted.push(input);
+            }
+        }
+    }
+    if wanted.is_empty() {
+        // Dead code: nothing outside reads it.
+        let count = folded.len();
+        lazy.edit(vec![], folded.into_iter().collect());
+        return Ok(count);
+    }
+    let mut sub = GraphProto { name: "lookout constants".into(), ..Default::default() };
+    let mut needed: HashSet<&str> = HashSet::new();
+    for &i in &folded {
+        let n = &graph.node[i];
+        match shape_of_declared(n, &shapes) {
+            Some(dims) => sub.node.push(constant_node(&n.output[0], dims)),
+            None => {
+                needed
+                    .extend(n.input.iter().filter(|i| !i.is_empty() && !made.contains(i.as_str())).map(String::as_str));
+                sub.node.push(n.clone());
+            }
+        }
+    }
+    for (index, t) in graph.initializer.iter().enumerate() {
+        if needed.contains(t.name.as_str()) {
+            sub.initializer.push(lazy.initializer(index)?);
+        }
+    }
+    sub.output = wanted.iter().map(|&name| ValueInfoProto { name: name.into(), ..Default::default() }).collect();
+    let proto = ModelProto {
+        ir_version: lazy.proto.ir_version,
+        opset_import: lazy.proto.opset_import.clone(),
+        graph: Some(sub),
+        ..Default::default()
+    };
+    // tract panics on some malformed graphs; here that only means the
+    // constants stay for tract to judge with the rest.
+    let values = match std::panic::catch_unwind(|| evaluate(&proto)) {
+        Ok(Ok(values)) => values,
+        Ok(Err(e)) => {
+            log::debug!("constant part of the graph left to tract: {e:#}");
+            return Ok(0);
+        }
+        Err(_) => return Ok(0),
+    };
+    let mut tensors = vec![];
+    for (name, value) in wanted.iter().zip(values) {
+        match to_proto(name, &value) {
+            Some(t) => tensors.push(t),
+            None => return Ok(0),
+        }
+    }
+    let count = folded.len();
+    lazy.edit(vec![], folded.into_iter().collect());
+    for t in tensors {
+        lazy.add_initializer(t);
+    }
+    Ok(count)
+}
+
+/// The output of `Shape` node `n` when the shape of its input is declared.
+fn shape_of_declared(n: &NodeProto, shapes: &HashMap<&str, Vec<i64>>) -> Option<Vec<i64>> {
+    if n.op_type != "Shape" || n.input.len() != 1 || n.output.len() != 1 {
+        return None;
+    }
+    let dims = shapes.get(n.input[0].as_str())?;
+    let rank = dims.len() as i64;
+    let at = |name: &str, default: i64| {
+        let v = super::onnx::int(n, name).unwrap_or(default);
+        (if v < 0 { v + rank } else { v }).clamp(0, rank) as usize
+    };
+    let (start, end) = (at("start", 0), at("end", rank));
+    Some(dims.get(start..end.max(start))?.to_vec())
+}
+
+fn constant_node(output: &str, values: Vec<i64>) -> NodeProto {
+    let value = TensorProto {
+        dims: vec![values.len() as i64],
+        data_type: DataType::Int64 as i32,
+        int64_data: values,
+        ..Default::default()
+    };
+    NodeProto {
+        op_type: "Constant".into(),
+        output: vec![output.into()],
+        attribute: vec![AttributeProto {
+            name: "value".into(),
+            r#type: attribute_proto::AttributeType::Tensor as i32,
+            t: Some(value),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// Runs a model without inputs; returns its outputs.
+fn evaluate(proto: &ModelProto) -> TractResult<TVec<TValue>> {
+    let model = tract_onnx::onnx().model_for_proto_model(proto)?.into_optimized()?;
+    model.into_runnable()?.run(tvec!())
+}
+
+fn to_proto(name: &str, value: &Tensor) -> Option<TensorProto> {
+    let value = if value.datum_type() == TDim::datum_type() {
+        value.cast_to::<i64>().ok()?
+    } else {
+        std::borrow::Cow::Borrowed(value)
+    };
+    let data_type = match value.datum_type() {
+        DatumType::F32 => DataType::Float,
+        DatumType::F64 => DataType::Double,
+        DatumType::F16 => DataType::Float16,
+        DatumType::I64 => DataType::Int64,
+        DatumType::I32 => DataType::Int32,
+        DatumType::I16 => DataType::Int16,
+        DatumType::I8 => DataType::Int8,
+        DatumType::U8 => DataType::Uint8,
+        DatumType::U16 => DataType::Uint16,
+        DatumType::U32 => DataType::Uint32,
+        DatumType::U64 => DataType::Uint64,
+        DatumType::Bool => DataType::Bool,
+        _ => return None,
+    };
+    let plain = value.try_as_plain_ram().ok()?;
+    Some(TensorProto {
+        name: name.into(),
+        dims: value.shape().iter().map(|&d| d as i64).collect(),
+        data_type: data_type as i32,
+        raw_data: plain.as_bytes().to_vec(),
+        ..Default::default()
+    })
+}
+
+/// `Reshape(Transpose<0,2,1>(Reshape(x, [B*H, T, D])), [B, H, D, T])` is
+/// `Transpose<0,1,3,2>(x)` for `x` of shape `[B, H, T, D]`; two
+/// `Transpose`s in a row are one; a `Reshape` that keeps its input's shape
+/// (transformers' ViT before merging the heads) is none. Returns how many
+/// nodes were removed.
+fn merge_transposes(lazy: &mut LazyModel) -> usize {
+    let mut merged = 0;
+    while let Some((at, node, removed)) = next_merge(lazy) {
+        merged += removed.len();
+        lazy.edit(vec![(at, node)], removed.into_iter().collect());
+    }
+    merged
+}
+
+fn next_merge(lazy: &LazyModel) -> Option<(usize, NodeProto, Vec<usize>)> {
+    let g = GraphIndex::new(lazy);
+    let shapes = declared_shapes(lazy.graph());
+    let dims = declared_dims(lazy.graph());
+    for (i, n) in g.nodes() {
+        // A Reshape to the shape its input has: its reader reads the input.
+        for (slot, input) in n.input.iter().enumerate() {
+            let Some(r) = g.private_producer(input).filter(|&r| g.is(r, "Reshape", 2)) else { continue };
+            let (x, to) = (&g.node(r).input[0], g.int64s(&g.node(r).input[1]));
+            let allow_zero = super::onnx::int(g.node(r), "allowzero").unwrap_or(0) != 0;
+            if !allow_zero && dims.get(x.as_str()).zip(to).is_some_and(|(xs, to)| keeps_shape(xs, &to)) {
+                let mut node = n.clone();
+                node.input[slot] = x.clone();
+                return Some((i, node, vec![r]));
+            }
+        }
+        // No-ops torch's dynamo exporter writes around the attention
+        // scores: `Add` of zeros (an absent mask), and `Where(IsNaN(p), 0,
+        // p)` on a softmax `p`, which is NaN only where its input was.
+        for (slot, input) in n.input.iter().enumerate() {
+            let Some(p) = g.private_producer(input) else { continue };
+            let pn = g.node(p);
+            let kept = if g.is(p, "Add", 2) {
+                let same_shape = |name: &str| shapes.get(name).is_some_and(|s| shapes.get(input.as_str()) == Some(s));
+                let zeros = |name: &str| g.floats(name).is_some_and(|v| v.iter().all(|&x| x == 0.0));
+                match (&pn.input[0], &pn.input[1]) {
+                    (x, z) | (z, x) if zeros(z) && same_shape(x) => Some((x.clone(), vec![p])),
+                    _ => None,
+                }
+            } else if g.is(p, "Where", 3) {
+                let (c, z, x) = (&pn.input[0], &pn.input[1], &pn.input[2]);
+                let nan = g.private_producer(c).filter(|&c| g.is(c, "IsNaN", 1) && g.node(c).input[0] == *x);
+                let softmax = g.producer(x).is_some_and(|s| g.is(s, "Softmax", 1));
+                match nan {
+                    Some(c) if softmax && g.scalar(z) == Some(0.0) => Some((x.clone(), vec![p, c])),
+                    _ => None,
+                }
+            } else {
+                None
+            };
+            if let Some((x, removed)) = kept {
+                let mut node = n.clone();
+                node.input[slot] = x;
+                return Some((i, node, removed));
+            }
+        }
+        if g.is(i, "Reshape", 2) {
+            let Some(t) = g.private_producer(&n.input[0]).filter(|&t| g.is(t, "Transpose", 1)) else { continue };
+            if ints(g.node(t), "perm").as_deref() != Some(&[0, 2, 1]) {
+                continue;
+            }
+            let Some(r) = g.private_producer(&g.node(t).input[0]).filter(|&r| g.is(r, "Reshape", 2)) else { continue };
+            let x = &g.node(r).input[0];
+            let (Some(xs), Some(rs), Some(ys)) =
+                (shapes.get(x.as_str()), shapes.get(g.node(r).output[0].as_str()), shapes.get(n.output[0].as_str()))
+            else {
+                continue;
+            };
+            let &[b, h, tk, d] = xs.as_slice() else { continue };
+            if rs[..] != [b * h, tk, d] || ys[..] != [b, h, d, tk] {
+                continue;
+            }
+            return Some((i, transpose(x, &n.output[0], &[0, 1, 3, 2], n), vec![t, r]));
+        }
+        if g.is(i, "Transpose", 1) {
+            let Some(inner) = g.private_producer(&n.input[0]).filter(|&t| g.is(t, "Transpose", 1)) else { continue };
+            let (Some(p1), Some(p2)) = (ints(g.node(inner), "perm"), ints(n, "perm")) else { continue };
+            if p1.len() != p2.len() || p2.iter().any(|&p| p < 0 || p as usize >= p1.len()) {
+                continue;
+            }
+            let perm: Vec<i64> = p2.iter().map(|&p| p1[p as usize]).collect();
+            return Some((i, transpose(&g.node(inner).input[0], &n.output[0], &perm, n), vec![inner]));
+        }
+    }
+    None
+}
+
+/// Whether `Reshape(x, to)` gives `x`'s own shape, `x` of dims `xs` (some
+/// unknown): every target dimension copies (0) or equals `x`'s, but for at
+/// most one -1, which then equals `x`'s there, the sizes being equal.
+fn keeps_shape(xs: &[Option<i64>], to: &[i64]) -> bool {
+    xs.len() == to.len()
+        && to.iter().filter(|&&d| d == -1).count() <= 1
+        && xs.iter().zip(to).all(|(&x, &t)| t == 0 || t == -1 || x == Some(t))
+}
+
+fn transpose(input: &str, output: &str, perm: &[i64], like: &NodeProto) -> NodeProto {
+    NodeProto {
+        name: like.name.clone(),
+        op_type: "Transpose".into(),
+        input: vec![input.into()],
+        output: vec![output.into()],
+        attribute: vec![AttributeProto {
+            name: "perm".into(),
+            r#type: attribute_proto::AttributeType::Ints as i32,
+            ints: perm.to_vec(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// `Mul(y, Mul(c, Add(Erf(Div(y, s)), one)))`, scalar `c`, becomes
+/// `Mul(Mul(y, Add(..)), c)`, the order `qlinear.rs` fuses.
+fn reorder_gelus(lazy: &mut LazyModel) -> usize {
+    let mut edits = vec![];
+    {
+        let g = GraphIndex::new(lazy);
+        for (outer, n) in g.nodes() {
+            if !g.is(outer, "Mul", 2) {
+                continue;
+            }
+            for (y, inner_out) in [(&n.input[0], &n.input[1]), (&n.input[1], &n.input[0])] {
+                let Some(inner) = g.private_producer(inner_out).filter(|&m| g.is(m, "Mul", 2) && m < outer) else {
+                    continue;
+                };
+                let m = g.node(inner);
+                let (c, a) = match (g.scalar(&m.input[0]), g.scalar(&m.input[1])) {
+                    (Some(_), None) => (&m.input[0], &m.input[1]),
+                    (None, Some(_)) => (&m.input[1], &m.input[0]),
+                    _ => continue,
+                };
+                let Some(add) = g.private_producer(a).filter(|&a| g.is(a, "Add", 2)) else { continue };
+                let is_erf = |name: &str| g.private_producer(name).is_some_and(|e| g.is(e, "Erf", 1));
+                let erf_in = g.node(add).input.iter().find(|i| is_erf(i));
+                let Some(div) = erf_in.and_then(|e| g.private_producer(&g.node(g.private_producer(e)?).input[0]))
+                else {
+                    continue;
+                };
+                // y is written before the inner product reads it.
+                if !g.is(div, "Div", 2) || g.node(div).input[0] != *y || div > inner {
+                    continue;
+                }
+                let mut first = m.clone();
+                first.input = vec![y.clone(), a.clone()];
+                let mut second = n.clone();
+                second.input = vec![m.output[0].clone(), c.clone()];
+                edits.push((inner, first));
+                edits.push((outer, second));
+                break;
+            }
+        }
+    }
+    let count = edits.len() / 2;
+    lazy.edit(edits, HashSet::new());
+    count
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn fixture(stem: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/export-forms/{stem}-int8.onnx"))
+    }
+
+    /// The logits plain tract computes from `proto` on one fixed input.
+    fn logits(proto: &ModelProto) -> Vec<f32> {
+        let model = tract_onnx::onnx().model_for_proto_model(proto).unwrap();
+        let model = model.with_input_fact(0, f32::fact([1, 3, 32, 32]).into()).unwrap();
+        let plan = model.into_optimized().unwrap().into_runnable().unwrap();
+        let x: Vec<f32> = (0..3 * 32 * 32).map(|i| ((i * 7919) % 255) as f32 / 127.5 - 1.0).collect();
+        let out = plan.run(tvec!(Tensor::from_shape(&[1, 3, 32, 32], &x).unwrap().into_tvalue())).unwrap();
+        out[0].try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec()
+    }
+
+    #[test]
+    fn each_form_is_rewritten_and_computes_what_it_computed() {
+        for model in ["digits", "vit", "deit"] {
+            for form in ["legacy", "dynamo"] {
+                let path = fixture(&format!("{model}-{form}"));
+                let before = LazyModel::open(&path).unwrap().into_proto(&Default::default()).unwrap();
+                let mut lazy = LazyModel::open(&path).unwrap();
+                let (canonical, unread) = run(&mut lazy).unwrap();
+                assert_ne!(canonical, Canonical::default(), "{model} {form}: nothing to do?");
+                let g = GraphIndex::new(&lazy);
+                let left: Vec<&str> = g
+                    .nodes()
+                    .map(|(_, n)| n.op_type.as_str())
+                    .filter(|op| ["Constant", "Shape", "ScatterND", "Resize", "IsNaN"].contains(op))
+                    .collect();
+                assert!(left.is_empty(), "{model} {form}: constant work left: {left:?}");
+                let after = lazy.into_proto(&unread).unwrap();
+                let (want, got) = (logits(&before), logits(&after));
+                let worst = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                assert!(worst <= 1e-4, "{model} {form}: the rewrites moved the logits by {worst}: {want:?} vs {got:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_reshape_keeps_the_shape_only_when_every_dimension_does() {
+        // transformers' ViT merging heads: [1, ?, 65, 16] to [1, -1, 65, 16].
+        assert!(keeps_shape(&[Some(1), None, Some(65), Some(16)], &[1, -1, 65, 16]));
+        assert!(keeps_shape(&[Some(1), Some(4), Some(65), Some(16)], &[0, 4, -1, 0]));
+        assert!(!keeps_shape(&[Some(1), None, Some(65), Some(16)], &[1, -1, 16, 65]), "a transposed shape");
+        assert!(
+            !keeps_shape(&[Some(1), None, Some(65), Some(16)], &[1, 4, 65, 16]),
+            "the unknown is not known to be 4"
+        );
+        assert!(!keeps_shape(&[Some(1), None, None, Some(16)], &[1, -1, -1, 16]), "two -1 are not a shape");
+        assert!(!keeps_shape(&[Some(1), Some(65), Some(64)], &[1, 65, 4, 16]), "another rank");
+    }
+
+    #[test]
+    fn the_exporters_folded_form_is_left_as_it_is() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/digits/digits-int8.onnx");
+        let before = LazyModel::open(&path).unwrap().into_proto(&Default::default()).unwrap();
+        let mut lazy = LazyModel::open(&path).unwrap();
+        let (canonical, unread) = run(&mut lazy).unwrap();
+        assert_eq!(canonical, Canonical::default());
+        assert!(unread.is_empty());
+        assert_eq!(lazy.into_proto(&unread).unwrap(), before);
+    }
+}
