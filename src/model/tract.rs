@@ -108,14 +108,11 @@ impl TractClassifier {
     pub fn load_with(cfg: &ModelConfig, options: &LoadOptions) -> Result<TractClassifier, ModelError> {
         // tract panics on some malformed files (a raw-data string tensor:
         // `unimplemented!` in tract-onnx 0.23.9); such a file is a bad
-        // model, reported like any other, not a crash. The default hook
-        // would print the panic too, so it is silenced meanwhile: the daemon
-        // loads its model before the capture, inference and MQTT threads
-        // start.
-        let hook = std::panic::take_hook();
-        std::panic::set_hook(Box::new(|_| {}));
-        let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Self::load_unguarded(cfg, options)));
-        std::panic::set_hook(hook);
+        // model, reported like any other, not a crash. The hook would print
+        // the panic too, so it is silenced meanwhile, on this thread only:
+        // a panic elsewhere (another test's, in one test process) must
+        // still say what it was.
+        let loaded = quiet_panics(|| Self::load_unguarded(cfg, options));
         loaded.unwrap_or_else(|panic| {
             let what = panic
                 .downcast_ref::<&str>()
@@ -495,6 +492,28 @@ pub(crate) fn sha256_file(path: &Path) -> std::io::Result<String> {
         h.update(&buf[..n]);
     }
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+thread_local! {
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`, turning a panic into `Err(payload)` without the panic hook's
+/// message, for this thread only (the hook stays as it was for others).
+fn quiet_panics<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
+    static WRAP: std::sync::Once = std::sync::Once::new();
+    WRAP.call_once(|| {
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(|q| q.get()) {
+                hook(info)
+            }
+        }));
+    });
+    let was = QUIET.with(|q| q.replace(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(was));
+    result
 }
 
 #[cfg(test)]
