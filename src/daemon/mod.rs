@@ -691,8 +691,12 @@ impl<'a> Loop<'a> {
                 for &v in &targets {
                     let view = &mut self.views[v];
                     if let Some(i) = interval {
+                        // Counted from the view's last period, at once: a
+                        // longer interval also cancels a classification
+                        // that was already due under the old one.
+                        let last = view.next_due.checked_sub(view.interval);
                         view.interval = Duration::from_secs_f64(*i);
-                        view.next_due = view.next_due.min(now + view.interval);
+                        view.next_due = last.map_or(now, |t| t + view.interval);
                     }
                     if let (Some(t), Some(tr)) = (threshold, view.triggers.as_mut()) {
                         tr.set_threshold(*t);
