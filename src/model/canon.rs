@@ -418,12 +418,8 @@ fn reorder_gelus(lazy: &mut LazyModel) -> usize {
                 let Some(inner) = g.private_producer(inner_out).filter(|&m| g.is(m, "Mul", 2) && m < outer) else {
                     continue;
                 };
+                let Some((a, c, _)) = g.constant_and_other(inner, |n| g.scalar(n)) else { continue };
                 let m = g.node(inner);
-                let (c, a) = match (g.scalar(&m.input[0]), g.scalar(&m.input[1])) {
-                    (Some(_), None) => (&m.input[0], &m.input[1]),
-                    (None, Some(_)) => (&m.input[1], &m.input[0]),
-                    _ => continue,
-                };
                 let Some(add) = g.private_producer(a).filter(|&a| g.is(a, "Add", 2)) else { continue };
                 let is_erf = |name: &str| g.private_producer(name).is_some_and(|e| g.is(e, "Erf", 1));
                 let erf_in = g.node(add).input.iter().find(|i| is_erf(i));
@@ -436,9 +432,9 @@ fn reorder_gelus(lazy: &mut LazyModel) -> usize {
                     continue;
                 }
                 let mut first = m.clone();
-                first.input = vec![y.clone(), a.clone()];
+                first.input = vec![y.clone(), a.to_string()];
                 let mut second = n.clone();
-                second.input = vec![m.output[0].clone(), c.clone()];
+                second.input = vec![m.output[0].clone(), c.to_string()];
                 edits.push((inner, first));
                 edits.push((outer, second));
                 break;

@@ -264,6 +264,23 @@ impl<'m> GraphIndex<'m> {
             .flatten()
     }
 
+    /// Of two-input node `i`, the one input `constant` takes (an
+    /// initializer, a scalar...) and the other: (the other input, the
+    /// constant's name, what `constant` made of it). `None` unless exactly
+    /// one is taken.
+    pub(crate) fn constant_and_other<T>(
+        &self,
+        i: usize,
+        constant: impl Fn(&str) -> Option<T>,
+    ) -> Option<(&'m str, &'m str, T)> {
+        let [a, b] = &self.node(i).input[..] else { return None };
+        match (constant(a), constant(b)) {
+            (Some(c), None) => Some((b.as_str(), a.as_str(), c)),
+            (None, Some(c)) => Some((a.as_str(), b.as_str(), c)),
+            _ => None,
+        }
+    }
+
     /// The index of initializer `name`.
     pub(crate) fn init(&self, name: &str) -> Option<usize> {
         self.inits.get(name).copied()

@@ -149,12 +149,7 @@ fn block(g: &GraphIndex, si: usize) -> Option<Found> {
     let mut scores = g.private_producer(&softmax.input[0])?;
     let mut bias = None;
     if g.is(scores, "Add", 2) {
-        let add = g.node(scores);
-        let (s, b) = match (g.init(&add.input[0]), g.init(&add.input[1])) {
-            (None, Some(b)) => (&add.input[0], b),
-            (Some(b), None) => (&add.input[1], b),
-            _ => return None,
-        };
+        let (s, _, b) = g.constant_and_other(scores, |n| g.init(n))?;
         let t = g.initializer(b);
         let ok_dims = matches!(t.dims[..], [1, h, n, m] | [h, n, m] if h > 0 && n == m);
         if t.data_type != DataType::Float as i32 || !ok_dims {
@@ -205,12 +200,7 @@ fn head_split(g: &GraphIndex, name: &str, perm: &[i64]) -> Option<(String, usize
     let mut at = g.private_producer(name)?;
     let mut scale = 1.0;
     if g.is(at, "Mul", 2) {
-        let n = g.node(at);
-        let (x, c) = match (g.scalar(&n.input[0]), g.scalar(&n.input[1])) {
-            (None, Some(c)) => (&n.input[0], c),
-            (Some(c), None) => (&n.input[1], c),
-            _ => return None,
-        };
+        let (x, _, c) = g.constant_and_other(at, |n| g.scalar(n))?;
         scale = c;
         nodes.push(at);
         at = g.private_producer(x)?;
