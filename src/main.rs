@@ -901,6 +901,9 @@ struct BenchReport {
     /// their packed weights take.
     lookout_int8_layers: usize,
     packed_weights_mb: f64,
+    /// Layer norms and skip connections those layers took along.
+    lookout_layer_norms: usize,
+    lookout_skip_connections: usize,
     /// Self-attention blocks run by lookout's fused op.
     lookout_attention_blocks: usize,
     /// ONNX nodes lookout evaluated once at load because they read only
@@ -994,6 +997,8 @@ fn bench(config: Option<&Path>, model: Option<&Path>, opts: &BenchOptions) -> Re
         folded_constants: load.pass_report.folded,
         replaced_quantizers: load.pass_report.quantizers,
         lookout_int8_layers: load.pass_report.fused.layers,
+        lookout_layer_norms: load.pass_report.fused.norms,
+        lookout_skip_connections: load.pass_report.fused.residuals,
         packed_weights_mb: load.pass_report.fused.packed_bytes as f64 / 1e6,
         lookout_attention_blocks: load.pass_report.attention,
         onnx_nodes_folded: load.pass_report.canonical.folded,
@@ -1005,11 +1010,13 @@ fn bench(config: Option<&Path>, model: Option<&Path>, opts: &BenchOptions) -> Re
         let r = &report;
         println!("model         {}", r.model);
         println!(
-            "passes        {} ({} int8 layers on lookout's kernel, {:.0} MB packed; {} attention blocks fused; \
-             {} ONNX nodes folded at load; {} constants folded, {} quantizers replaced)",
+            "passes        {} ({} int8 layers on lookout's kernel, {:.0} MB packed, with {} layer norms and {} skip \
+             connections; {} attention blocks fused; {} ONNX nodes folded at load; {} constants folded, {} quantizers replaced)",
             if r.passes { "on" } else { "off" },
             r.lookout_int8_layers,
             r.packed_weights_mb,
+            r.lookout_layer_norms,
+            r.lookout_skip_connections,
             r.lookout_attention_blocks,
             r.onnx_nodes_folded,
             r.folded_constants,

@@ -320,6 +320,11 @@ pub(crate) fn ints(n: &NodeProto, name: &str) -> Option<Vec<i64>> {
     n.attribute.iter().find(|a| a.name == name).map(|a| a.ints.clone())
 }
 
+/// Attribute `name` of `n` as one float.
+pub(crate) fn float(n: &NodeProto, name: &str) -> Option<f32> {
+    n.attribute.iter().find(|a| a.name == name).map(|a| a.f)
+}
+
 /// Attribute `name` of `n` as one integer.
 pub(crate) fn int(n: &NodeProto, name: &str) -> Option<i64> {
     n.attribute.iter().find(|a| a.name == name).map(|a| a.i)

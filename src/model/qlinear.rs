@@ -17,6 +17,11 @@
 //! written. A group that differs from this shape in any way (another
 //! consumer of `q`, a bias that is not a per-column vector...) is left to
 //! tract.
+//!
+//! The f32 work around a group comes along when nothing else reads its
+//! intermediate results: the `LayerNormalization` whose output `x` is (a
+//! transformer block's norms), and after a layer the skip connection
+//! `Add(Mul(y, lambda), r)` or `Add(y, r)` (`qgemm/rowwise.rs`).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -27,9 +32,9 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_hir::internal::*;
 
-use super::onnx::{int, GraphIndex, LazyModel};
+use super::onnx::{float, int, GraphIndex, LazyModel};
 use super::placeholder::{self, Payload};
-use super::qgemm::{self, Activations, Gelu, Job, Kernel, PackedWeights};
+use super::qgemm::{self, Activations, Gelu, Job, Kernel, LayerNorm, PackedWeights};
 
 /// The op type of the replacement node (registered with tract-onnx).
 pub(crate) const OP_TYPE: &str = "LookoutQLinear";
@@ -43,8 +48,25 @@ struct Layer {
     bias: Option<usize>,
     /// torch's exact GELU right after the layer (an MLP's first layer).
     gelu: Option<Gelu>,
+    residual: Option<Residual>,
     /// The tensor the layer's last node wrote, which the new node writes.
     output: String,
+}
+
+/// A skip connection after a layer: `Add(Mul(y, lambda), input)`.
+#[derive(Debug)]
+struct Residual {
+    /// Initializer: one value per column or one for all.
+    lambda: Option<usize>,
+    input: String,
+}
+
+/// A `LayerNormalization` before a group, as initializers.
+#[derive(Debug)]
+struct Norm {
+    gamma: usize,
+    beta: Option<usize>,
+    eps: f32,
 }
 
 #[derive(Debug)]
@@ -52,6 +74,7 @@ struct Group {
     /// Index of the `DynamicQuantizeLinear` node (the new node takes its place).
     quantizer: usize,
     input: String,
+    norm: Option<Norm>,
     layers: Vec<Layer>,
     /// Every node the new one replaces.
     nodes: Vec<usize>,
@@ -63,11 +86,14 @@ pub(crate) struct LayerWeights {
     scale: Vec<f32>,
     bias: Option<Vec<f32>>,
     gelu: Option<Gelu>,
+    /// `lambda` (if any) and which input of the node is the residual.
+    residual: Option<(Option<Vec<f32>>, usize)>,
 }
 
 /// Everything a `LookoutQLinear` node computes with.
 pub(crate) struct GroupWeights {
     k: usize,
+    norm: Option<LayerNorm>,
     layers: Vec<LayerWeights>,
     kernel: Kernel,
 }
@@ -79,6 +105,13 @@ impl std::fmt::Debug for GroupWeights {
     }
 }
 
+impl GroupWeights {
+    /// Inputs after the first: one per layer with a skip connection.
+    fn residuals(&self) -> usize {
+        self.layers.iter().filter(|l| l.residual.is_some()).count()
+    }
+}
+
 /// What [`rewrite`] did, for the load report.
 #[derive(Debug, Clone, Default)]
 pub struct Rewritten {
@@ -86,6 +119,10 @@ pub struct Rewritten {
     pub layers: usize,
     /// Layers that took the GELU after them along.
     pub gelus: usize,
+    /// Groups that took the layer norm before them along.
+    pub norms: usize,
+    /// Layers that took the skip connection after them along.
+    pub residuals: usize,
     pub packed_bytes: usize,
 }
 
@@ -106,17 +143,26 @@ pub(crate) fn rewrite(lazy: &mut LazyModel, kernel: Kernel) -> TractResult<(Tabl
         report.groups += 1;
         report.layers += weights.layers.len();
         report.gelus += weights.layers.iter().filter(|l| l.gelu.is_some()).count();
+        report.norms += usize::from(weights.norm.is_some());
+        report.residuals += weights.layers.iter().filter(|l| l.residual.is_some()).count();
         report.packed_bytes += weights.layers.iter().map(|l| l.packed.bytes()).sum::<usize>();
         table.insert(node_name(i), Arc::new(weights));
         for l in &group.layers {
-            consumed.extend([Some(l.weight), l.zero_point, Some(l.scale), l.bias].into_iter().flatten());
+            let lambda = l.residual.as_ref().and_then(|r| r.lambda);
+            consumed.extend([Some(l.weight), l.zero_point, Some(l.scale), l.bias, lambda].into_iter().flatten());
+        }
+        if let Some(norm) = &group.norm {
+            consumed.extend([Some(norm.gamma), norm.beta].into_iter().flatten());
         }
     }
     let replacements = groups.iter().enumerate().map(|(i, group)| {
         let node = NodeProto {
             name: node_name(i),
             op_type: OP_TYPE.into(),
-            input: vec![group.input.clone()],
+            input: std::iter::once(&group.input)
+                .chain(group.layers.iter().filter_map(|l| l.residual.as_ref().map(|r| &r.input)))
+                .cloned()
+                .collect(),
             output: group.layers.iter().map(|l| l.output.clone()).collect(),
             ..Default::default()
         };
@@ -151,13 +197,11 @@ fn find(lazy: &LazyModel) -> Vec<Group> {
         if [q, s, z].iter().any(|o| g.is_output(o)) {
             continue;
         }
-        let Some(found) = g.readers(q).iter().map(|&m| layer(&g, m, q, s, z)).collect::<Option<Vec<_>>>() else {
+        let Some(found) = g.readers(q).iter().map(|&m| layer(&g, m, q, s, z, qi)).collect::<Option<Vec<_>>>() else {
             continue;
         };
         let ks: HashSet<i64> = found.iter().map(|(_, _, k)| *k).collect();
-        if ks.len() != 1 {
-            continue;
-        }
+        let &[k] = &ks.iter().copied().collect::<Vec<_>>()[..] else { continue };
         // `z` is read by the matmuls only, `s` by their scale products only.
         if g.readers(z).len() != found.len() || g.readers(s).len() != found.len() {
             continue;
@@ -168,15 +212,23 @@ fn find(lazy: &LazyModel) -> Vec<Group> {
             nodes.extend(n);
             layers.push(layer);
         }
-        groups.push(Group { quantizer: qi, input: quantizer.input[0].clone(), layers, nodes });
+        let (input, norm) = match norm_before(&g, &quantizer.input[0], k) {
+            Some((norm, ln, x)) => {
+                nodes.push(ln);
+                (x, Some(norm))
+            }
+            None => (quantizer.input[0].clone(), None),
+        };
+        groups.push(Group { quantizer: qi, input, norm, layers, nodes });
     }
     groups
 }
 
 /// `MatMulInteger(q, W, z, Wz)` at node `mmi`, then `Cast`, `Mul` by
-/// `Mul(s, Ws)`, an optional bias `Add` and an optional GELU: the layer,
-/// its nodes and its k.
-fn layer(g: &GraphIndex, mmi: usize, q: &str, s: &str, z: &str) -> Option<(Layer, Vec<usize>, i64)> {
+/// `Mul(s, Ws)`, an optional bias `Add` and an optional GELU or skip
+/// connection: the layer, its nodes and its k. `quantizer` is the node the
+/// group's op will take the place of.
+fn layer(g: &GraphIndex, mmi: usize, q: &str, s: &str, z: &str, quantizer: usize) -> Option<(Layer, Vec<usize>, i64)> {
     let mmi_node = g.node(mmi);
     if mmi_node.op_type != "MatMulInteger"
         || !mmi_node.domain.is_empty()
@@ -228,7 +280,72 @@ fn layer(g: &GraphIndex, mmi: usize, q: &str, s: &str, z: &str) -> Option<(Layer
         }
         None => None,
     };
-    Some((Layer { weight, zero_point, scale, bias, gelu, output }, nodes, k))
+    let residual = match gelu {
+        None => residual_after(g, &output, n, quantizer).map(|(residual, more, out)| {
+            nodes.extend(more);
+            output = out;
+            residual
+        }),
+        Some(_) => None,
+    };
+    Some((Layer { weight, zero_point, scale, bias, gelu, residual, output }, nodes, k))
+}
+
+/// `LayerNormalization(x, gamma, beta)` over the last axis of width `k`
+/// writing `y`, which only the group's quantizer reads: the norm, its node
+/// and `x`.
+fn norm_before(g: &GraphIndex, y: &str, k: i64) -> Option<(Norm, usize, String)> {
+    let ln = g.private_producer(y)?;
+    let node = g.node(ln);
+    if node.op_type != "LayerNormalization"
+        || !node.domain.is_empty()
+        || !(2..=3).contains(&node.input.len())
+        || node.output.len() != 1
+        || int(node, "axis").unwrap_or(-1) != -1
+        || int(node, "stash_type").unwrap_or(1) != 1
+    {
+        return None;
+    }
+    let (gamma, t) = g.init_of(&node.input[1], DataType::Float)?;
+    if t.dims[..] != [k] {
+        return None;
+    }
+    let beta = match node.input.get(2).filter(|b| !b.is_empty()) {
+        Some(b) => {
+            let (i, t) = g.init_of(b, DataType::Float)?;
+            (t.dims[..] == [k]).then_some(Some(i))?
+        }
+        None => None,
+    };
+    let eps = float(node, "epsilon").unwrap_or(1e-5);
+    Some((Norm { gamma, beta, eps }, ln, node.input[0].clone()))
+}
+
+/// `Add(Mul(y, lambda), r)` or `Add(y, r)` on `y`, which nothing else
+/// reads, with `lambda` a constant per column and `r` computed before node
+/// `before` (where the new op goes): the skip connection, its nodes and its
+/// output.
+fn residual_after(g: &GraphIndex, y: &str, n: i64, before: usize) -> Option<(Residual, Vec<usize>, String)> {
+    let mut nodes = vec![];
+    let mut y = y;
+    let mut lambda = None;
+    let next = g.only_reader(y)?;
+    if g.is(next, "Mul", 2) {
+        let (other, _, (i, t)) = g.constant_and_other(next, |c| g.init_of(c, DataType::Float))?;
+        if other != y || !per_column(t, n) {
+            return None;
+        }
+        lambda = Some(i);
+        nodes.push(next);
+        y = &g.node(next).output[0];
+    }
+    let add = g.only_reader(y).filter(|&a| g.is(a, "Add", 2))?;
+    let r = g.other_input(add, y)?;
+    if r == y || g.init(r).is_some() || g.producer(r).is_some_and(|p| p >= before) {
+        return None;
+    }
+    nodes.push(add);
+    Some((Residual { lambda, input: r.to_string() }, nodes, g.node(add).output[0].clone()))
 }
 
 /// Scalar, or one value per column.
@@ -265,8 +382,10 @@ fn gelu_after(g: &GraphIndex, y: &str) -> Option<(Gelu, Vec<usize>, String)> {
 
 fn pack(lazy: &LazyModel, group: &Group, kernel: Kernel) -> TractResult<GroupWeights> {
     let tensor = |i: usize| lazy.tensor(i);
+    let floats = |i: usize| -> TractResult<Vec<f32>> { Ok(tensor(i)?.try_as_plain_ram()?.as_slice::<f32>()?.to_vec()) };
     let mut k = 0;
     let mut layers = vec![];
+    let mut residual_inputs = 0;
     for l in &group.layers {
         let w = tensor(l.weight)?;
         let (wk, n) = (w.shape()[0], w.shape()[1]);
@@ -277,14 +396,22 @@ fn pack(lazy: &LazyModel, group: &Group, kernel: Kernel) -> TractResult<GroupWei
         };
         let packed = PackedWeights::pack(wk, n, w.try_as_plain_ram()?.as_slice::<i8>()?, &zp);
         drop(w);
-        let scale = tensor(l.scale)?.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
-        let bias = match l.bias {
-            Some(i) => Some(tensor(i)?.try_as_plain_ram()?.as_slice::<f32>()?.to_vec()),
+        let scale = floats(l.scale)?;
+        let bias = l.bias.map(floats).transpose()?;
+        let residual = match &l.residual {
+            Some(r) => {
+                residual_inputs += 1;
+                Some((r.lambda.map(floats).transpose()?, residual_inputs))
+            }
             None => None,
         };
-        layers.push(LayerWeights { packed, scale, bias, gelu: l.gelu });
+        layers.push(LayerWeights { packed, scale, bias, gelu: l.gelu, residual });
     }
-    Ok(GroupWeights { k, layers, kernel })
+    let norm = match &group.norm {
+        Some(n) => Some(LayerNorm { gamma: floats(n.gamma)?, beta: n.beta.map(floats).transpose()?, eps: n.eps }),
+        None => None,
+    };
+    Ok(GroupWeights { k, norm, layers, kernel })
 }
 
 impl Payload for GroupWeights {
@@ -300,9 +427,11 @@ impl Payload for GroupWeights {
         inputs: &'p [TensorProxy],
         outputs: &'p [TensorProxy],
     ) -> InferenceResult {
-        check_input_arity(inputs, 1)?;
+        check_input_arity(inputs, 1 + self.residuals())?;
         check_output_arity(outputs, self.layers.len())?;
-        s.equals(&inputs[0].datum_type, f32::datum_type())?;
+        for input in inputs {
+            s.equals(&input.datum_type, f32::datum_type())?;
+        }
         for (o, layer) in outputs.iter().zip(&self.layers) {
             let n = layer.packed.n;
             s.equals(&o.datum_type, f32::datum_type())?;
@@ -362,6 +491,8 @@ thread_local! {
     /// The quantized activations, reused across calls and layers (up to
     /// 197 x 4096 bytes for a ViT-L MLP) instead of allocated per call.
     static ACTIVATIONS: std::cell::RefCell<Activations> = Default::default();
+    /// The layer norm's output, likewise.
+    static NORMED: std::cell::RefCell<Vec<f32>> = Default::default();
 }
 
 impl EvalOp for QLinear {
@@ -382,7 +513,14 @@ impl EvalOp for QLinear {
             })
             .collect::<TractResult<Vec<Tensor>>>()?;
         ACTIVATIONS.with_borrow_mut(|a| -> TractResult<()> {
-            a.quantize(x, w.k, w.kernel, &executor);
+            match &w.norm {
+                Some(norm) => NORMED.with_borrow_mut(|y| {
+                    y.resize(x.len(), 0.0);
+                    let range = norm.apply(x, y, &executor);
+                    a.quantize_in_range(y, range, w.k, w.kernel, &executor);
+                }),
+                None => a.quantize(x, w.k, w.kernel, &executor),
+            }
             let mut slices = outputs.iter_mut().map(|t| t.try_as_plain_ram_mut()).collect::<TractResult<Vec<_>>>()?;
             let jobs = w
                 .layers
@@ -395,6 +533,17 @@ impl EvalOp for QLinear {
             qgemm::run(w.kernel, a, &jobs, &executor);
             Ok(())
         })?;
+        for (l, out) in w.layers.iter().zip(&mut outputs) {
+            if let Some((lambda, i)) = &l.residual {
+                let residual = inputs[*i].try_as_plain_ram()?.as_slice::<f32>()?;
+                ensure!(
+                    residual.len() == out.len(),
+                    "{OP_TYPE}: the skip connection's input differs in size from the layer's output"
+                );
+                let mut out = out.try_as_plain_ram_mut()?;
+                qgemm::add_residual(out.as_slice_mut::<f32>()?, lambda.as_deref(), residual, &executor);
+            }
+        }
         Ok(outputs.into_iter().map(|t| t.into_tvalue()).collect())
     }
 }
@@ -407,16 +556,21 @@ impl TypedOp for QLinear {
             "{OP_TYPE} expects [.., {}], got {shape:?}",
             self.weights.k
         );
-        Ok(self
-            .weights
-            .layers
-            .iter()
-            .map(|l| {
-                let mut dims: TVec<TDim> = shape.iter().cloned().collect();
-                *dims.last_mut().expect("checked") = l.packed.n.to_dim();
-                f32::fact(dims)
-            })
-            .collect())
+        let mut facts = tvec![];
+        for l in &self.weights.layers {
+            let mut dims: TVec<TDim> = shape.iter().cloned().collect();
+            *dims.last_mut().expect("checked") = l.packed.n.to_dim();
+            if let Some((_, i)) = &l.residual {
+                // A skip connection that broadcasts is not one lookout runs.
+                ensure!(
+                    inputs[*i].shape.iter().eq(dims.iter()),
+                    "{OP_TYPE}: skip connection of shape {:?} for an output of {dims:?}",
+                    inputs[*i].shape
+                );
+            }
+            facts.push(f32::fact(dims));
+        }
+        Ok(facts)
     }
 
     fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
@@ -449,6 +603,15 @@ mod tests {
         let gelus: Vec<Gelu> = groups.iter().flat_map(|g| &g.layers).filter_map(|l| l.gelu).collect();
         assert_eq!(gelus.len(), 4);
         assert!(gelus.iter().all(|g| *g == Gelu { div: std::f32::consts::SQRT_2, add: 1.0, mul: 0.5 }), "{gelus:?}");
+        // The layer norm before each block's attention and MLP (the head's
+        // is read by the pooling, not by a quantizer); the skip connection
+        // (with BEiT's layer scale) after each block's attention output and
+        // MLP out.
+        assert_eq!(groups.iter().filter(|g| g.norm.is_some()).count(), 8);
+        let residuals: Vec<&Residual> =
+            groups.iter().flat_map(|g| &g.layers).filter_map(|l| l.residual.as_ref()).collect();
+        assert_eq!(residuals.len(), 8);
+        assert!(residuals.iter().all(|r| r.lambda.is_some()));
     }
 
     #[test]

@@ -33,8 +33,9 @@ fn load(model: &std::path::Path) -> (TractClassifier, Preprocessor) {
     (classifier, pre)
 }
 
-fn fused(report: &PassReport) -> (usize, usize, usize, usize) {
-    (report.fused.groups, report.fused.layers, report.fused.gelus, report.attention)
+fn fused(report: &PassReport) -> [usize; 6] {
+    let f = &report.fused;
+    [f.groups, f.layers, f.gelus, f.norms, f.residuals, report.attention]
 }
 
 fn floats(v: &serde_json::Value) -> Vec<f32> {

@@ -222,7 +222,11 @@ fn bench_reports_latency_load_time_and_peak_rss() {
     // Every int8 layer runs on lookout's kernel, or tract's quantizers are
     // replaced where this CPU has none.
     match lookout::model::lookout_int8_kernel() {
-        Some(_) => assert_eq!(f("lookout_int8_layers"), 25.0, "{r}"),
+        Some(_) => {
+            assert_eq!(f("lookout_int8_layers"), 25.0, "{r}");
+            // Each of the 4 blocks' two norms and two skip connections.
+            assert_eq!((f("lookout_layer_norms"), f("lookout_skip_connections")), (8.0, 8.0), "{r}");
+        }
         None => assert!(f("replaced_quantizers") > 0.0, "{r}"),
     }
 

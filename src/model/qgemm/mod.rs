@@ -22,12 +22,14 @@
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
+mod rowwise;
 mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
 use tract_linalg::multithread::Executor;
 
+pub(crate) use rowwise::{add_residual, LayerNorm};
 pub(crate) use scalar::{min_max, quantize_into, scale_and_zero_point};
 
 /// Columns per weight panel.
@@ -296,11 +298,24 @@ impl Activations {
     /// Quantizes `x` (`rows` rows of `k`) into this buffer, reusing its
     /// allocation, for `kernel`.
     pub(crate) fn quantize(&mut self, x: &[f32], k: usize, kernel: Kernel, executor: &Executor) {
+        let range = parallel_min_max(x, executor, |xs| kernel.min_max(xs));
+        self.quantize_in_range(x, range, k, kernel, executor)
+    }
+
+    /// [`Activations::quantize`] when the range of `x` (with 0 included)
+    /// is known already: [`LayerNorm::apply`] finds it as it writes `x`.
+    pub(crate) fn quantize_in_range(
+        &mut self,
+        x: &[f32],
+        (min, max): (f32, f32),
+        k: usize,
+        kernel: Kernel,
+        executor: &Executor,
+    ) {
         assert!(k > 0 && x.len().is_multiple_of(k), "input is not rows of {k}");
         let rows = x.len() / k;
         let wide = kernel.activation_bytes() == 2;
         let (stride, padded_rows) = kernel.activation_layout(rows, k);
-        let (min, max) = parallel_min_max(x, executor, |xs| kernel.min_max(xs));
         let (scale, zero_point) = scale_and_zero_point(min, max);
         self.data.clear();
         self.data.resize(padded_rows * stride, 0);
