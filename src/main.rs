@@ -909,6 +909,8 @@ struct BenchReport {
     /// ONNX nodes lookout evaluated once at load because they read only
     /// constants (plain exports leave thousands).
     onnx_nodes_folded: usize,
+    /// Of those, the ones tract evaluated (the rest repeated one of them).
+    onnx_nodes_evaluated: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     logits: Option<Vec<f32>>,
 }
@@ -1002,6 +1004,7 @@ fn bench(config: Option<&Path>, model: Option<&Path>, opts: &BenchOptions) -> Re
         packed_weights_mb: load.pass_report.fused.packed_bytes as f64 / 1e6,
         lookout_attention_blocks: load.pass_report.attention,
         onnx_nodes_folded: load.pass_report.canonical.folded,
+        onnx_nodes_evaluated: load.pass_report.canonical.evaluated,
         logits: opts.logits.then_some(first_logits),
     };
     if opts.json {
@@ -1011,7 +1014,7 @@ fn bench(config: Option<&Path>, model: Option<&Path>, opts: &BenchOptions) -> Re
         println!("model         {}", r.model);
         println!(
             "passes        {} ({} int8 layers on lookout's kernel, {:.0} MB packed, with {} layer norms and {} skip \
-             connections; {} attention blocks fused; {} ONNX nodes folded at load; {} constants folded, {} quantizers replaced)",
+             connections; {} attention blocks fused; {} ONNX nodes folded at load ({} evaluated); {} constants folded, {} quantizers replaced)",
             if r.passes { "on" } else { "off" },
             r.lookout_int8_layers,
             r.packed_weights_mb,
@@ -1019,6 +1022,7 @@ fn bench(config: Option<&Path>, model: Option<&Path>, opts: &BenchOptions) -> Re
             r.lookout_skip_connections,
             r.lookout_attention_blocks,
             r.onnx_nodes_folded,
+            r.onnx_nodes_evaluated,
             r.folded_constants,
             r.replaced_quantizers
         );
