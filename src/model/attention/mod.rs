@@ -55,9 +55,21 @@ pub(crate) struct Block {
 
 #[derive(Debug)]
 struct Bias {
+    /// The block's head count, or 1 for one bias every head adds.
     heads: usize,
     tokens: usize,
     values: Vec<f32>,
+}
+
+impl Bias {
+    /// Which of the bias's heads head `h` adds.
+    fn head(&self, h: usize) -> usize {
+        if self.heads == 1 {
+            0
+        } else {
+            h
+        }
+    }
 }
 
 /// The node name -> block table for [`placeholder::attach`].
@@ -352,7 +364,10 @@ unsafe fn head(b: &Block, d: &Dims, h: usize, q: Ptr, k: Ptr, v: Ptr, out: Ptr) 
                 kt[dd * tp + j] = y * b.k_scale;
             }
         }
-        let bias = b.bias.as_ref().map(|bias| &bias.values[h * t * t..(h + 1) * t * t]);
+        let bias = b.bias.as_ref().map(|bias| {
+            let h = bias.head(h);
+            &bias.values[h * t * t..(h + 1) * t * t]
+        });
         #[cfg(target_arch = "aarch64")]
         use aarch64 as simd;
         #[cfg(target_arch = "x86_64")]
@@ -382,7 +397,7 @@ impl TypedOp for Attention {
         ensure!(width % b.head_dim == 0, "{OP_TYPE}: width {width} is not a multiple of {}", b.head_dim);
         if let Some(bias) = &b.bias {
             ensure!(
-                bias.tokens == tokens && bias.heads * b.head_dim == width,
+                bias.tokens == tokens && (bias.heads == 1 || bias.heads * b.head_dim == width),
                 "{OP_TYPE}: the bias is for {} heads x {} tokens, the input is {tokens} x {width}",
                 bias.heads,
                 bias.tokens
@@ -416,7 +431,7 @@ pub(crate) fn reference(b: &Block, q: &[f32], k: &[f32], v: &[f32], tokens: usiz
                             qv as f64 * kv as f64
                         })
                         .sum();
-                    let bias = b.bias.as_ref().map_or(0.0, |bb| bb.values[(h * tokens + i) * tokens + j]);
+                    let bias = b.bias.as_ref().map_or(0.0, |bb| bb.values[(bb.head(h) * tokens + i) * tokens + j]);
                     dot + bias as f64
                 })
                 .collect();
@@ -451,21 +466,23 @@ mod tests {
             (seed >> 40) as f32 / (1u64 << 23) as f32 - 1.0
         };
         // Token counts around the tiles' edges; BEiT's 197 and 65.
-        for (tokens, heads, hd, with_bias, threads) in [
-            (1, 1, 16, true, 1),
-            (17, 2, 32, false, 1),
-            (65, 4, 16, true, 2),
-            (197, 3, 64, true, 2),
-            (40, 2, 128, true, 1),
+        // Bias heads: 0 for none, 1 for one bias every head adds ([1, 1, T, T]).
+        for (tokens, heads, hd, bias_heads, threads) in [
+            (1, 1, 16, 1, 1),
+            (17, 2, 32, 0, 1),
+            (65, 4, 16, 4, 2),
+            (197, 3, 64, 3, 2),
+            (40, 2, 128, 2, 1),
+            (33, 4, 16, 1, 2),
         ] {
             let width = heads * hd;
             let q: Vec<f32> = (0..tokens * width).map(|_| rnd() * 2.0).collect();
             let k: Vec<f32> = (0..tokens * width).map(|_| rnd() * 2.0).collect();
             let v: Vec<f32> = (0..tokens * width).map(|_| rnd()).collect();
-            let bias = with_bias.then(|| Bias {
-                heads,
+            let bias = (bias_heads > 0).then(|| Bias {
+                heads: bias_heads,
                 tokens,
-                values: (0..heads * tokens * tokens).map(|_| rnd()).collect(),
+                values: (0..bias_heads * tokens * tokens).map(|_| rnd()).collect(),
             });
             let block = Arc::new(Block { head_dim: hd, q_scale: 0.35, k_scale: 0.35, bias });
             let want = reference(&block, &q, &k, &v, tokens, width);
