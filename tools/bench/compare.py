@@ -265,8 +265,14 @@ def main(argv=None) -> int:
         return 0
 
     models = args.models or REPO / "tools/out" / f"d2v-{args.size}-random"
-    int8 = models / f"d2v-{args.size}-random-int8.onnx"
-    fp32 = models / f"d2v-{args.size}-random-fp32.onnx"
+    def pick(kind):
+        # The exporter names files after the folder's model (`--name`);
+        # another name is taken when the folder holds one of that kind.
+        default = models / f"d2v-{args.size}-random-{kind}.onnx"
+        found = sorted(models.glob(f"*-{kind}.onnx"))
+        return found[0] if not default.exists() and len(found) == 1 else default
+
+    int8, fp32 = pick("int8"), pick("fp32")
     for f in (int8, fp32):
         if not f.exists():
             print(f"compare.py: {f} missing; export it with tools/export_model.py --random-init {args.size} "
