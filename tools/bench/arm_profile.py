@@ -55,7 +55,7 @@ def main():
     top = int(sys.argv[3]) if len(sys.argv) > 3 else 25
     syms = symbols(binary)
     starts = [s[0] for s in syms]
-    blocks = [(int(a, 16), int(n)) for a, n in (line.split() for line in open(tsv))]
+    blocks = [(int(f[0], 16), int(f[1])) for f in (line.split() for line in open(tsv))]
     total = sum(n for _, n in blocks)
 
     def place(addr):

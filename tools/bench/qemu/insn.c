@@ -2,7 +2,9 @@
  * every thread, and prints the total at exit. With `out=FILE`
  * (`-plugin libinsn.so,out=FILE`) it also writes, per translated block,
  * its start address and the instructions executed in it, for
- * tools/bench/arm_profile.py to attribute to functions.
+ * tools/bench/arm_profile.py to attribute to functions (a third column,
+ * the block's length in instructions, lets tools/bench/arm_lib_profile.py
+ * weigh each instruction of it).
  *
  * tools/bench/arm_icount.sh uses it to compare lookout's variants on
  * aarch64 without a board: an instruction count, not a time (it sees no
@@ -64,7 +66,7 @@ static void done(qemu_plugin_id_t id, void *unused) {
         uint64_t insns = blocks[i].insns * __atomic_load_n(&blocks[i].execs, __ATOMIC_RELAXED);
         total += insns;
         if (f && insns) {
-            fprintf(f, "%" PRIx64 "\t%" PRIu64 "\n", blocks[i].vaddr, insns);
+            fprintf(f, "%" PRIx64 "\t%" PRIu64 "\t%" PRIu64 "\n", blocks[i].vaddr, insns, blocks[i].insns);
         }
     }
     if (f) {
