@@ -72,22 +72,26 @@ fn row(x: &[f32], y: &mut [f32], gamma: &[f32], beta: Option<&[f32]>, eps: f32) 
     let mean = lanes_sum(x, |v| v) / n;
     let var = lanes_sum(x, |v| (v - mean) * (v - mean)) / n;
     let inv = 1.0 / (var + eps).sqrt();
+    // Whole chunks of 16 with fixed-size arrays, so that LLVM vectorizes
+    // (NEON or AVX-512); the remainder goes to lanes 0.. likewise.
     let (mut lo, mut hi) = ([0f32; 16], [0f32; 16]);
-    let mut put = |i: usize, lane: usize| {
-        let v = (x[i] - mean) * inv * gamma[i] + beta.map_or(0.0, |b| b[i]);
-        y[i] = v;
-        lo[lane] = if v < lo[lane] { v } else { lo[lane] };
-        hi[lane] = if v > hi[lane] { v } else { hi[lane] };
+    let zeros = [0f32; 16];
+    let mut chunk = |x: &[f32], y: &mut [f32], g: &[f32], b: &[f32]| {
+        for l in 0..x.len() {
+            let v = (x[l] - mean) * inv * g[l] + b[l];
+            y[l] = v;
+            lo[l] = if v < lo[l] { v } else { lo[l] };
+            hi[l] = if v > hi[l] { v } else { hi[l] };
+        }
     };
     let whole = x.len() / 16 * 16;
     for c in (0..whole).step_by(16) {
-        for lane in 0..16 {
-            put(c + lane, lane);
-        }
+        let b = beta.map_or(&zeros[..], |b| &b[c..c + 16]);
+        chunk(&x[c..c + 16], &mut y[c..c + 16], &gamma[c..c + 16], b);
     }
-    for i in whole..x.len() {
-        put(i, i - whole);
-    }
+    let rest = x.len() - whole;
+    let b = beta.map_or(&zeros[..rest], |b| &b[whole..]);
+    chunk(&x[whole..], &mut y[whole..], &gamma[whole..], b);
     let lo = lo.iter().fold(0f32, |a, &b| if b < a { b } else { a });
     let hi = hi.iter().fold(0f32, |a, &b| if b > a { b } else { a });
     (lo, hi)
@@ -116,9 +120,10 @@ pub(crate) fn add_residual(out: &mut [f32], lambda: Option<&[f32]>, residual: &[
     let n = lambda.map_or(1, <[f32]>::len).max(1);
     assert!(out.len().is_multiple_of(n), "output is not rows of {n}");
     let rows = |out: &mut [f32], residual: &[f32]| match lambda {
+        Some(&[l]) => out.iter_mut().zip(residual).for_each(|(o, &r)| *o = *o * l + r),
         Some(l) => {
             for (o, r) in out.chunks_exact_mut(n).zip(residual.chunks_exact(n)) {
-                for ((o, &r), &l) in o.iter_mut().zip(r).zip(l.iter().cycle()) {
+                for ((o, &r), &l) in o.iter_mut().zip(r).zip(l) {
                     *o = *o * l + r;
                 }
             }
@@ -198,6 +203,9 @@ mod tests {
             add_residual(&mut got, Some(&lambda), &residual, &executor);
             let want: Vec<f32> = (0..24).map(|i| out[i] * lambda[i % 3] + residual[i]).collect();
             assert_eq!(got, want);
+            let mut one = out.clone();
+            add_residual(&mut one, Some(&[0.5]), &residual, &executor);
+            assert_eq!(one, (0..24).map(|i| out[i] * 0.5 + residual[i]).collect::<Vec<_>>());
             let mut plain = out.clone();
             add_residual(&mut plain, None, &residual, &executor);
             assert_eq!(plain, (0..24).map(|i| out[i] + residual[i]).collect::<Vec<_>>());
