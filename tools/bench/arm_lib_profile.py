@@ -28,6 +28,8 @@ import re
 import subprocess
 import sys
 
+from arm_profile import short  # same folder: the script's own directory is on sys.path
+
 MUL = re.compile(r"^(s|u|us|su)(dot|mmla)$|^(s|u)(mull2?|mlal2?|adalp)$|^mul$|^mla$")
 
 
@@ -129,16 +131,6 @@ class Elf:
                     m[int(f[0][:-1], 16)] = f[1]
             self.dis[(a, end)] = m
         return self.dis[(a, end)]
-
-
-def short(name):
-    depth, out = 0, []
-    for ch in name:
-        depth += ch == "<"
-        if depth == 0:
-            out.append(ch)
-        depth -= ch == ">" and depth > 0
-    return "".join(out).split("::h")[0][:90]
 
 
 def mappings(maps):

@@ -543,7 +543,7 @@ mod tests {
     use super::*;
 
     /// Deterministic pseudo-random values (xorshift), no dependency.
-    pub(crate) struct Rng(u64);
+    pub(crate) struct Rng(pub(crate) u64);
     impl Rng {
         fn next(&mut self) -> u64 {
             self.0 ^= self.0 << 13;
@@ -551,7 +551,7 @@ mod tests {
             self.0 ^= self.0 << 17;
             self.0
         }
-        fn f32(&mut self) -> f32 {
+        pub(crate) fn f32(&mut self) -> f32 {
             (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
         }
         fn i8(&mut self) -> i8 {

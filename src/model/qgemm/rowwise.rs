@@ -161,13 +161,8 @@ mod tests {
 
     #[test]
     fn layer_norm_follows_the_onnx_definition_on_every_path() {
-        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        };
+        let mut rng = crate::model::qgemm::tests::Rng(0x9E37_79B9_7F4A_7C15);
+        let mut next = || rng.f32();
         // A ViT-L row, and a width that is not a multiple of the lanes.
         for (rows, k) in [(197, 1024), (7, 37)] {
             let x: Vec<f32> = (0..rows * k).map(|i| next() * 4.0 + (i % k) as f32 * 0.01 + 3.0).collect();
