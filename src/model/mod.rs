@@ -14,6 +14,7 @@ mod placeholder;
 mod qgemm;
 pub mod qlinear;
 mod tract;
+mod workers;
 
 use std::path::{Path, PathBuf};
 

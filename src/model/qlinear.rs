@@ -26,7 +26,6 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use tract_linalg::multithread::current_tract_executor;
 use tract_onnx::pb::{tensor_proto::DataType, NodeProto, TensorProto};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
@@ -35,6 +34,7 @@ use tract_onnx::tract_hir::internal::*;
 use super::onnx::{float, int, GraphIndex, LazyModel};
 use super::placeholder::{self, Payload};
 use super::qgemm::{self, Activations, Gelu, Job, Kernel, LayerNorm, PackedWeights};
+use super::workers;
 
 /// The op type of the replacement node (registered with tract-onnx).
 pub(crate) const OP_TYPE: &str = "LookoutQLinear";
@@ -502,7 +502,7 @@ impl EvalOp for QLinear {
         let w = &self.weights;
         let input = &inputs[0];
         let x = input.try_as_plain_ram()?.as_slice::<f32>()?;
-        let executor = current_tract_executor();
+        let workers = workers::current();
         let mut outputs = w
             .layers
             .iter()
@@ -516,10 +516,10 @@ impl EvalOp for QLinear {
             match &w.norm {
                 Some(norm) => NORMED.with_borrow_mut(|y| {
                     y.resize(x.len(), 0.0);
-                    let range = norm.apply(x, y, &executor);
-                    a.quantize_in_range(y, range, w.k, w.kernel, &executor);
+                    let range = norm.apply(x, y, &workers);
+                    a.quantize_in_range(y, range, w.k, w.kernel, &workers);
                 }),
-                None => a.quantize(x, w.k, w.kernel, &executor),
+                None => a.quantize(x, w.k, w.kernel, &workers),
             }
             let mut slices = outputs.iter_mut().map(|t| t.try_as_plain_ram_mut()).collect::<TractResult<Vec<_>>>()?;
             let jobs = w
@@ -530,7 +530,7 @@ impl EvalOp for QLinear {
                     Ok(Job::new(a, &l.packed, &l.scale, l.bias.as_deref(), l.gelu, out.as_slice_mut::<f32>()?))
                 })
                 .collect::<TractResult<Vec<_>>>()?;
-            qgemm::run(w.kernel, a, &jobs, &executor);
+            qgemm::run(w.kernel, a, &jobs, &workers);
             Ok(())
         })?;
         for (l, out) in w.layers.iter().zip(&mut outputs) {
@@ -541,7 +541,7 @@ impl EvalOp for QLinear {
                     "{OP_TYPE}: the skip connection's input differs in size from the layer's output"
                 );
                 let mut out = out.try_as_plain_ram_mut()?;
-                qgemm::add_residual(out.as_slice_mut::<f32>()?, lambda.as_deref(), residual, &executor);
+                qgemm::add_residual(out.as_slice_mut::<f32>()?, lambda.as_deref(), residual, &workers);
             }
         }
         Ok(outputs.into_iter().map(|t| t.into_tvalue()).collect())

@@ -18,6 +18,7 @@ use super::passes::{self, PassReport};
 use super::placeholder;
 use super::qgemm::Kernel;
 use super::qlinear::{self, QLinear};
+use super::workers::{self, Workers};
 use super::{load_labels, Classifier, ModelError, ModelInfo};
 
 /// The exact tract release in Cargo.toml (a unit test keeps them equal).
@@ -25,9 +26,10 @@ pub const TRACT_VERSION: &str = "0.23.9";
 
 type Plan = TypedSimplePlan;
 
-/// Name prefix of the inference pool's threads (`lookout-infer-0`, ...):
-/// 15 characters with the index, the most a Linux thread name holds, so
-/// `lookout bench` and `top -H` can tell them apart.
+/// Name prefix of the inference threads (tract's pool: `lookout-infer-0`,
+/// ...; lookout's own ops' helpers: `lookout-infer+1`, ...): 15 characters
+/// with the index, the most a Linux thread name holds, so `lookout bench`
+/// and `top -H` can tell them apart.
 pub const POOL_THREAD_PREFIX: &str = "lookout-infer";
 
 /// How to load a model; the default is what the daemon uses.
@@ -96,6 +98,8 @@ pub struct TractClassifier {
     /// parallel parts of ops share the cores with the sequential ones
     /// instead of spinning beside them on top of the caller's thread.
     pool: Option<std::sync::Arc<rayon::ThreadPool>>,
+    /// What lookout's own ops split their work over (`workers.rs`).
+    workers: std::sync::Arc<Workers>,
     _plan: std::sync::Arc<Plan>,
     report: LoadReport,
 }
@@ -273,6 +277,7 @@ impl TractClassifier {
             input: vec![0.0; 3 * (size as usize).pow(2)],
             embedding: Vec::with_capacity(embedding_width.unwrap_or(0)),
             pool,
+            workers: std::sync::Arc::new(Workers::new(threads, &format!("{POOL_THREAD_PREFIX}+"))),
             _plan: plan,
             report,
         })
@@ -290,16 +295,18 @@ impl TractClassifier {
         let size = self.info.input_size as usize;
         for _ in 0..runs {
             let input = Tensor::from_shape(&[1, 3, size, size], &self.input).map_err(run_err)?;
-            let (state, times) = (&mut self.state, &mut times);
+            let (state, times, workers) = (&mut self.state, &mut times, &self.workers);
             let run = move || {
-                state.run_plan_with_eval(tvec!(input.into_tvalue()), |ctx, state, node, inputs| {
-                    let t = Instant::now();
-                    let out = tract_onnx::tract_core::plan::eval(ctx, state, node, inputs);
-                    let name = node.op().name().to_string();
-                    let e = times.entry(name.clone()).or_insert(OpTime { op: name, ..Default::default() });
-                    e.total += t.elapsed();
-                    e.calls += 1;
-                    out
+                workers::install(workers, || {
+                    state.run_plan_with_eval(tvec!(input.into_tvalue()), |ctx, state, node, inputs| {
+                        let t = Instant::now();
+                        let out = tract_onnx::tract_core::plan::eval(ctx, state, node, inputs);
+                        let name = node.op().name().to_string();
+                        let e = times.entry(name.clone()).or_insert(OpTime { op: name, ..Default::default() });
+                        e.total += t.elapsed();
+                        e.calls += 1;
+                        out
+                    })
                 })
             };
             match &self.pool {
@@ -335,8 +342,8 @@ impl Classifier for TractClassifier {
         let run_err = |e: TractError| ModelError::Run(root_cause(&e));
         let size = self.info.input_size as usize;
         let input = Tensor::from_shape(&[1, 3, size, size], &self.input).map_err(run_err)?;
-        let state = &mut self.state;
-        let run = move || state.run(tvec!(input.into_tvalue()));
+        let (state, workers) = (&mut self.state, &self.workers);
+        let run = move || workers::install(workers, || state.run(tvec!(input.into_tvalue())));
         let out = match &self.pool {
             Some(pool) => pool.install(run),
             None => run(),

@@ -31,7 +31,7 @@ mod x86;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use tract_linalg::multithread::{current_tract_executor, Executor};
+use crate::model::workers;
 use tract_onnx::pb::{tensor_proto::DataType, NodeProto};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
@@ -313,18 +313,9 @@ impl EvalOp for Attention {
             // output_facts), and head h writes only its own columns.
             unsafe { head(b, &dims, h, q, k, v, o) }
         };
-        match current_tract_executor() {
-            Executor::MultiThread(pool) if pool.current_num_threads() > 1 => {
-                let per = heads.div_ceil(pool.current_num_threads());
-                pool.scope(|s| {
-                    for first in (0..heads).step_by(per) {
-                        let one = &one;
-                        s.spawn(move |_| (first..(first + per).min(heads)).for_each(one));
-                    }
-                });
-            }
-            _ => (0..heads).for_each(one),
-        }
+        let workers = workers::current();
+        let per = heads.div_ceil(workers.threads()).max(1);
+        workers.for_each(heads.div_ceil(per), &|i| (i * per..((i + 1) * per).min(heads)).for_each(one));
         Ok(tvec!(out.into_tvalue()))
     }
 }
@@ -488,11 +479,9 @@ mod tests {
             let want = reference(&block, &q, &k, &v, tokens, width);
             let op = Attention { block };
             let t = |x: &[f32]| Tensor::from_shape(&[1, tokens, width], x).unwrap().into_tvalue();
-            let executor = if threads > 1 { Executor::multithread(threads) } else { Executor::SingleThread };
-            let got = tract_linalg::multithread::multithread_tract_scope(executor, || {
-                op.eval(&EvalContext::out_of_plan(), tvec!(t(&q), t(&k), t(&v)))
-            })
-            .unwrap();
+            let workers = Arc::new(workers::Workers::new(threads, "test-w"));
+            let got = workers::install(&workers, || op.eval(&EvalContext::out_of_plan(), tvec!(t(&q), t(&k), t(&v))))
+                .unwrap();
             let got = got[0].try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec();
             let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
             assert!(worst < 2e-6, "tokens {tokens} heads {heads} d {hd}: max abs difference {worst}");

@@ -27,7 +27,7 @@ mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-use tract_linalg::multithread::Executor;
+use super::workers::Workers;
 
 pub(crate) use rowwise::{add_residual, LayerNorm};
 pub(crate) use scalar::{min_max, quantize_into, scale_and_zero_point};
@@ -216,7 +216,7 @@ impl Kernel {
         }
     }
 
-    /// Bytes from one activation row to the next, and rows allocated: AMX
+    /// Bytes of one activation row (with padding), and rows allocated: AMX
     /// loads 64 bytes of k and 16 rows at once, so rows are padded to both
     /// with zeros (which add nothing to the sums).
     fn activation_layout(self, rows: usize, k: usize) -> (usize, usize) {
@@ -225,6 +225,18 @@ impl Kernel {
             Kernel::Amx => (k.div_ceil(64) * 64, rows.div_ceil(16) * 16),
             _ => (k.div_ceil(4) * 4 * self.activation_bytes(), rows),
         }
+    }
+
+    /// Whether the kernel wants its activations as AMX tiles: each block of
+    /// 16 rows stored as its 64-byte column chunks one after another (16 x
+    /// 64 bytes each), so a tile load reads 1 KB in a row. Rows one after
+    /// another, as the other kernels read them, made the AMX kernel 10-45 %
+    /// slower per layer (`cargo bench --bench int8`, Xeon of BENCHMARKS.md).
+    fn tiled(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return self == Kernel::Amx;
+        #[cfg(not(target_arch = "x86_64"))]
+        false
     }
 
     /// `quantize_into` for one row, returning the sum of its bytes.
@@ -281,7 +293,10 @@ impl Kernel {
 #[derive(Default)]
 pub(crate) struct Activations {
     /// `rows * stride` bytes or more (`q ^ 0x80` for signed kernels, `q` as
-    /// a little-endian u16 for the AVX2 kernel); padding is 0.
+    /// a little-endian u16 for the AVX2 kernel), row after row or in AMX
+    /// tiles ([`Kernel::tiled`]). Only AMX reads padding against nonzero
+    /// weights (the next panel's), so only its tiles' padding is kept 0;
+    /// the sums of padding rows are never read.
     data: Vec<u8>,
     stride: usize,
     rows: usize,
@@ -297,9 +312,9 @@ pub(crate) struct Activations {
 impl Activations {
     /// Quantizes `x` (`rows` rows of `k`) into this buffer, reusing its
     /// allocation, for `kernel`.
-    pub(crate) fn quantize(&mut self, x: &[f32], k: usize, kernel: Kernel, executor: &Executor) {
-        let range = parallel_min_max(x, executor, |xs| kernel.min_max(xs));
-        self.quantize_in_range(x, range, k, kernel, executor)
+    pub(crate) fn quantize(&mut self, x: &[f32], k: usize, kernel: Kernel, workers: &Workers) {
+        let range = parallel_min_max(x, workers, |xs| kernel.min_max(xs));
+        self.quantize_in_range(x, range, k, kernel, workers)
     }
 
     /// [`Activations::quantize`] when the range of `x` (with 0 included)
@@ -310,20 +325,22 @@ impl Activations {
         (min, max): (f32, f32),
         k: usize,
         kernel: Kernel,
-        executor: &Executor,
+        workers: &Workers,
     ) {
         assert!(k > 0 && x.len().is_multiple_of(k), "input is not rows of {k}");
         let rows = x.len() / k;
         let wide = kernel.activation_bytes() == 2;
         let (stride, padded_rows) = kernel.activation_layout(rows, k);
         let (scale, zero_point) = scale_and_zero_point(min, max);
-        self.data.clear();
+        // Not zeroed first: that cost the calling thread 2-3 ms per ViT-L
+        // inference while the others waited. Row padding multiplies zero
+        // weights, except in AMX tiles, which are written whole below.
         self.data.resize(padded_rows * stride, 0);
-        self.row_terms.clear();
         self.row_terms.resize(rows, 0);
+        debug_assert!(padded_rows == rows || kernel.tiled(), "only tiles pad rows");
         let flip = if kernel.activation_offset() == 128 { 0x80 } else { 0 };
         let zp_term = k as i32 * zero_point as i32;
-        let quantize_rows = |x: &[f32], data: &mut [u8], terms: &mut [i32]| {
+        let row_major = |x: &[f32], data: &mut [u8], terms: &mut [i32]| {
             for ((x, q), term) in x.chunks_exact(k).zip(data.chunks_exact_mut(stride)).zip(terms) {
                 *term = kernel.quantize_row(x, &mut q[..k], scale, zero_point) - zp_term;
                 if flip != 0 {
@@ -337,19 +354,29 @@ impl Activations {
                 }
             }
         };
-        match pool(executor, x.len()) {
-            None => quantize_rows(x, &mut self.data, &mut self.row_terms),
-            Some(pool) => {
-                let per = rows.div_ceil(pool.current_num_threads());
-                pool.scope(|s| {
-                    for ((x, data), terms) in
-                        x.chunks(per * k).zip(self.data.chunks_mut(per * stride)).zip(self.row_terms.chunks_mut(per))
-                    {
-                        s.spawn(move |_| quantize_rows(x, data, terms));
-                    }
-                });
+        let tiled = kernel.tiled();
+        let quantize_rows = |x: &[f32], data: &mut [u8], terms: &mut [i32]| {
+            if !tiled {
+                return row_major(x, data, terms);
             }
-        }
+            let mut block = vec![0u8; 16 * stride];
+            for ((x, data), terms) in x.chunks(16 * k).zip(data.chunks_exact_mut(16 * stride)).zip(terms.chunks_mut(16))
+            {
+                row_major(x, &mut block, terms);
+                for (r, row) in block.chunks_exact(stride).enumerate() {
+                    for (c, bytes) in row.chunks_exact(64).enumerate() {
+                        data[c * 1024 + r * 64..][..64].copy_from_slice(bytes);
+                    }
+                }
+            }
+        };
+        // Tiled, a thread's share is whole blocks of 16 rows.
+        let unit = if tiled { 16 } else { 1 };
+        let per = rows.div_ceil(workers.parts(x.len())).max(1).next_multiple_of(unit);
+        workers.each(
+            x.chunks(per * k).zip(self.data.chunks_mut(per * stride)).zip(self.row_terms.chunks_mut(per)),
+            |((x, data), terms)| quantize_rows(x, data, terms),
+        );
         self.stride = stride;
         self.rows = rows;
         self.k = k;
@@ -421,42 +448,25 @@ impl<'a> Job<'a> {
     }
 }
 
-/// Runs every job's panels on the executor's threads. Panels are the unit
-/// of work: each reads all activation rows and one panel of weights, which
-/// stays in the core's cache while the rows stream past it.
-pub(crate) fn run(kernel: Kernel, a: &Activations, jobs: &[Job], executor: &Executor) {
+/// Runs every job's panels on the workers. A panel is the unit of work: it
+/// reads all activation rows and one panel of weights, which stays in the
+/// core's cache while the rows stream past it. Each thread gets a run of
+/// adjacent panels: handing them out one at a time made two threads 25-40 %
+/// slower on the Xeon (`cargo bench --bench int8`).
+pub(crate) fn run(kernel: Kernel, a: &Activations, jobs: &[Job], workers: &Workers) {
     let work: Vec<(usize, usize)> =
         jobs.iter().enumerate().flat_map(|(j, job)| (0..job.w.panels()).map(move |p| (j, p))).collect();
-    let compute = |items: &[(usize, usize)]| {
-        for &(j, p) in items {
+    let flops = a.rows * a.k * jobs.iter().map(|j| j.w.n).sum::<usize>();
+    let per = work.len().div_ceil(workers.parts(flops / 64)).max(1);
+    let compute = |i: usize| {
+        for &(j, p) in &work[i * per..((i + 1) * per).min(work.len())] {
             // SAFETY: `kernel` came from `Kernel::choose` on this CPU, `a`
             // was quantized for it, and the job's buffers were sized by
             // `Job::new`.
             unsafe { kernel.panel(a, &jobs[j], p) }
         }
     };
-    let flops = a.rows * a.k * jobs.iter().map(|j| j.w.n).sum::<usize>();
-    match pool(executor, flops / 64) {
-        None => compute(&work),
-        Some(pool) => {
-            let per = work.len().div_ceil(pool.current_num_threads());
-            pool.scope(|s| {
-                for items in work.chunks(per) {
-                    s.spawn(move |_| compute(items));
-                }
-            });
-        }
-    }
-}
-
-/// Below this many units of work one thread is faster than waking the pool.
-const PARALLEL_MIN: usize = 1 << 16;
-
-fn pool(executor: &Executor, work: usize) -> Option<&rayon::ThreadPool> {
-    match executor {
-        Executor::MultiThread(pool) if work >= PARALLEL_MIN && pool.current_num_threads() > 1 => Some(pool),
-        _ => None,
-    }
+    workers.for_each(work.len().div_ceil(per), &compute);
 }
 
 /// The names of the int8 kernels this CPU runs, best first.
@@ -481,7 +491,7 @@ pub fn int8_peaks() -> Vec<(&'static str, f64)> {
 #[doc(hidden)]
 pub fn bench_layer(kernel: &str, rows: usize, k: usize, n: usize, threads: usize, runs: usize) -> f64 {
     let kernel = Kernel::choose(Some(kernel)).ok().flatten().expect("a kernel from int8_kernels()");
-    let executor = if threads > 1 { Executor::multithread(threads) } else { Executor::SingleThread };
+    let workers = Workers::new(threads, "lookout-bench");
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     let mut next = move || {
         seed ^= seed << 13;
@@ -496,45 +506,36 @@ pub fn bench_layer(kernel: &str, rows: usize, k: usize, n: usize, threads: usize
     let mut out = vec![0f32; rows * n];
     let mut a = Activations::default();
     let mut once = || {
-        a.quantize(&x, k, kernel, &executor);
+        a.quantize(&x, k, kernel, &workers);
         let job = Job::new(&a, &packed, &scale, Some(&bias), None, &mut out);
-        run(kernel, &a, &[job], &executor);
+        run(kernel, &a, &[job], &workers);
     };
-    // On one of the pool's threads, as the classifier runs the model.
-    let mut timed = || {
-        once();
-        (0..runs)
-            .map(|_| {
-                let t = std::time::Instant::now();
-                once();
-                t.elapsed().as_secs_f64()
-            })
-            .collect::<Vec<f64>>()
-    };
-    let mut times = match &executor {
-        Executor::MultiThread(pool) => pool.install(timed),
-        _ => timed(),
-    };
+    once();
+    let mut times: Vec<f64> = (0..runs)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            once();
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
     times.sort_by(f64::total_cmp);
     times[times.len() / 2]
 }
 
-/// `min_max` over the executor's threads, with `min_max` the per-thread
-/// routine.
+/// `min_max` over the workers, with `min_max` the per-thread routine.
 pub(crate) fn parallel_min_max(
     xs: &[f32],
-    executor: &Executor,
+    workers: &Workers,
     min_max: impl Fn(&[f32]) -> (f32, f32) + Sync,
 ) -> (f32, f32) {
-    let Some(pool) = pool(executor, xs.len()) else { return min_max(xs) };
-    let min_max = &min_max;
-    let chunk = xs.len().div_ceil(pool.current_num_threads());
+    let chunk = xs.len().div_ceil(workers.parts(xs.len())).max(1);
     let mut ranges = vec![(0f32, 0f32); xs.len().div_ceil(chunk)];
-    pool.scope(|s| {
-        for (r, xs) in ranges.iter_mut().zip(xs.chunks(chunk)) {
-            s.spawn(move |_| *r = min_max(xs));
-        }
-    });
+    workers.each(ranges.iter_mut().zip(xs.chunks(chunk)), |(r, xs)| *r = min_max(xs));
+    widest(&ranges)
+}
+
+/// The union of per-part ranges, each with 0 included.
+pub(crate) fn widest(ranges: &[(f32, f32)]) -> (f32, f32) {
     ranges.iter().fold((0f32, 0f32), |(a, b), &(c, d)| (if c < a { c } else { a }, if d > b { d } else { b }))
 }
 
@@ -599,14 +600,16 @@ mod tests {
         let w_scale: Vec<f32> = (0..n).map(|_| (rng.f32().abs() + 0.01) * 0.02).collect();
         let bias: Vec<f32> = (0..n).map(|_| rng.f32()).collect();
         let bias = with_bias.then_some(bias.as_slice());
-        let executor = if threads > 1 { Executor::multithread(threads) } else { Executor::SingleThread };
+        let workers = Workers::new(threads, "test-w");
 
         let packed = PackedWeights::pack(k, n, &w, &zb);
-        let mut a = Activations::default();
-        a.quantize(&x, k, kernel, &executor);
+        // A buffer left dirty by a bigger layer, as the reused one is: the
+        // quantizer must rewrite every padding byte.
+        let mut a = Activations { data: vec![0xa5; (rows + 32) * (k + 64) * 2], ..Default::default() };
+        a.quantize(&x, k, kernel, &workers);
         let mut out = vec![f32::NAN; rows * n];
         let job = Job::new(&a, &packed, &w_scale, bias, gelu, &mut out);
-        run(kernel, &a, &[job], &executor);
+        run(kernel, &a, &[job], &workers);
 
         let mut q = vec![0u8; rows * k];
         let (min, max) = min_max(&x);

@@ -10,9 +10,8 @@
 //! multiply-add), with sums in 16 fixed lanes, so every CPU computes the
 //! same bits.
 
-use tract_linalg::multithread::Executor;
-
-use super::pool;
+use super::super::workers::Workers;
+use super::widest;
 
 /// `LayerNormalization` with `stash_type` f32: per row, `d = x - mean(x)`,
 /// `y = d * (1 / sqrt(mean(d * d) + eps)) * gamma + beta`.
@@ -24,9 +23,9 @@ pub(crate) struct LayerNorm {
 
 impl LayerNorm {
     /// Normalizes the rows of `x` (each `gamma.len()` long) into `y` on the
-    /// executor's threads; returns the range of `y` with 0 included, which
+    /// workers; returns the range of `y` with 0 included, which
     /// `DynamicQuantizeLinear` quantizes over.
-    pub(crate) fn apply(&self, x: &[f32], y: &mut [f32], executor: &Executor) -> (f32, f32) {
+    pub(crate) fn apply(&self, x: &[f32], y: &mut [f32], workers: &Workers) -> (f32, f32) {
         let k = self.gamma.len();
         assert!(k > 0 && x.len().is_multiple_of(k) && y.len() == x.len(), "input is not rows of {k}");
         let rows = |x: &[f32], y: &mut [f32]| {
@@ -35,15 +34,10 @@ impl LayerNorm {
                 (if lo < range.0 { lo } else { range.0 }, if hi > range.1 { hi } else { range.1 })
             })
         };
-        let Some(pool) = pool(executor, x.len()) else { return rows(x, y) };
-        let per = (x.len() / k).div_ceil(pool.current_num_threads()) * k;
+        let per = (x.len() / k).div_ceil(workers.parts(x.len())).max(1) * k;
         let mut ranges = vec![(0f32, 0f32); x.len().div_ceil(per)];
-        pool.scope(|s| {
-            for ((r, x), y) in ranges.iter_mut().zip(x.chunks(per)).zip(y.chunks_mut(per)) {
-                s.spawn(move |_| *r = rows(x, y));
-            }
-        });
-        ranges.iter().fold((0f32, 0f32), |(a, b), &(c, d)| (if c < a { c } else { a }, if d > b { d } else { b }))
+        workers.each(ranges.iter_mut().zip(x.chunks(per)).zip(y.chunks_mut(per)), |((r, x), y)| *r = rows(x, y));
+        widest(&ranges)
     }
 
     fn row(&self, x: &[f32], y: &mut [f32]) -> (f32, f32) {
@@ -115,7 +109,7 @@ fn lanes_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
 
 /// `out = out * lambda + residual`, ONNX's `Mul` then `Add`; `lambda` holds
 /// one value per column or one for all, or is absent (a plain skip).
-pub(crate) fn add_residual(out: &mut [f32], lambda: Option<&[f32]>, residual: &[f32], executor: &Executor) {
+pub(crate) fn add_residual(out: &mut [f32], lambda: Option<&[f32]>, residual: &[f32], workers: &Workers) {
     assert_eq!(out.len(), residual.len(), "residual and output differ in size");
     let n = lambda.map_or(1, <[f32]>::len).max(1);
     assert!(out.len().is_multiple_of(n), "output is not rows of {n}");
@@ -130,13 +124,8 @@ pub(crate) fn add_residual(out: &mut [f32], lambda: Option<&[f32]>, residual: &[
         }
         None => out.iter_mut().zip(residual).for_each(|(o, &r)| *o += r),
     };
-    let Some(pool) = pool(executor, out.len()) else { return rows(out, residual) };
-    let per = (out.len() / n).div_ceil(pool.current_num_threads()) * n;
-    pool.scope(|s| {
-        for (out, residual) in out.chunks_mut(per).zip(residual.chunks(per)) {
-            s.spawn(move |_| rows(out, residual));
-        }
-    });
+    let per = (out.len() / n).div_ceil(workers.parts(out.len())).max(1) * n;
+    workers.each(out.chunks_mut(per).zip(residual.chunks(per)), |(out, residual)| rows(out, residual));
 }
 
 #[cfg(test)]
@@ -171,7 +160,7 @@ mod tests {
             let norm = LayerNorm { gamma: gamma.clone(), beta: Some(beta.clone()), eps: 1e-6 };
             let want = reference(&x, &gamma, &beta, 1e-6);
             let mut one = vec![f32::NAN; x.len()];
-            let range = norm.apply(&x, &mut one, &Executor::SingleThread);
+            let range = norm.apply(&x, &mut one, &Workers::new(1, ""));
             let worst = one.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
             assert!(worst < 2e-5, "rows {rows} k {k}: off by {worst}");
             let lo = one.iter().fold(0f32, |a, &b| a.min(b));
@@ -179,7 +168,7 @@ mod tests {
             assert_eq!(range, (lo, hi));
             // Threads split rows, never a row's sums: the same bits.
             let mut three = vec![f32::NAN; x.len()];
-            assert_eq!(norm.apply(&x, &mut three, &Executor::multithread(3)), range);
+            assert_eq!(norm.apply(&x, &mut three, &Workers::new(3, "test-w")), range);
             assert!(one.iter().zip(&three).all(|(a, b)| a.to_bits() == b.to_bits()));
             // The portable row gives the bits the AVX-512 one gives.
             let mut portable = vec![f32::NAN; k];
@@ -193,16 +182,16 @@ mod tests {
         let out: Vec<f32> = (0..24).map(|i| i as f32 * 0.5 - 3.0).collect();
         let residual: Vec<f32> = (0..24).map(|i| 100.0 - i as f32).collect();
         let lambda = [0.1f32, -2.0, 3.0];
-        for executor in [Executor::SingleThread, Executor::multithread(2)] {
+        for workers in [Workers::new(1, ""), Workers::new(2, "test-w")] {
             let mut got = out.clone();
-            add_residual(&mut got, Some(&lambda), &residual, &executor);
+            add_residual(&mut got, Some(&lambda), &residual, &workers);
             let want: Vec<f32> = (0..24).map(|i| out[i] * lambda[i % 3] + residual[i]).collect();
             assert_eq!(got, want);
             let mut one = out.clone();
-            add_residual(&mut one, Some(&[0.5]), &residual, &executor);
+            add_residual(&mut one, Some(&[0.5]), &residual, &workers);
             assert_eq!(one, (0..24).map(|i| out[i] * 0.5 + residual[i]).collect::<Vec<_>>());
             let mut plain = out.clone();
-            add_residual(&mut plain, None, &residual, &executor);
+            add_residual(&mut plain, None, &residual, &workers);
             assert_eq!(plain, (0..24).map(|i| out[i] + residual[i]).collect::<Vec<_>>());
         }
     }

@@ -480,13 +480,15 @@ const STEP_BYTES: usize = NR * 4;
 const SUMS_ROW_BYTES: usize = NR * 4;
 
 /// The AMX kernel for one panel: 32 rows at a time (16 for a last block of
-/// 16 or fewer), all of k, then the epilogue. The tile configuration is
+/// 16 or fewer), all of k, then the epilogue. Activations are tiled
+/// (`Kernel::tiled`): block `b` of 16 rows starts at `b * 16 * stride`, and
+/// its k-chunk `c` is the 1 KB at `c * 1024` from there. The tile configuration is
 /// loaded here and released at the end, so a thread holds AMX state only
 /// while it computes (each pool thread configures its own tiles).
 ///
 /// # Safety
 /// [`amx_usable`] and AVX-512 F and BW; `job` and `a` come from `Job::new`
-/// and `Activations::quantize` for the AMX kernel (rows padded to 16, a
+/// and `Activations::quantize` for the AMX kernel (rows padded to 16, tiled, a
 /// stride of whole 64-byte chunks), and the weights have
 /// `super::STEP_SLACK` steps after the last panel.
 #[target_feature(enable = "avx512f,avx512bw")]
@@ -519,8 +521,8 @@ pub(super) unsafe fn panel_amx(a: &Activations, job: &Job, panel: usize) {
                 "tdpbusd tmm1, tmm4, tmm7",
                 "tdpbusd tmm2, tmm5, tmm6",
                 "tdpbusd tmm3, tmm5, tmm7",
-                "add {a0}, 64",
-                "add {a1}, 64",
+                "add {a0}, 1024",
+                "add {a1}, 1024",
                 "add {b}, {bstep}",
                 "dec {n}",
                 "jnz 2b",
@@ -534,7 +536,7 @@ pub(super) unsafe fn panel_amx(a: &Activations, job: &Job, panel: usize) {
                 n = inout(reg) chunks => _,
                 c = in(reg) c,
                 c2 = in(reg) c.add(16 * SUMS_ROW_BYTES),
-                sa = in(reg) a.stride,
+                sa = in(reg) 64usize,
                 sb = in(reg) STEP_BYTES,
                 sc = in(reg) SUMS_ROW_BYTES,
                 bstep = const 16 * STEP_BYTES,
@@ -550,7 +552,7 @@ pub(super) unsafe fn panel_amx(a: &Activations, job: &Job, panel: usize) {
                 "tileloadd tmm7, [{b} + {sb}*1 + 64]",
                 "tdpbusd tmm0, tmm4, tmm6",
                 "tdpbusd tmm1, tmm4, tmm7",
-                "add {a0}, 64",
+                "add {a0}, 1024",
                 "add {b}, {bstep}",
                 "dec {n}",
                 "jnz 2b",
@@ -560,7 +562,7 @@ pub(super) unsafe fn panel_amx(a: &Activations, job: &Job, panel: usize) {
                 b = inout(reg) b => _,
                 n = inout(reg) chunks => _,
                 c = in(reg) c,
-                sa = in(reg) a.stride,
+                sa = in(reg) 64usize,
                 sb = in(reg) STEP_BYTES,
                 sc = in(reg) SUMS_ROW_BYTES,
                 bstep = const 16 * STEP_BYTES,
