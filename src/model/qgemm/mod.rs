@@ -728,6 +728,23 @@ mod tests {
         for xs in [&xs[..], &xs[8..], &xs[8..71], &ties[..], &[3.0][..], &[][..]] {
             assert_eq!(kernel.min_max(xs), min_max(xs), "{} values", xs.len());
         }
+        // Values whose quotient is at or next to a half, for scales with no
+        // exact inverse (where `x * (1 / scale)` can round differently from
+        // `x / scale`), and scales whose inverse is not a normal float.
+        let drawn: Vec<f32> = (0..200).map(|_| (rng.f32().abs() + 1e-3) * 0.05).collect();
+        for &scale in [0.1f32, 0.3, 1.0 / 3.0, 0.012_345_7, 7.7, 3.0 / 255.0, 0.017_3, 1e-39, 3e38].iter().chain(&drawn)
+        {
+            let near: Vec<f32> = (-300..300)
+                .map(|n| (n as f32 + 0.5) * scale)
+                .flat_map(|x| [x, x.next_up(), x.next_down(), x.next_up().next_up(), x.next_down().next_down()])
+                .collect();
+            let mut want = vec![0u8; near.len()];
+            quantize_into(&near, &mut want, scale, 128);
+            let mut got = vec![0u8; near.len()];
+            kernel.quantize_row(&near, &mut got, scale, 128);
+            let diff = got.iter().zip(&want).position(|(a, b)| a != b);
+            assert_eq!(diff, None, "{kernel:?}, scale {scale}: {:?}", diff.map(|i| (near[i], got[i], want[i])));
+        }
     }
 
     #[test]

@@ -126,9 +126,23 @@ unsafe fn epilogue(sums: &[[__m512i; 2]], a: &Activations, job: &Job, panel: usi
 /// # Safety
 /// AVX-512 F, BW and VL must be present; `q` is as long as `x`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+///
+/// `x / scale` is computed as `x * (1 / scale)`, a few times cheaper than
+/// the division (which was a fifth of this loop's time), and divided only
+/// for the vectors where that could round to another integer: the product
+/// is within 1.5 ulp of the quotient, so the two round alike unless one is
+/// within a few ulp of a half (tested against the scalar division on
+/// ties).
 pub(super) unsafe fn quantize_row_avx512(x: &[f32], q: &mut [u8], scale: f32, zero_point: u8) -> i32 {
     debug_assert_eq!(x.len(), q.len());
+    const ROUND: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
     let scale_v = _mm512_set1_ps(scale);
+    let inverse = 1.0 / scale;
+    // A subnormal or infinite inverse has no 24 bits to be within 1.5 ulp.
+    let divide = !inverse.is_normal();
+    let inverse = _mm512_set1_ps(inverse);
+    // 8 ulp of a value relative to it, four times the product's error.
+    let (half, margin) = (_mm512_set1_ps(0.5), _mm512_set1_ps(1.0 / (1u32 << 20) as f32));
     let zp = _mm512_set1_ps(zero_point as f32);
     let (lo, hi) = (_mm512_setzero_ps(), _mm512_set1_ps(255.0));
     let mut sums = _mm512_setzero_si512();
@@ -137,10 +151,18 @@ pub(super) unsafe fn quantize_row_avx512(x: &[f32], q: &mut [u8], scale: f32, ze
     while i < n {
         let lanes = (n - i).min(16);
         let mask: __mmask16 = ((1u32 << lanes) - 1) as u16;
-        let v = _mm512_div_ps(_mm512_maskz_loadu_ps(mask, x.as_ptr().add(i)), scale_v);
+        let xs = _mm512_maskz_loadu_ps(mask, x.as_ptr().add(i));
+        let mut v = if divide { _mm512_div_ps(xs, scale_v) } else { _mm512_mul_ps(xs, inverse) };
+        let mut r = _mm512_roundscale_ps::<ROUND>(v);
+        if !divide {
+            let off_half = _mm512_abs_ps(_mm512_sub_ps(_mm512_abs_ps(_mm512_sub_ps(v, r)), half));
+            if _mm512_cmp_ps_mask::<_CMP_LE_OQ>(off_half, _mm512_mul_ps(_mm512_abs_ps(v), margin)) != 0 {
+                v = _mm512_div_ps(xs, scale_v);
+                r = _mm512_roundscale_ps::<ROUND>(v);
+            }
+        }
         // NaN (unordered with itself) becomes 0, as in the scalar code.
-        let v = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_ORD_Q>(v, v), v);
-        let v = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
+        let v = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_ORD_Q>(r, r), r);
         let v = _mm512_max_ps(_mm512_min_ps(_mm512_add_ps(v, zp), hi), lo);
         let v = _mm512_maskz_cvtps_epi32(mask, v);
         sums = _mm512_add_epi32(sums, v);
