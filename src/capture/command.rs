@@ -59,22 +59,31 @@ impl Connector for CommandConnector {
             secrets.extend(found);
         }
         let (program, args) = argv.split_first().expect("config validation: command is non-empty");
-        let mut child = Command::new(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| CaptureError::Open {
-                source_name: self.name.clone(),
-                reason: match e.kind() {
-                    std::io::ErrorKind::NotFound => {
-                        format!("{program}: command not found (install it or give its full path)")
-                    }
-                    std::io::ErrorKind::PermissionDenied => format!("{program}: permission denied (not executable?)"),
-                    _ => format!("{program}: {e}"),
-                },
-            })?;
+        let mut command = Command::new(program);
+        command.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        // A lookout killed outside systemd (SIGKILL, the OOM killer) would
+        // leave the program running, holding the camera the next lookout
+        // opens ("camera in use"). The kernel sends the signal when the
+        // thread that spawned it ends: the source's own thread, which
+        // lives as long as this connector.
+        // SAFETY: prctl is async-signal-safe and touches no memory.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().map_err(|e| CaptureError::Open {
+            source_name: self.name.clone(),
+            reason: match e.kind() {
+                std::io::ErrorKind::NotFound => {
+                    format!("{program}: command not found (install it or give its full path)")
+                }
+                std::io::ErrorKind::PermissionDenied => format!("{program}: permission denied (not executable?)"),
+                _ => format!("{program}: {e}"),
+            },
+        })?;
         let stdout = child.stdout.take().expect("piped");
         let stderr = child.stderr.take().expect("piped");
         let child = Arc::new(Mutex::new(Some(child)));

@@ -350,3 +350,43 @@ mod nokhwa_buffers {
         assert!(buf.decode_image::<RgbFormat>().is_err());
     }
 }
+
+/// Processes whose command line contains `marker`.
+fn processes_with(marker: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(marker))
+        })
+        .collect()
+}
+
+#[test]
+fn a_killed_daemon_takes_its_camera_program_with_it() {
+    use crate::common::{write_config, Daemon};
+    // Outside systemd nothing else would stop the program: a CSI camera
+    // it holds would be "in use" for the next lookout.
+    let dir = tempfile::tempdir().unwrap();
+    let marker = format!("lookout-orphan-check-{}", std::process::id());
+    let jpeg = sample("0-zero.jpg");
+    let text = format!(
+        "[device]\nid = \"orphan\"\nstate_dir = \"state\"\n\n\
+         [source]\nkind = \"command\"\ncommand = [\"sh\", \"-c\", \"while true; do cat '{}'; sleep 0.1; done # {marker}\"]\n\n\
+         [model]\npath = {:?}\nthreads = 1\n\n[mqtt]\nhost = \"127.0.0.1\"\nport = 1\n\n[schedule]\ninterval = 0.5\n",
+        jpeg.display(),
+        crate::common::root().join("models/digits/digits-int8.onnx"),
+    );
+    let mut d = Daemon::start(&write_config(dir.path(), &text), &[]);
+    let t = Instant::now();
+    while processes_with(&marker).is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(30), "the program never started:\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    d.kill9();
+    let t = Instant::now();
+    while !processes_with(&marker).is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(5), "the program outlived lookout: {:?}", processes_with(&marker));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
