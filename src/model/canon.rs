@@ -175,12 +175,15 @@ fn fold(lazy: &mut LazyModel) -> TractResult<(usize, usize)> {
     // BEiT export rebuilds the same relative position index from the same
     // constants, so this leaves 1 in 20 of the large model's 10,939 nodes.
     let mut same: HashMap<&str, &str> = HashMap::new();
-    let mut first: HashMap<String, usize> = HashMap::new();
+    let mut first: HashMap<(&str, &str, Vec<&str>, Vec<u8>), usize> = HashMap::new();
     let mut unique = vec![];
     for &i in &folded {
         let n = &graph.node[i];
         let inputs: Vec<&str> = n.input.iter().map(|x| same.get(x.as_str()).copied().unwrap_or(x)).collect();
-        let key = format!("{}\u{0}{}\u{0}{inputs:?}\u{0}{:?}", n.domain, n.op_type, n.attribute);
+        // The attributes' encoding: exact, and cheaper than their `Debug`
+        // text (a Constant's tensor printed number by number).
+        let attributes = n.attribute.iter().flat_map(prost::Message::encode_length_delimited_to_vec).collect();
+        let key = (n.domain.as_str(), n.op_type.as_str(), inputs.clone(), attributes);
         match first.get(&key) {
             Some(&j) => {
                 same.extend(n.output.iter().map(String::as_str).zip(graph.node[j].output.iter().map(String::as_str)))
