@@ -175,7 +175,7 @@ fn fold(lazy: &mut LazyModel) -> TractResult<(usize, usize)> {
     // BEiT export rebuilds the same relative position index from the same
     // constants, so this leaves 1 in 20 of the large model's 10,939 nodes.
     let mut same: HashMap<&str, &str> = HashMap::new();
-    let mut first: HashMap<(&str, &str, Vec<&str>, Vec<u8>), usize> = HashMap::new();
+    let mut first: HashMap<NodeKey, usize> = HashMap::new();
     let mut unique = vec![];
     for &i in &folded {
         let n = &graph.node[i];
@@ -253,6 +253,9 @@ fn fold(lazy: &mut LazyModel) -> TractResult<(usize, usize)> {
     }
     Ok((count, evaluated_nodes))
 }
+
+/// What a node computes: domain, op, inputs and encoded attributes.
+type NodeKey<'a> = (&'a str, &'a str, Vec<&'a str>, Vec<u8>);
 
 /// The output of `Shape` node `n` when the shape of its input is declared.
 fn shape_of_declared(n: &NodeProto, shapes: &HashMap<&str, Vec<i64>>) -> Option<Vec<i64>> {

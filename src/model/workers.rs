@@ -85,13 +85,12 @@ impl Workers {
             quit: AtomicBool::new(false),
             panic: Mutex::new(None),
         });
+        // Without a thread (a process limit), fewer threads do the work.
         let helpers = (1..threads.max(1))
-            .map(|i| {
+            .map_while(|i| {
                 let shared = shared.clone();
-                std::thread::Builder::new()
-                    .name(format!("{name}{i}"))
-                    .spawn(move || shared.help())
-                    .expect("cannot start an inference thread")
+                let spawned = std::thread::Builder::new().name(format!("{name}{i}")).spawn(move || shared.help());
+                spawned.map_err(|e| log::warn!("inference runs on {i} of {threads} threads: {e}")).ok()
             })
             .collect();
         Workers { shared, helpers, busy: Mutex::new(()) }
