@@ -19,6 +19,7 @@
 
 use std::any::Any;
 use std::cell::RefCell;
+use std::ops::Range;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
@@ -100,14 +101,20 @@ impl Workers {
         self.helpers.len() + 1
     }
 
-    /// How many parts to split `work` units into: one per thread, or 1
-    /// when the work is too small to be worth splitting.
-    pub(crate) fn parts(&self, work: usize) -> usize {
-        if work < PARALLEL_MIN {
-            1
-        } else {
-            self.threads()
-        }
+    /// How many of `items` each thread takes (at least 1) when they cost
+    /// `work` units together: all of them when that is too little to be
+    /// worth splitting.
+    pub(crate) fn share(&self, items: usize, work: usize) -> usize {
+        let parts = if work < PARALLEL_MIN { 1 } else { self.threads() };
+        items.div_ceil(parts).max(1)
+    }
+
+    /// Calls `f` on runs of adjacent indices covering `0..items`, one run
+    /// per thread ([`Workers::share`]): neighbours share cache lines and
+    /// prefetched streams, which handing out single items loses.
+    pub(crate) fn for_ranges(&self, items: usize, work: usize, f: &(dyn Fn(Range<usize>) + Sync)) {
+        let per = self.share(items, work);
+        self.for_each(items.div_ceil(per), &|i| f(i * per..((i + 1) * per).min(items)));
     }
 
     /// Calls `f(i)` for every `i` in `0..parts`, on the caller and the

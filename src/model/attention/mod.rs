@@ -313,9 +313,8 @@ impl EvalOp for Attention {
             // output_facts), and head h writes only its own columns.
             unsafe { head(b, &dims, h, q, k, v, o) }
         };
-        let workers = workers::current();
-        let per = heads.div_ceil(workers.threads()).max(1);
-        workers.for_each(heads.div_ceil(per), &|i| (i * per..((i + 1) * per).min(heads)).for_each(one));
+        // Work in multiply-adds / 64, as the int8 layers count it.
+        workers::current().for_ranges(heads, tokens * tokens * width / 32, &|range| range.for_each(one));
         Ok(tvec!(out.into_tvalue()))
     }
 }

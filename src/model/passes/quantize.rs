@@ -66,7 +66,7 @@ pub(crate) fn replace_dynamic_quantize(model: &mut TypedModel) -> TractResult<us
 pub(crate) fn quantize(xs: &[f32], ys: &mut [u8], workers: &Workers) -> (f32, u8) {
     let (min, max) = qgemm::parallel_min_max(xs, workers, qgemm::min_max);
     let (scale, zp) = qgemm::scale_and_zero_point(min, max);
-    let chunk = xs.len().div_ceil(workers.parts(xs.len())).max(1);
+    let chunk = workers.share(xs.len(), xs.len());
     workers.each(xs.chunks(chunk).zip(ys.chunks_mut(chunk)), |(xs, ys)| qgemm::quantize_into(xs, ys, scale, zp));
     (scale, zp)
 }

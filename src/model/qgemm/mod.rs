@@ -372,7 +372,7 @@ impl Activations {
         };
         // Tiled, a thread's share is whole blocks of 16 rows.
         let unit = if tiled { 16 } else { 1 };
-        let per = rows.div_ceil(workers.parts(x.len())).max(1).next_multiple_of(unit);
+        let per = workers.share(rows, x.len()).next_multiple_of(unit);
         workers.each(
             x.chunks(per * k).zip(self.data.chunks_mut(per * stride)).zip(self.row_terms.chunks_mut(per)),
             |((x, data), terms)| quantize_rows(x, data, terms),
@@ -457,16 +457,14 @@ pub(crate) fn run(kernel: Kernel, a: &Activations, jobs: &[Job], workers: &Worke
     let work: Vec<(usize, usize)> =
         jobs.iter().enumerate().flat_map(|(j, job)| (0..job.w.panels()).map(move |p| (j, p))).collect();
     let flops = a.rows * a.k * jobs.iter().map(|j| j.w.n).sum::<usize>();
-    let per = work.len().div_ceil(workers.parts(flops / 64)).max(1);
-    let compute = |i: usize| {
-        for &(j, p) in &work[i * per..((i + 1) * per).min(work.len())] {
+    workers.for_ranges(work.len(), flops / 64, &|range| {
+        for &(j, p) in &work[range] {
             // SAFETY: `kernel` came from `Kernel::choose` on this CPU, `a`
             // was quantized for it, and the job's buffers were sized by
             // `Job::new`.
             unsafe { kernel.panel(a, &jobs[j], p) }
         }
-    };
-    workers.for_each(work.len().div_ceil(per), &compute);
+    });
 }
 
 /// The names of the int8 kernels this CPU runs, best first.
@@ -528,7 +526,7 @@ pub(crate) fn parallel_min_max(
     workers: &Workers,
     min_max: impl Fn(&[f32]) -> (f32, f32) + Sync,
 ) -> (f32, f32) {
-    let chunk = xs.len().div_ceil(workers.parts(xs.len())).max(1);
+    let chunk = workers.share(xs.len(), xs.len());
     let mut ranges = vec![(0f32, 0f32); xs.len().div_ceil(chunk)];
     workers.each(ranges.iter_mut().zip(xs.chunks(chunk)), |(r, xs)| *r = min_max(xs));
     widest(&ranges)

@@ -34,7 +34,7 @@ impl LayerNorm {
                 (if lo < range.0 { lo } else { range.0 }, if hi > range.1 { hi } else { range.1 })
             })
         };
-        let per = (x.len() / k).div_ceil(workers.parts(x.len())).max(1) * k;
+        let per = workers.share(x.len() / k, x.len()) * k;
         let mut ranges = vec![(0f32, 0f32); x.len().div_ceil(per)];
         workers.each(ranges.iter_mut().zip(x.chunks(per)).zip(y.chunks_mut(per)), |((r, x), y)| *r = rows(x, y));
         widest(&ranges)
@@ -124,7 +124,7 @@ pub(crate) fn add_residual(out: &mut [f32], lambda: Option<&[f32]>, residual: &[
         }
         None => out.iter_mut().zip(residual).for_each(|(o, &r)| *o += r),
     };
-    let per = (out.len() / n).div_ceil(workers.parts(out.len())).max(1) * n;
+    let per = workers.share(out.len() / n, out.len()) * n;
     workers.each(out.chunks_mut(per).zip(residual.chunks(per)), |(out, residual)| rows(out, residual));
 }
 
