@@ -8,6 +8,52 @@
 
 use std::arch::aarch64::*;
 
+/// One head's operands of [`scores`] from the block's `[T, width]` inputs
+/// (`q` and `k` point at the head's first column): `qs[i][d] = q[i][d] *
+/// q_scale` and `kt[d][j] = k[j][d] * k_scale`, zero for keys `t..tp`;
+/// the keys transposed 4 x 4 in registers.
+///
+/// # Safety
+/// `q` and `k` point to `t` rows of `width` f32, `hd` of them read per
+/// row; `qs` holds `t * hd` values, `kt` `hd * tp`; `hd` and `tp` are
+/// multiples of 16 and `t <= tp`.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn operands(
+    q: *const f32,
+    k: *const f32,
+    width: usize,
+    (q_scale, k_scale): (f32, f32),
+    qs: &mut [f32],
+    kt: &mut [f32],
+    t: usize,
+    tp: usize,
+    hd: usize,
+) {
+    debug_assert!(qs.len() >= t * hd && kt.len() >= hd * tp && tp.is_multiple_of(16) && hd.is_multiple_of(16));
+    for i in 0..t {
+        for d in (0..hd).step_by(4) {
+            vst1q_f32(qs.as_mut_ptr().add(i * hd + d), vmulq_n_f32(vld1q_f32(q.add(i * width + d)), q_scale));
+        }
+    }
+    for j in (0..tp).step_by(4) {
+        for d in (0..hd).step_by(4) {
+            let [a, b, c, e]: [float32x4_t; 4] = std::array::from_fn(|r| {
+                if j + r < t {
+                    vmulq_n_f32(vld1q_f32(k.add((j + r) * width + d)), k_scale)
+                } else {
+                    vdupq_n_f32(0.0)
+                }
+            });
+            let (ab0, ab1) = (vreinterpretq_f64_f32(vtrn1q_f32(a, b)), vreinterpretq_f64_f32(vtrn2q_f32(a, b)));
+            let (ce0, ce1) = (vreinterpretq_f64_f32(vtrn1q_f32(c, e)), vreinterpretq_f64_f32(vtrn2q_f32(c, e)));
+            let columns = [vtrn1q_f64(ab0, ce0), vtrn1q_f64(ab1, ce1), vtrn2q_f64(ab0, ce0), vtrn2q_f64(ab1, ce1)];
+            for (dd, v) in columns.into_iter().enumerate() {
+                vst1q_f32(kt.as_mut_ptr().add((d + dd) * tp + j), vreinterpretq_f32_f64(v));
+            }
+        }
+    }
+}
+
 /// `s[i][j] = sum_d qs[i][d] * kt[d][j]` for rows `0..t` and keys `0..tp`
 /// (`kt` is zero past key `t`, so those scores are 0).
 ///

@@ -25,8 +25,12 @@
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
+#[cfg(target_arch = "aarch64")]
+use aarch64 as simd;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+#[cfg(target_arch = "x86_64")]
+use x86 as simd;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -341,36 +345,21 @@ unsafe fn head(b: &Block, d: &Dims, h: usize, q: Ptr, k: Ptr, v: Ptr, out: Ptr) 
         let (kt, rest) = rest.split_at_mut(hd * tp);
         let (s, sums) = rest.split_at_mut(t * tp);
         let col = h * hd;
-        for i in 0..t {
-            let row = std::slice::from_raw_parts(q.0.add(i * d.width + col), hd);
-            for (x, &y) in qs[i * hd..(i + 1) * hd].iter_mut().zip(row) {
-                *x = y * b.q_scale;
-            }
-        }
-        kt.fill(0.0);
-        for j in 0..t {
-            let row = std::slice::from_raw_parts(k.0.add(j * d.width + col), hd);
-            for (dd, &y) in row.iter().enumerate() {
-                kt[dd * tp + j] = y * b.k_scale;
-            }
-        }
+        let scales = (b.q_scale, b.k_scale);
         let bias = b.bias.as_ref().map(|bias| {
             let h = bias.head(h);
             &bias.values[h * t * t..(h + 1) * t * t]
         });
-        #[cfg(target_arch = "aarch64")]
-        use aarch64 as simd;
-        #[cfg(target_arch = "x86_64")]
-        use x86 as simd;
         #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
         {
+            simd::operands(q.0.add(col), k.0.add(col), d.width, scales, qs, kt, t, tp, hd);
             simd::scores(qs, kt, s, t, tp, hd);
             simd::exp_rows(s, bias, t, tp, sums);
             simd::weighted_sum(s, sums, v.0.add(col), d.width, out.0.add(col), t, tp, hd);
         }
         #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
         {
-            let _ = (v, out, bias, s, sums);
+            let _ = (q, k, v, out, bias, s, sums, qs, kt, scales);
             unreachable!("supported() is false on this architecture");
         }
     })
@@ -484,6 +473,35 @@ mod tests {
             let got = got[0].try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec();
             let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
             assert!(worst < 2e-6, "tokens {tokens} heads {heads} d {hd}: max abs difference {worst}");
+        }
+    }
+
+    #[test]
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    fn a_heads_operands_are_its_scaled_queries_and_transposed_keys() {
+        if !supported() {
+            return;
+        }
+        for (t, hd, width) in [(197usize, 64, 192), (16, 16, 48), (17, 32, 64), (1, 128, 128)] {
+            let tp = t.div_ceil(16) * 16;
+            let q: Vec<f32> = (0..t * width).map(|i| i as f32 * 0.25 - 7.0).collect();
+            let k: Vec<f32> = (0..t * width).map(|i| 3.0 - i as f32 * 0.5).collect();
+            let col = width - hd;
+            let (mut qs, mut kt) = (vec![f32::NAN; t * hd], vec![f32::NAN; hd * tp]);
+            unsafe {
+                simd::operands(q[col..].as_ptr(), k[col..].as_ptr(), width, (0.5, 0.125), &mut qs, &mut kt, t, tp, hd)
+            };
+            for i in 0..t {
+                for d in 0..hd {
+                    assert_eq!(qs[i * hd + d], q[i * width + col + d] * 0.5, "t {t} q[{i}][{d}]");
+                }
+            }
+            for j in 0..tp {
+                for d in 0..hd {
+                    let want = if j < t { k[j * width + col + d] * 0.125 } else { 0.0 };
+                    assert_eq!(kt[d * tp + j], want, "t {t} k[{j}][{d}]");
+                }
+            }
         }
     }
 

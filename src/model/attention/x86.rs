@@ -5,6 +5,96 @@
 
 use std::arch::x86_64::*;
 
+/// One head's operands of [`scores`] from the block's `[T, width]` inputs
+/// (`q` and `k` point at the head's first column): `qs[i][d] = q[i][d] *
+/// q_scale` and `kt[d][j] = k[j][d] * k_scale`, zero for keys `t..tp`.
+/// The keys are transposed 16 x 16 in registers: storing them one value
+/// at a time, 832 bytes apart, took a third as long as the scores.
+///
+/// # Safety
+/// AVX-512 F must be present; `q` and `k` point to `t` rows of `width`
+/// f32, `hd` of them read per row; `qs` holds `t * hd` values, `kt` `hd * tp`;
+/// `hd` and `tp` are multiples of 16 and `t <= tp`.
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn operands(
+    q: *const f32,
+    k: *const f32,
+    width: usize,
+    (q_scale, k_scale): (f32, f32),
+    qs: &mut [f32],
+    kt: &mut [f32],
+    t: usize,
+    tp: usize,
+    hd: usize,
+) {
+    debug_assert!(qs.len() >= t * hd && kt.len() >= hd * tp && tp.is_multiple_of(16) && hd.is_multiple_of(16));
+    let (qsc, ksc) = (_mm512_set1_ps(q_scale), _mm512_set1_ps(k_scale));
+    for i in 0..t {
+        for d in (0..hd).step_by(16) {
+            let v = _mm512_mul_ps(_mm512_loadu_ps(q.add(i * width + d)), qsc);
+            _mm512_storeu_ps(qs.as_mut_ptr().add(i * hd + d), v);
+        }
+    }
+    for j in (0..tp).step_by(16) {
+        for d in (0..hd).step_by(16) {
+            let rows: [__m512; 16] = std::array::from_fn(|r| {
+                if j + r < t {
+                    _mm512_mul_ps(_mm512_loadu_ps(k.add((j + r) * width + d)), ksc)
+                } else {
+                    _mm512_setzero_ps()
+                }
+            });
+            for (dd, v) in transpose(rows).into_iter().enumerate() {
+                _mm512_storeu_ps(kt.as_mut_ptr().add((d + dd) * tp + j), v);
+            }
+        }
+    }
+}
+
+/// A 16 x 16 block of f32 transposed: pairs, then quads within 128-bit
+/// lanes, then the lanes themselves in two steps.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose(r: [__m512; 16]) -> [__m512; 16] {
+    let t: [__m512; 16] = std::array::from_fn(|i| {
+        let (a, b) = (r[i & !1], r[i | 1]);
+        if i % 2 == 0 {
+            _mm512_unpacklo_ps(a, b)
+        } else {
+            _mm512_unpackhi_ps(a, b)
+        }
+    });
+    // Within each group of four: (t0, t2) and (t1, t3), low then high halves.
+    let r: [__m512; 16] = std::array::from_fn(|i| {
+        let base = i & !3;
+        let (a, b) = (t[base + (i % 4) / 2], t[base + (i % 4) / 2 + 2]);
+        if i % 2 == 0 {
+            _mm512_shuffle_ps::<0x44>(a, b)
+        } else {
+            _mm512_shuffle_ps::<0xee>(a, b)
+        }
+    });
+    // Within each group of eight: lanes 0 and 2 (0x88) or 1 and 3 (0xdd) of rows i and i + 4.
+    let t: [__m512; 16] = std::array::from_fn(|i| {
+        let base = i & !7;
+        let (a, b) = (r[base + i % 4], r[base + i % 4 + 4]);
+        if i % 8 < 4 {
+            _mm512_shuffle_f32x4::<0x88>(a, b)
+        } else {
+            _mm512_shuffle_f32x4::<0xdd>(a, b)
+        }
+    });
+    std::array::from_fn(|i| {
+        let (a, b) = (t[i % 8], t[i % 8 + 8]);
+        if i < 8 {
+            _mm512_shuffle_f32x4::<0x88>(a, b)
+        } else {
+            _mm512_shuffle_f32x4::<0xdd>(a, b)
+        }
+    })
+}
+
 /// `s[i][j] = sum_d qs[i][d] * kt[d][j]` for rows `0..t` and keys `0..tp`
 /// (`kt` is zero past key `t`, so those scores are 0).
 ///
