@@ -23,8 +23,8 @@
 //!   reads the ONNX file itself (`onnx.rs`: large tensors stay in the file
 //!   until needed) and replaces what tract runs slowly by ops of its own
 //!   before tract parses the graph: quantized linear layers (`qlinear.rs`,
-//!   int8 kernels in `qgemm/`) and ViT self-attention blocks (`attention/`),
-//!   which split their work over spinning helper threads (`workers.rs`).
+//!   int8 kernels in `qgemm/`), ViT self-attention blocks (`attention/`)
+//!   and patch embeddings (`patches.rs`), which split their work over spinning helper threads (`workers.rs`).
 //!   Passes over tract's optimized model (`passes/`) help where tract's int8
 //!   path still runs.
 //! - [`postprocess`]: softmax, top-k and [`Classification`], the result.

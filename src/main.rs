@@ -147,7 +147,8 @@ enum Command {
         /// arm64neon) instead of the best this CPU runs.
         #[arg(long, value_name = "NAME", conflicts_with_all = ["tract_int8", "no_passes"])]
         int8_kernel: Option<String>,
-        /// Run self-attention with tract's ops instead of lookout's.
+        /// Run self-attention and the patch embedding with tract's ops instead
+        /// of lookout's.
         #[arg(long)]
         tract_attention: bool,
         /// Print one JSON object instead of text.
@@ -906,6 +907,8 @@ struct BenchReport {
     lookout_skip_connections: usize,
     /// Self-attention blocks run by lookout's fused op.
     lookout_attention_blocks: usize,
+    /// Patch-embedding convolutions run by lookout's op.
+    lookout_patch_embeddings: usize,
     /// ONNX nodes lookout evaluated once at load because they read only
     /// constants (plain exports leave thousands).
     onnx_nodes_folded: usize,
@@ -1003,6 +1006,7 @@ fn bench(config: Option<&Path>, model: Option<&Path>, opts: &BenchOptions) -> Re
         lookout_skip_connections: load.pass_report.fused.residuals,
         packed_weights_mb: load.pass_report.fused.packed_bytes as f64 / 1e6,
         lookout_attention_blocks: load.pass_report.attention,
+        lookout_patch_embeddings: load.pass_report.patches,
         onnx_nodes_folded: load.pass_report.canonical.folded,
         onnx_nodes_evaluated: load.pass_report.canonical.evaluated,
         logits: opts.logits.then_some(first_logits),
@@ -1014,13 +1018,14 @@ fn bench(config: Option<&Path>, model: Option<&Path>, opts: &BenchOptions) -> Re
         println!("model         {}", r.model);
         println!(
             "passes        {} ({} int8 layers on lookout's kernel, {:.0} MB packed, with {} layer norms and {} skip \
-             connections; {} attention blocks fused; {} ONNX nodes folded at load ({} evaluated); {} constants folded, {} quantizers replaced)",
+             connections; {} attention blocks fused, {} patch embedding; {} ONNX nodes folded at load ({} evaluated); {} constants folded, {} quantizers replaced)",
             if r.passes { "on" } else { "off" },
             r.lookout_int8_layers,
             r.packed_weights_mb,
             r.lookout_layer_norms,
             r.lookout_skip_connections,
             r.lookout_attention_blocks,
+            r.lookout_patch_embeddings,
             r.onnx_nodes_folded,
             r.onnx_nodes_evaluated,
             r.folded_constants,

@@ -10,6 +10,7 @@ pub mod install;
 pub mod manifest;
 mod onnx;
 mod passes;
+mod patches;
 mod placeholder;
 mod qgemm;
 pub mod qlinear;

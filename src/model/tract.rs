@@ -15,6 +15,7 @@ use super::config::ModelConfig;
 use super::manifest::OutputSpec;
 use super::onnx::LazyModel;
 use super::passes::{self, PassReport};
+use super::patches;
 use super::placeholder;
 use super::qgemm::Kernel;
 use super::qlinear::{self, QLinear};
@@ -45,8 +46,9 @@ pub struct LoadOptions {
     /// Which of lookout's int8 kernels (part of its name, as the load line
     /// prints it: `avx2`, `amx`...); `None` for the best this CPU runs.
     pub int8_kernel: Option<String>,
-    /// Run ViT self-attention blocks as lookout's fused op
-    /// (src/model/attention) where this CPU has its kernels.
+    /// Run ViT self-attention blocks and patch embeddings as lookout's
+    /// f32 ops (src/model/attention, src/model/patches.rs) where this CPU
+    /// has their kernels.
     pub lookout_attention: bool,
 }
 
@@ -197,13 +199,21 @@ impl TractClassifier {
         } else {
             Default::default()
         };
+        let (patches, more_patches) = if options.lookout_attention && attention::supported() {
+            patches::rewrite(&mut lazy).map_err(|e| load_err(root_cause(&e)))?
+        } else {
+            Default::default()
+        };
         taken.extend(more);
+        taken.extend(more_patches);
         taken.extend(unread);
         report.pass_report.attention = blocks.len();
+        report.pass_report.patches = patches.len();
         let proto = lazy.into_proto(&taken).map_err(|e| load_err(e.to_string()))?;
         let mut onnx = tract_onnx::onnx();
         onnx.op_register.insert(qlinear::OP_TYPE, placeholder::parse_node::<qlinear::GroupWeights>);
         onnx.op_register.insert(attention::OP_TYPE, placeholder::parse_node::<attention::Block>);
+        onnx.op_register.insert(patches::OP_TYPE, placeholder::parse_node::<patches::Patches>);
         let parsed = onnx
             .parse(&proto, path.parent().and_then(Path::to_str))
             .map_err(|e| load_err(format!("{} (is it an ONNX file?)", root_cause(&e))))?;
@@ -215,6 +225,7 @@ impl TractClassifier {
         select_outputs(&mut model, path, cfg.manifest.as_ref().and_then(|m| m.embedding.as_ref()))?;
         placeholder::attach(&mut model, weights).map_err(|e| load_err(root_cause(&e)))?;
         placeholder::attach(&mut model, blocks).map_err(|e| load_err(root_cause(&e)))?;
+        placeholder::attach(&mut model, patches).map_err(|e| load_err(root_cause(&e)))?;
         report.pass_report.fused = rewritten;
         report.parse = t.elapsed();
         let t = Instant::now();

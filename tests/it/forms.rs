@@ -33,9 +33,9 @@ fn load(model: &std::path::Path) -> (TractClassifier, Preprocessor) {
     (classifier, pre)
 }
 
-fn fused(report: &PassReport) -> [usize; 6] {
+fn fused(report: &PassReport) -> [usize; 7] {
     let f = &report.fused;
-    [f.groups, f.layers, f.gelus, f.norms, f.residuals, report.attention]
+    [f.groups, f.layers, f.gelus, f.norms, f.residuals, report.attention, report.patches]
 }
 
 fn floats(v: &serde_json::Value) -> Vec<f32> {

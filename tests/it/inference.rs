@@ -70,9 +70,11 @@ fn int8_equals_the_onnx_specification_and_mostly_onnxruntime() {
     assert!(refs.len() >= 300, "the reference set is the held-out split");
     assert_eq!(spec.len(), refs.len());
     let (mut c, mut pre) = load("digits-int8.onnx", &LoadOptions::default());
-    // Every lookout op this CPU has ran: 4 attention blocks, 25 int8 layers.
+    // Every lookout op this CPU has ran: 4 attention blocks, the patch
+    // embedding, 25 int8 layers.
     let report = &c.load_report().pass_report;
     assert_eq!(report.attention, if lookout::model::lookout_attention() { 4 } else { 0 }, "{report:?}");
+    assert_eq!(report.patches, if lookout::model::lookout_attention() { 1 } else { 0 }, "{report:?}");
     let int8 = if lookout::model::lookout_int8_kernel().is_some() { 25 } else { 0 };
     assert_eq!(report.fused.layers, int8, "{report:?}");
     let (mut worst_spec, mut worst_ort, mut agree_ort) = (0f32, 0f32, 0);
@@ -254,7 +256,7 @@ fn bench_runs_a_bare_onnx_file() {
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
     };
     let (bare, packaged) = (bench(&bare), bench(&crate::common::root().join("models/digits/digits-int8.onnx")));
-    for key in ["lookout_int8_layers", "lookout_attention_blocks", "replaced_quantizers"] {
+    for key in ["lookout_int8_layers", "lookout_attention_blocks", "lookout_patch_embeddings", "replaced_quantizers"] {
         assert_eq!(bare[key], packaged[key], "{key}");
     }
     assert_eq!(bare["logits"].as_array().unwrap().len(), 10);

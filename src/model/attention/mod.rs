@@ -90,6 +90,19 @@ pub(crate) fn supported() -> bool {
     cfg!(target_arch = "aarch64")
 }
 
+/// `s[i][j] = sum_d a[i][d] * b[d][j]` for rows `0..t` and columns
+/// `0..tp`: the scores' f32 tile, which `patches.rs` uses too.
+///
+/// # Safety
+/// [`supported`] is true; `a` holds `t * hd` values, `b` `hd * tp`, `s`
+/// `t * tp`; `tp` and `hd` are multiples of 16.
+pub(crate) unsafe fn product(a: &[f32], b: &[f32], s: &mut [f32], t: usize, tp: usize, hd: usize) {
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    simd::scores(a, b, s, t, tp, hd);
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    unreachable!("supported() is false on this architecture: {:?}", (a, b, s, t, tp, hd));
+}
+
 /// A matched block: node indexes and the tensors it reads.
 struct Found {
     q: String,

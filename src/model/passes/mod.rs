@@ -26,6 +26,8 @@ pub struct PassReport {
     /// Self-attention blocks run as lookout's fused op
     /// (`model/attention`, also applied before tract parses the graph).
     pub attention: usize,
+    /// Patch-embedding convolutions run as lookout's op (`model/patches.rs`).
+    pub patches: usize,
 }
 
 /// Runs every pass on a model tract has already optimized.
