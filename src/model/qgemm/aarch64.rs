@@ -480,3 +480,32 @@ unsafe fn tile_neon<const R: usize>(a: &Activations, job: &Job, panel: usize, ha
     }
     store(&sums, a, job, panel, half, m0);
 }
+
+/// `super::quantize_into` 16 values at a time (the tail through it), the
+/// same bytes; returns their sum. `frintn` rounds half to even like the
+/// scalar trick, NaN is masked to 0 before the zero point is added, and
+/// everything past the byte range saturates in the same clamp.
+///
+/// # Safety
+/// `q` is as long as `x`. (NEON is part of every aarch64 CPU.)
+pub(super) unsafe fn quantize_row(x: &[f32], q: &mut [u8], scale: f32, zero_point: u8) -> i32 {
+    debug_assert_eq!(x.len(), q.len());
+    let (scale_v, zp) = (vdupq_n_f32(scale), vdupq_n_f32(zero_point as f32));
+    let (lo, hi) = (vdupq_n_f32(0.0), vdupq_n_f32(255.0));
+    let mut sums = vdupq_n_u32(0);
+    let blocks = x.len() / 16;
+    for b in 0..blocks {
+        let v: [uint32x4_t; 4] = std::array::from_fn(|l| {
+            let y = vdivq_f32(vld1q_f32(x.as_ptr().add(16 * b + 4 * l)), scale_v);
+            let y = vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(y), vceqq_f32(y, y)));
+            vcvtq_u32_f32(vminq_f32(vmaxq_f32(vaddq_f32(vrndnq_f32(y), zp), lo), hi))
+        });
+        sums = vaddq_u32(vaddq_u32(sums, vaddq_u32(v[0], v[1])), vaddq_u32(v[2], v[3]));
+        let h0 = vcombine_u16(vmovn_u32(v[0]), vmovn_u32(v[1]));
+        let h1 = vcombine_u16(vmovn_u32(v[2]), vmovn_u32(v[3]));
+        vst1q_u8(q.as_mut_ptr().add(16 * b), vcombine_u8(vmovn_u16(h0), vmovn_u16(h1)));
+    }
+    let done = 16 * blocks;
+    super::quantize_into(&x[done..], &mut q[done..], scale, zero_point);
+    vaddvq_u32(sums) as i32 + q[done..].iter().map(|&v| v as i32).sum::<i32>()
+}

@@ -247,6 +247,9 @@ impl Kernel {
             Kernel::Amx | Kernel::Avx512Vnni => unsafe { x86::quantize_row_avx512(x, q, scale, zero_point) },
             #[cfg(target_arch = "x86_64")]
             Kernel::AvxVnni | Kernel::Avx2 => unsafe { x86::quantize_row_avx2(x, q, scale, zero_point) },
+            // SAFETY: NEON is part of every aarch64 CPU.
+            #[cfg(target_arch = "aarch64")]
+            _ => unsafe { aarch64::quantize_row(x, q, scale, zero_point) },
             #[allow(unreachable_patterns)]
             _ => {
                 quantize_into(x, q, scale, zero_point);
