@@ -418,11 +418,11 @@ fn merge_at(
         }
     }
     if g.is(i, "Reshape", 2) {
-        let Some(t) = g.private_producer(&n.input[0]).filter(|&t| g.is(t, "Transpose", 1)) else { return None };
+        let t = g.private_producer(&n.input[0]).filter(|&t| g.is(t, "Transpose", 1))?;
         if ints(g.node(t), "perm").as_deref() != Some(&[0, 2, 1]) {
             return None;
         }
-        let Some(r) = g.private_producer(&g.node(t).input[0]).filter(|&r| g.is(r, "Reshape", 2)) else { return None };
+        let r = g.private_producer(&g.node(t).input[0]).filter(|&r| g.is(r, "Reshape", 2))?;
         let x = &g.node(r).input[0];
         let (Some(xs), Some(rs), Some(ys)) =
             (shapes.get(x.as_str()), shapes.get(g.node(r).output[0].as_str()), shapes.get(n.output[0].as_str()))
@@ -436,7 +436,7 @@ fn merge_at(
         return Some((i, transpose(x, &n.output[0], &[0, 1, 3, 2], n), vec![t, r]));
     }
     if g.is(i, "Transpose", 1) {
-        let Some(inner) = g.private_producer(&n.input[0]).filter(|&t| g.is(t, "Transpose", 1)) else { return None };
+        let inner = g.private_producer(&n.input[0]).filter(|&t| g.is(t, "Transpose", 1))?;
         let (Some(p1), Some(p2)) = (ints(g.node(inner), "perm"), ints(n, "perm")) else { return None };
         if p1.len() != p2.len() || p2.iter().any(|&p| p < 0 || p as usize >= p1.len()) {
             return None;
