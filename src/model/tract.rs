@@ -184,31 +184,34 @@ impl TractClassifier {
             Default::default()
         };
         report.pass_report.canonical = canonical;
+        // The f32 ops first: the relative position biases a plain export
+        // folded at load are then freed before the weights are packed.
+        let (blocks, mut taken) = if options.lookout_attention && attention::supported() {
+            attention::rewrite(&mut lazy).map_err(|e| load_err(root_cause(&e)))?
+        } else {
+            Default::default()
+        };
+        let (patches, more) = if options.lookout_attention && attention::supported() {
+            patches::rewrite(&mut lazy).map_err(|e| load_err(root_cause(&e)))?
+        } else {
+            Default::default()
+        };
+        taken.extend(more);
+        taken.extend(unread);
+        lazy.forget_unread(&taken);
+        report.pass_report.attention = blocks.len();
+        report.pass_report.patches = patches.len();
         // lookout's int8 layers where it has a kernel for this CPU; tract's
         // own int8 path elsewhere (and when the passes are off).
         let kernel = match options.lookout_int8 {
             true => Kernel::choose(options.int8_kernel.as_deref()).map_err(load_err)?,
             false => None,
         };
-        let (weights, rewritten, mut taken) = match kernel {
+        let (weights, rewritten, more) = match kernel {
             Some(kernel) => qlinear::rewrite(&mut lazy, kernel).map_err(|e| load_err(root_cause(&e)))?,
             None => Default::default(),
         };
-        let (blocks, more) = if options.lookout_attention && attention::supported() {
-            attention::rewrite(&mut lazy).map_err(|e| load_err(root_cause(&e)))?
-        } else {
-            Default::default()
-        };
-        let (patches, more_patches) = if options.lookout_attention && attention::supported() {
-            patches::rewrite(&mut lazy).map_err(|e| load_err(root_cause(&e)))?
-        } else {
-            Default::default()
-        };
         taken.extend(more);
-        taken.extend(more_patches);
-        taken.extend(unread);
-        report.pass_report.attention = blocks.len();
-        report.pass_report.patches = patches.len();
         let proto = lazy.into_proto(&taken).map_err(|e| load_err(e.to_string()))?;
         let mut onnx = tract_onnx::onnx();
         onnx.op_register.insert(qlinear::OP_TYPE, placeholder::parse_node::<qlinear::GroupWeights>);
