@@ -158,20 +158,7 @@ pub(crate) struct PatchOp {
     patches: Arc<Patches>,
 }
 
-impl PartialEq for PatchOp {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.patches, &other.patches)
-    }
-}
-impl Eq for PatchOp {}
-
-impl Op for PatchOp {
-    fn name(&self) -> StaticName {
-        OP_TYPE.into()
-    }
-
-    op_as_typed_op!();
-}
+placeholder::same_payload!(PatchOp, patches, OP_TYPE);
 
 #[derive(Clone, Copy)]
 struct Out(*mut f32);

@@ -32,6 +32,31 @@ pub(crate) trait Payload: std::fmt::Debug + Send + Sync + 'static {
     fn op(self: Arc<Self>) -> Box<dyn TypedOp>;
 }
 
+/// `PartialEq` (the same payload, not an equal one) and `Eq` for one of
+/// lookout's typed ops, which holds its payload in the `Arc` field named;
+/// given its op type too, tract's `Op` under that name.
+macro_rules! same_payload {
+    ($op:ty, $field:ident) => {
+        impl PartialEq for $op {
+            fn eq(&self, other: &Self) -> bool {
+                std::sync::Arc::ptr_eq(&self.$field, &other.$field)
+            }
+        }
+        impl Eq for $op {}
+    };
+    ($op:ty, $field:ident, $name:expr) => {
+        $crate::model::placeholder::same_payload!($op, $field);
+        impl Op for $op {
+            fn name(&self) -> StaticName {
+                $name.into()
+            }
+
+            op_as_typed_op!();
+        }
+    };
+}
+pub(crate) use same_payload;
+
 /// The node name -> payload table [`attach`] hands out.
 pub(crate) type Table<P> = HashMap<String, Arc<P>>;
 

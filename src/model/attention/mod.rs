@@ -289,20 +289,7 @@ pub(crate) struct Attention {
     block: Arc<Block>,
 }
 
-impl PartialEq for Attention {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.block, &other.block)
-    }
-}
-impl Eq for Attention {}
-
-impl Op for Attention {
-    fn name(&self) -> StaticName {
-        OP_TYPE.into()
-    }
-
-    op_as_typed_op!();
-}
+placeholder::same_payload!(Attention, block, OP_TYPE);
 
 /// One head's operands and result, as slices of the block's tensors.
 struct Dims {
