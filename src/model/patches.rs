@@ -123,10 +123,6 @@ fn conv(g: &GraphIndex, i: usize) -> Option<(usize, usize, Option<usize>)> {
 impl Payload for Patches {
     const OP_TYPE: &'static str = OP_TYPE;
 
-    fn outputs(&self) -> usize {
-        1
-    }
-
     fn rules<'r, 'p: 'r, 's: 'r>(
         &'s self,
         s: &mut Solver<'r>,

@@ -19,7 +19,10 @@ use tract_onnx::tract_hir::internal::*;
 pub(crate) trait Payload: std::fmt::Debug + Send + Sync + 'static {
     const OP_TYPE: &'static str;
 
-    fn outputs(&self) -> usize;
+    /// How many outputs the op has.
+    fn outputs(&self) -> usize {
+        1
+    }
 
     fn rules<'r, 'p: 'r, 's: 'r>(
         &'s self,

@@ -257,10 +257,6 @@ fn head_split(g: &GraphIndex, name: &str, perm: &[i64]) -> Option<(String, usize
 impl Payload for Block {
     const OP_TYPE: &'static str = OP_TYPE;
 
-    fn outputs(&self) -> usize {
-        1
-    }
-
     fn rules<'r, 'p: 'r, 's: 'r>(
         &'s self,
         s: &mut Solver<'r>,

@@ -123,16 +123,16 @@ unsafe fn epilogue(sums: &[[__m512i; 2]], a: &Activations, job: &Job, panel: usi
 /// VL too: the 16-byte masked store is an AVX-512 VL instruction, and
 /// without that feature enabled its intrinsic is a call per 16 values.
 ///
-/// # Safety
-/// AVX-512 F, BW and VL must be present; `q` is as long as `x`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-///
 /// `x / scale` is computed as `x * (1 / scale)`, a few times cheaper than
 /// the division (which was a fifth of this loop's time), and divided only
 /// for the vectors where that could round to another integer: the product
 /// is within 1.5 ulp of the quotient, so the two round alike unless one is
 /// within a few ulp of a half (tested against the scalar division on
 /// ties).
+///
+/// # Safety
+/// AVX-512 F, BW and VL must be present; `q` is as long as `x`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 pub(super) unsafe fn quantize_row_avx512(x: &[f32], q: &mut [u8], scale: f32, zero_point: u8) -> i32 {
     debug_assert_eq!(x.len(), q.len());
     const ROUND: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
