@@ -300,7 +300,7 @@ pub(crate) struct Activations {
     /// tiles ([`Kernel::tiled`]). Only AMX reads padding against nonzero
     /// weights (the next panel's), so only its tiles' padding is kept 0;
     /// the sums of padding rows are never read.
-    data: Vec<u8>,
+    data: Lines,
     stride: usize,
     rows: usize,
     k: usize,
@@ -338,7 +338,7 @@ impl Activations {
         // Not zeroed first: that cost the calling thread 2-3 ms per ViT-L
         // inference while the others waited. Row padding multiplies zero
         // weights, except in AMX tiles, which are written whole below.
-        self.data.resize(padded_rows * stride, 0);
+        self.data.resize(padded_rows * stride);
         self.row_terms.resize(rows, 0);
         debug_assert!(padded_rows == rows || kernel.tiled(), "only tiles pad rows");
         let flip = if kernel.activation_offset() == 128 { 0x80 } else { 0 };
@@ -386,6 +386,43 @@ impl Activations {
         self.scale = scale;
         self.zero_point = zero_point;
         self.offset = kernel.activation_offset();
+    }
+}
+
+/// Bytes that start on a cache line. A `Vec<u8>` as big as a layer's
+/// activations comes from `mmap` 16 bytes past a page, so every 64-byte
+/// row of an AMX tile straddled two lines: that made the tile loop 3.5x
+/// slower on the Xeon of BENCHMARKS.md ("Aligned activations").
+#[derive(Default)]
+struct Lines {
+    lines: Vec<Line>,
+    len: usize,
+}
+
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct Line([u8; 64]);
+
+impl Lines {
+    /// Like `Vec::resize` with zeros: bytes kept from before stay as they were.
+    fn resize(&mut self, len: usize) {
+        self.lines.resize(len.div_ceil(64), Line([0; 64]));
+        self.len = len;
+    }
+}
+
+impl std::ops::Deref for Lines {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `lines` holds at least `len` initialized bytes (`resize`).
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast(), self.len) }
+    }
+}
+
+impl std::ops::DerefMut for Lines {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `deref`, and `&mut self` is exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast(), self.len) }
     }
 }
 
@@ -606,7 +643,9 @@ mod tests {
         let packed = PackedWeights::pack(k, n, &w, &zb);
         // A buffer left dirty by a bigger layer, as the reused one is: the
         // quantizer must rewrite every padding byte.
-        let mut a = Activations { data: vec![0xa5; (rows + 32) * (k + 64) * 2], ..Default::default() };
+        let mut a = Activations::default();
+        a.data.resize((rows + 32) * (k + 64) * 2);
+        a.data.fill(0xa5);
         a.quantize(&x, k, kernel, &workers);
         let mut out = vec![f32::NAN; rows * n];
         let job = Job::new(&a, &packed, &w_scale, bias, gelu, &mut out);

@@ -517,6 +517,7 @@ const SUMS_ROW_BYTES: usize = NR * 4;
 pub(super) unsafe fn panel_amx(a: &Activations, job: &Job, panel: usize) {
     let w = job.w;
     debug_assert_eq!(a.stride % 64, 0);
+    debug_assert_eq!(a.data.as_ptr() as usize % 64, 0, "tile rows on cache lines");
     debug_assert!(a.data.len() >= a.rows.div_ceil(16) * 16 * a.stride);
     let chunks = a.stride / 64;
     let b = w.steps.as_ptr().add(panel * w.k4) as *const u8;
