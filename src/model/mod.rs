@@ -7,6 +7,7 @@ mod attention;
 pub mod canon;
 mod config;
 pub mod install;
+mod lines;
 pub mod manifest;
 mod onnx;
 mod passes;

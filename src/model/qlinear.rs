@@ -31,6 +31,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_hir::internal::*;
 
+use super::lines::Lines;
 use super::onnx::{float, int, GraphIndex, LazyModel};
 use super::placeholder::{self, Payload};
 use super::qgemm::{self, Activations, Gelu, Job, Kernel, LayerNorm, PackedWeights};
@@ -487,7 +488,7 @@ thread_local! {
     /// 197 x 4096 bytes for a ViT-L MLP) instead of allocated per call.
     static ACTIVATIONS: std::cell::RefCell<Activations> = Default::default();
     /// The layer norm's output, likewise.
-    static NORMED: std::cell::RefCell<Vec<f32>> = Default::default();
+    static NORMED: std::cell::RefCell<Lines<f32>> = Default::default();
 }
 
 impl EvalOp for QLinear {
@@ -510,7 +511,7 @@ impl EvalOp for QLinear {
         ACTIVATIONS.with_borrow_mut(|a| -> TractResult<()> {
             match &w.norm {
                 Some(norm) => NORMED.with_borrow_mut(|y| {
-                    y.resize(x.len(), 0.0);
+                    y.resize(x.len());
                     let range = norm.apply(x, y, &workers);
                     a.quantize_in_range(y, range, w.k, w.kernel, &workers);
                 }),

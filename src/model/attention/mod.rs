@@ -35,6 +35,7 @@ use x86 as simd;
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use crate::model::lines::Lines;
 use crate::model::workers;
 use tract_onnx::pb::{tensor_proto::DataType, NodeProto};
 use tract_onnx::prelude::*;
@@ -329,14 +330,14 @@ thread_local! {
     /// Per thread: the head's scaled queries, transposed scaled keys,
     /// scores and row sums (about 270 KB for ViT-L), reused across heads
     /// and calls.
-    static SCRATCH: std::cell::RefCell<Vec<f32>> = Default::default();
+    static SCRATCH: std::cell::RefCell<Lines<f32>> = Default::default();
 }
 
 unsafe fn head(b: &Block, d: &Dims, h: usize, q: Ptr, k: Ptr, v: Ptr, out: Ptr) {
     let (t, hd) = (d.tokens, d.head_dim);
     let tp = t.div_ceil(16) * 16;
     SCRATCH.with_borrow_mut(|scratch| {
-        scratch.resize(t * hd + hd * tp + t * tp + t, 0.0);
+        scratch.resize(t * hd + hd * tp + t * tp + t);
         let (qs, rest) = scratch.split_at_mut(t * hd);
         let (kt, rest) = rest.split_at_mut(hd * tp);
         let (s, sums) = rest.split_at_mut(t * tp);

@@ -27,6 +27,7 @@ mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
+use super::lines::Lines;
 use super::workers::Workers;
 
 pub(crate) use rowwise::{add_residual, LayerNorm};
@@ -300,7 +301,7 @@ pub(crate) struct Activations {
     /// tiles ([`Kernel::tiled`]). Only AMX reads padding against nonzero
     /// weights (the next panel's), so only its tiles' padding is kept 0;
     /// the sums of padding rows are never read.
-    data: Lines,
+    data: Lines<u8>,
     stride: usize,
     rows: usize,
     k: usize,
@@ -386,43 +387,6 @@ impl Activations {
         self.scale = scale;
         self.zero_point = zero_point;
         self.offset = kernel.activation_offset();
-    }
-}
-
-/// Bytes that start on a cache line. A `Vec<u8>` as big as a layer's
-/// activations comes from `mmap` 16 bytes past a page, so every 64-byte
-/// row of an AMX tile straddled two lines: that made the tile loop 3.5x
-/// slower on the Xeon of BENCHMARKS.md ("Aligned activations").
-#[derive(Default)]
-struct Lines {
-    lines: Vec<Line>,
-    len: usize,
-}
-
-#[repr(C, align(64))]
-#[derive(Clone, Copy)]
-struct Line([u8; 64]);
-
-impl Lines {
-    /// Like `Vec::resize` with zeros: bytes kept from before stay as they were.
-    fn resize(&mut self, len: usize) {
-        self.lines.resize(len.div_ceil(64), Line([0; 64]));
-        self.len = len;
-    }
-}
-
-impl std::ops::Deref for Lines {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        // SAFETY: `lines` holds at least `len` initialized bytes (`resize`).
-        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast(), self.len) }
-    }
-}
-
-impl std::ops::DerefMut for Lines {
-    fn deref_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as in `deref`, and `&mut self` is exclusive.
-        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast(), self.len) }
     }
 }
 
