@@ -23,6 +23,7 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_hir::internal::*;
 
 use super::attention;
+use super::lines::Lines;
 use super::onnx::{ints, GraphIndex, LazyModel};
 use super::placeholder::{self, Payload};
 use super::workers;
@@ -190,46 +191,62 @@ impl EvalOp for PatchOp {
         let o = ram.as_slice_mut::<f32>()?;
         let workers = workers::current();
         for (x, o) in x.chunks_exact(c * h * w).zip(o.chunks_exact_mut(p.outputs * positions)) {
-            // `[depth, padded]`: patch value d of position j, zero past both.
-            let mut cols = vec![0f32; p.depth * padded];
-            for ci in 0..c {
-                for ky in 0..kh {
-                    for kx in 0..kw {
-                        let d = (ci * kh + ky) * kw + kx;
-                        for py in 0..oh {
-                            let row = &x[(ci * h + py * kh + ky) * w..][..w];
-                            for px in 0..ow {
-                                cols[d * padded + py * ow + px] = row[px * kw + kx];
-                            }
+            COLUMNS.with_borrow_mut(|cols| {
+                // `[depth, padded]`: patch value d of position j, zero past both.
+                cols.resize(p.depth * padded);
+                let (patch, rest) = cols.split_at_mut(c * kh * kw * padded);
+                rest.fill(0.0);
+                for (d, row) in patch.chunks_exact_mut(padded).enumerate() {
+                    let (ci, ky, kx) = (d / (kh * kw), d / kw % kh, d % kw);
+                    for py in 0..oh {
+                        let line = &x[(ci * h + py * kh + ky) * w..][..w];
+                        for px in 0..ow {
+                            row[py * ow + px] = line[px * kw + kx];
                         }
                     }
+                    row[positions..].fill(0.0);
                 }
-            }
-            let out = Out(o.as_mut_ptr());
-            let groups = p.outputs.div_ceil(ROWS);
-            workers.for_ranges(groups, p.outputs * p.depth * positions / 64, &|range| {
-                let mut tile = vec![0f32; ROWS * padded];
-                for g in range {
-                    let rows = (p.outputs - g * ROWS).min(ROWS);
-                    let w = &p.weights[g * ROWS * p.depth..][..rows * p.depth];
-                    // SAFETY: the sizes are as `product` asks; this part
-                    // alone writes output channels g * ROWS .. + rows.
-                    unsafe {
-                        attention::product(w, &cols, &mut tile, rows, padded, p.depth);
-                        for r in 0..rows {
-                            let ch = g * ROWS + r;
-                            let bias = p.bias.as_ref().map_or(0.0, |b| b[ch]);
-                            let dst = out.slice(ch * positions, positions);
-                            for (d, &v) in dst.iter_mut().zip(&tile[r * padded..]) {
-                                *d = v + bias;
-                            }
-                        }
-                    }
-                }
+                multiply(p, cols, o, positions, padded, &workers);
             });
         }
         Ok(tvec!(out.into_tvalue()))
     }
+}
+
+thread_local! {
+    /// The gathered patches, and per thread a tile of products: reused
+    /// across calls instead of allocated (and zeroed) per inference.
+    static COLUMNS: std::cell::RefCell<Lines<f32>> = Default::default();
+    static TILE: std::cell::RefCell<Lines<f32>> = Default::default();
+}
+
+/// `o[ch][j] = weights[ch] . cols[:, j] + bias[ch]`, output channels split
+/// over the workers.
+fn multiply(p: &Patches, cols: &[f32], o: &mut [f32], positions: usize, padded: usize, workers: &workers::Workers) {
+    let out = Out(o.as_mut_ptr());
+    let groups = p.outputs.div_ceil(ROWS);
+    workers.for_ranges(groups, p.outputs * p.depth * positions / 64, &|range| {
+        TILE.with_borrow_mut(|tile| {
+            tile.resize(ROWS * padded);
+            for g in range {
+                let rows = (p.outputs - g * ROWS).min(ROWS);
+                let w = &p.weights[g * ROWS * p.depth..][..rows * p.depth];
+                // SAFETY: the sizes are as `product` asks; this part
+                // alone writes output channels g * ROWS .. + rows.
+                unsafe {
+                    attention::product(w, cols, tile, rows, padded, p.depth);
+                    for r in 0..rows {
+                        let ch = g * ROWS + r;
+                        let bias = p.bias.as_ref().map_or(0.0, |b| b[ch]);
+                        let dst = out.slice(ch * positions, positions);
+                        for (d, &v) in dst.iter_mut().zip(&tile[r * padded..]) {
+                            *d = v + bias;
+                        }
+                    }
+                }
+            }
+        })
+    });
 }
 
 impl TypedOp for PatchOp {
