@@ -1,8 +1,9 @@
 //! The aarch64 kernels, both on half panels of 16 columns (4 registers of
 //! 4 columns x 4 k per step):
 //!
-//! - ARMv8.2 dot product (`sdot`): 4 rows x 16 columns of i32 accumulators
-//!   (16 q registers) and one register per row holding 16 activation
+//! - ARMv8.2 dot product (`sdot`): 5 rows x 16 columns of i32 accumulators
+//!   (20 q registers, 4 more for the weights, 29 in all without a spill)
+//!   and one register per row holding 16 activation
 //!   bytes, whose four 4-byte lanes feed four k-steps through `sdot`'s
 //!   lane form. `sdot` is inline assembly: its intrinsic is not stable Rust
 //!   yet (rust-lang/rust#117224).
@@ -18,7 +19,7 @@ use std::arch::asm;
 use super::scalar::{ERF_P, ERF_Q};
 use super::{Activations, Gelu, Job, NR};
 
-const MR: usize = 4;
+const MR: usize = 5;
 /// Columns per half panel: 4 registers of 4 columns.
 const HALF: usize = 16;
 
@@ -59,7 +60,8 @@ pub(super) unsafe fn panel_dot(a: &Activations, job: &Job, panel: usize) {
             0 => {}
             1 => tile::<1>(a, job, panel, half, m),
             2 => tile::<2>(a, job, panel, half, m),
-            _ => tile::<3>(a, job, panel, half, m),
+            3 => tile::<3>(a, job, panel, half, m),
+            _ => tile::<4>(a, job, panel, half, m),
         }
     }
 }
