@@ -18,8 +18,9 @@
 //!   merging the heads.
 //!
 //! Here every node whose inputs are constants is evaluated once by tract
-//! (its `ScatterND` replaced by a byte copy) and becomes an initializer, the key transposes become one `Transpose`,
-//! the no-ops go, and GELU's products are reordered to
+//! (with `ScatterND` as a byte copy) and becomes an initializer, the key
+//! transposes become one `Transpose`, the no-ops go, and GELU's products
+//! are reordered to
 //! `(y * (1 + erf(..))) * 0.5` (exact: the product by 0.5 only changes the
 //! exponent). Each rewrite keeps the names of the tensors that other nodes
 //! read.
@@ -363,8 +364,10 @@ impl EvalOp for CopyScatter {
     op_out_of_plan!();
 
     fn eval(&self, ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        // `wire` cast both values to one type; strings and symbolic
+        // dimensions are not bytes to copy.
         let dt = inputs[0].datum_type();
-        if !dt.is_copy() || inputs[2].datum_type() != dt {
+        if !dt.is_copy() {
             return tract_onnx::tract_core::ops::array::ScatterNd::new(ScatterReduction::None).eval(ctx, inputs);
         }
         let (data, indices, updates) = args_3!(inputs);
@@ -392,7 +395,7 @@ impl EvalOp for CopyScatter {
                 ensure!((0..dim as i64).contains(&i), "ScatterND index {i} out of bounds for data shape {shape:?}");
                 at = at * dim + i as usize;
             }
-            out_bytes[at * bytes..][..bytes].copy_from_slice(&update[..bytes]);
+            out_bytes[at * bytes..][..bytes].copy_from_slice(update);
         }
         Ok(tvec!(out.into_tvalue()))
     }

@@ -186,12 +186,13 @@ impl TractClassifier {
         report.pass_report.canonical = canonical;
         // The f32 ops first: the relative position biases a plain export
         // folded at load are then freed before the weights are packed.
-        let (blocks, mut taken) = if options.lookout_attention && attention::supported() {
+        let f32_ops = options.lookout_attention && attention::supported();
+        let (blocks, mut taken) = if f32_ops {
             attention::rewrite(&mut lazy).map_err(|e| load_err(root_cause(&e)))?
         } else {
             Default::default()
         };
-        let (patches, more) = if options.lookout_attention && attention::supported() {
+        let (patches, more) = if f32_ops {
             patches::rewrite(&mut lazy).map_err(|e| load_err(root_cause(&e)))?
         } else {
             Default::default()
