@@ -134,7 +134,11 @@ pub(crate) fn rewrite(lazy: &mut LazyModel) -> TractResult<(Table, HashSet<usize
                 let t = lazy.tensor(index)?;
                 let shape = t.shape();
                 let (heads, tokens) = (shape[shape.len() - 3], shape[shape.len() - 1]);
-                Some(Bias { heads, tokens, values: t.try_as_plain_ram()?.as_slice::<f32>()?.to_vec() })
+                let values = t.try_as_plain_ram()?.as_slice::<f32>()?;
+                // A bias of zeros (a BEiT whose table was never trained)
+                // adds nothing: onnxruntime's NoopElimination drops it too,
+                // and kept it would cost a read of H x T x T floats per block.
+                values.iter().any(|&x| x != 0.0).then(|| Bias { heads, tokens, values: values.to_vec() })
             }
             None => None,
         };
@@ -513,6 +517,36 @@ mod tests {
         assert_eq!(taken.len(), 4);
         assert!(table.values().all(|b| b.head_dim == 16 && b.q_scale == 0.5 && b.k_scale == 0.5));
         assert!(table.values().all(|b| b.bias.as_ref().is_some_and(|b| (b.heads, b.tokens) == (4, 65))));
+        assert_eq!(lazy.graph().node.len(), before - 4 * 14 + 4);
+    }
+
+    #[test]
+    fn a_bias_of_zeros_is_dropped_with_its_add() {
+        use prost::Message;
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/digits/digits-int8.onnx");
+        let mut lazy = LazyModel::open(&path).unwrap();
+        let (_, taken) = rewrite(&mut lazy).unwrap();
+        let biases: HashSet<String> = taken.iter().map(|&i| lazy.graph().initializer[i].name.clone()).collect();
+        let mut proto = tract_onnx::pb::ModelProto::decode(std::fs::read(&path).unwrap().as_slice()).unwrap();
+        let graph = proto.graph.as_mut().unwrap();
+        let (zeroed, kept) = graph.initializer.iter_mut().partition::<Vec<_>, _>(|t| biases.contains(&t.name));
+        assert_eq!(zeroed.len(), 4, "one bias per block, {} other initializers", kept.len());
+        for (n, t) in zeroed.into_iter().enumerate() {
+            // One block's zeros negative: -0.0 adds nothing either.
+            t.raw_data.iter_mut().for_each(|b| *b = 0);
+            if n == 0 {
+                t.raw_data.chunks_mut(4).for_each(|x| x.copy_from_slice(&(-0.0f32).to_le_bytes()));
+            }
+        }
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), proto.encode_to_vec()).unwrap();
+        let mut lazy = LazyModel::open(file.path()).unwrap();
+        let before = lazy.graph().node.len();
+        let (table, taken) = rewrite(&mut lazy).unwrap();
+        assert_eq!(table.len(), 4);
+        assert!(table.values().all(|b| b.bias.is_none()), "{table:?}");
+        // The Adds go with their blocks, and no node reads the zeros.
+        assert_eq!(taken.len(), 4);
         assert_eq!(lazy.graph().node.len(), before - 4 * 14 + 4);
     }
 }
