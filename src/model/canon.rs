@@ -506,9 +506,8 @@ fn merge_at(
         let pn = g.node(p);
         let kept = if g.is(p, "Add", 2) {
             let same_shape = |name: &str| shapes.get(name).is_some_and(|s| shapes.get(input.as_str()) == Some(s));
-            let zeros = |name: &str| g.floats(name).is_some_and(|v| v.iter().all(|&x| x == 0.0));
             match (&pn.input[0], &pn.input[1]) {
-                (x, z) | (z, x) if same_shape(x) && zeros(z) => Some((x.clone(), vec![p])),
+                (x, z) | (z, x) if same_shape(x) && g.zeros(z) => Some((x.clone(), vec![p])),
                 _ => None,
             }
         } else if g.is(p, "Where", 3) {

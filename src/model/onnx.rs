@@ -321,10 +321,27 @@ impl<'m> GraphIndex<'m> {
         self.lazy.tensor(i).ok()?.cast_to_scalar::<f32>().ok()
     }
 
-    /// Initializer `name` as f32 values.
-    pub(crate) fn floats(&self, name: &str) -> Option<Vec<f32>> {
-        let (i, _) = self.init_of(name, DataType::Float)?;
-        Some(self.lazy.tensor(i).ok()?.try_as_plain_ram().ok()?.as_slice::<f32>().ok()?.to_vec())
+    /// Whether initializer `name` is f32 and every value 0 or -0. Read in
+    /// pieces without a tensor built: a large mask or bias of zeros is
+    /// read once, and one that is not stops at its first piece.
+    pub(crate) fn zeros(&self, name: &str) -> bool {
+        let Some((i, t)) = self.init_of(name, DataType::Float) else { return false };
+        let zero = |b: &[u8]| b.chunks_exact(4).all(|x| u32::from_le_bytes([x[0], x[1], x[2], x[3]]) << 1 == 0);
+        let values = t.dims.iter().try_fold(1u64, |n, &d| u64::try_from(d).ok().and_then(|d| n.checked_mul(d)));
+        let Some(bytes) = values.and_then(|n| n.checked_mul(4)) else { return false };
+        match self.lazy.deferred.iter().find(|(j, _)| *j == i) {
+            None if t.raw_data.is_empty() => {
+                t.float_data.len() as u64 * 4 == bytes && t.float_data.iter().all(|&x| x == 0.0)
+            }
+            None => t.raw_data.len() as u64 == bytes && zero(&t.raw_data),
+            Some(&(_, span)) => {
+                span.len == bytes
+                    && (0..span.len).step_by(1 << 16).all(|at| {
+                        let piece = Span { offset: span.offset + at, len: (span.len - at).min(1 << 16) };
+                        self.lazy.read(piece).is_ok_and(|b| zero(&b))
+                    })
+            }
+        }
     }
 
     /// Initializer `name` as integers (a shape, say).
@@ -577,6 +594,46 @@ mod tests {
         graph.initializer[index].data_type = 8;
         assert!(lazy.tensor(index).unwrap_err().to_string().contains("ONNX type 8"), "strings: tract panics on them");
         assert!(good.len() > 1000);
+    }
+
+    #[test]
+    fn zeros_are_f32_tensors_of_only_zeros_read_from_memory_or_the_file() {
+        let f32s = |name: &str, values: &[f32]| TensorProto {
+            name: name.into(),
+            dims: vec![values.len() as i64],
+            data_type: DataType::Float as i32,
+            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ..Default::default()
+        };
+        // Over DEFER_BYTES, so read from the file in pieces; the non-zero
+        // value is in the last piece.
+        let big = 40_000;
+        let mut late = vec![0.0; big];
+        late[big - 1] = 1e-30;
+        let mut signed = vec![0.0; big];
+        signed[big / 2] = -0.0;
+        let cases = [
+            (f32s("small", &[0.0, -0.0]), true),
+            (f32s("one", &[0.0, 1.0]), false),
+            (f32s("big", &vec![0.0; big]), true),
+            (f32s("signed", &signed), true),
+            (f32s("late", &late), false),
+            (TensorProto { raw_data: vec![], float_data: vec![0.0; 3], ..f32s("typed", &[0.0; 3]) }, true),
+            (TensorProto { raw_data: vec![], float_data: vec![0.0, 2.0, 0.0], ..f32s("typed1", &[0.0; 3]) }, false),
+            (TensorProto { dims: vec![3], ..f32s("short", &[0.0; 2]) }, false),
+            (TensorProto { data_type: DataType::Int32 as i32, ..f32s("ints", &[0.0; 2]) }, false),
+        ];
+        let graph = GraphProto { initializer: cases.iter().map(|(t, _)| t.clone()).collect(), ..Default::default() };
+        let proto = ModelProto { graph: Some(graph), ..Default::default() };
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), proto.encode_to_vec()).unwrap();
+        let lazy = LazyModel::open(file.path()).unwrap();
+        assert_eq!(lazy.deferred.len(), 3, "big, signed and late stay in the file");
+        let g = GraphIndex::new(&lazy);
+        for (t, want) in &cases {
+            assert_eq!(g.zeros(&t.name), *want, "{}", t.name);
+        }
+        assert!(!g.zeros("absent"));
     }
 
     #[test]
