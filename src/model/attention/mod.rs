@@ -136,8 +136,9 @@ pub(crate) fn rewrite(lazy: &mut LazyModel) -> TractResult<(Table, HashSet<usize
                 let (heads, tokens) = (shape[shape.len() - 3], shape[shape.len() - 1]);
                 let values = t.try_as_plain_ram()?.as_slice::<f32>()?;
                 // A bias of zeros (a BEiT whose table was never trained)
-                // adds nothing: onnxruntime's NoopElimination drops it too,
-                // and kept it would cost a read of H x T x T floats per block.
+                // adds nothing. canon drops such an Add where the graph
+                // declares the scores' shape; torch's legacy export does
+                // not, and kept it costs a read of H x T x T floats per block.
                 values.iter().any(|&x| x != 0.0).then(|| Bias { heads, tokens, values: values.to_vec() })
             }
             None => None,
