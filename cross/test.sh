@@ -57,7 +57,7 @@ if [[ " ${triples[*]} " == *" aarch64-unknown-linux-gnu "* ]]; then
     cargo-zigbuild test --locked --profile "$profile" --target aarch64-unknown-linux-gnu.2.17 --lib
   # lookout's sdot kernel needs a CPU with the dot product (Pi 5): its
   # tests against the ONNX definition again on a Cortex-A76.
-  LOOKOUT_EXPECT_INT8_KERNEL=lookout_arm64dot_i8i8_5x16 \
+  LOOKOUT_EXPECT_INT8_KERNEL=lookout_arm64dot_i8i8_6x16 \
     CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -cpu cortex-a76 -L /usr/aarch64-linux-gnu" \
     cargo-zigbuild test --locked --profile "$profile" --target aarch64-unknown-linux-gnu.2.17 --lib model::qgemm -- --nocapture
 fi

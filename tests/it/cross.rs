@@ -48,7 +48,7 @@ const VARIANTS: &[Variant] = &[
         sysroot: "/usr/aarch64-linux-gnu",
         cpu: "cortex-a76",
         env: &[],
-        kernel: "lookout_arm64dot_i8i8_5x16 ",
+        kernel: "lookout_arm64dot_i8i8_6x16 ",
         not_kernel: "arm64simd_mmm_i32_8x8",
         attention: true,
     },

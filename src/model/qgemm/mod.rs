@@ -189,7 +189,7 @@ impl Kernel {
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => "lookout_avx2_u8i8_2x16",
             #[cfg(target_arch = "aarch64")]
-            Kernel::Dot => "lookout_arm64dot_i8i8_5x16",
+            Kernel::Dot => "lookout_arm64dot_i8i8_6x16",
             #[cfg(target_arch = "aarch64")]
             Kernel::Neon => "lookout_arm64neon_i8i8_2x16",
         }
