@@ -266,6 +266,8 @@ impl Kernel {
             Kernel::Amx | Kernel::Avx512Vnni => unsafe { x86::min_max_avx512(xs) },
             #[cfg(target_arch = "x86_64")]
             Kernel::AvxVnni | Kernel::Avx2 => unsafe { x86::min_max_avx2(xs) },
+            #[cfg(target_arch = "aarch64")]
+            Kernel::Dot | Kernel::Neon => aarch64::min_max(xs),
             #[allow(unreachable_patterns)]
             _ => min_max(xs),
         }
