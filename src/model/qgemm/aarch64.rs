@@ -552,26 +552,40 @@ unsafe fn widening_step2(
     );
 }
 
-/// [`widening_step2`] over two k-steps at once, for weights without -128
-/// ([`PackedWeights::no_i8_min`]): `smull` then `smlal` add the two steps'
-/// products in i16 before one `sadalp` widens them, 48 multiplies and adds
-/// per two steps of two rows instead of 64. Exact: a product of a weight in
-/// -127..127 and an activation in -128..127 is at most 16256 in size, two
-/// at most 32512.
+/// [`tile_neon`]'s loop for two rows over pairs of k-steps, for weights
+/// without -128 ([`PackedWeights::no_i8_min`]), `passes` pairs: `smull`
+/// then `smlal` add the two steps' products in i16 before one `sadalp`
+/// widens them, 48 multiplies and adds per pair of steps of two rows
+/// instead of 64. Exact: a product of a weight in -127..127 and an
+/// activation in -128..127 is at most 16256 in size, two at most 32512.
+///
+/// Loads move their own pointers on: both steps' weights in two `ld1` of
+/// four registers, each row's two 4-byte groups in one `ld2r` (each group
+/// repeated across its register), then a count down: 54 instructions per
+/// 48 multiplies. LLVM's loop around the same 48 (the multiplies as one
+/// `asm!` block) had 65: a load per register, and row and weight addresses
+/// recomputed with `add`s.
 ///
 /// # Safety
-/// No weight in `b` may be -128 (otherwise the i16 sums may wrap: wrong
-/// results, not undefined behaviour); registers only.
+/// No weight may be -128 (otherwise the i16 sums may wrap: wrong results,
+/// not undefined behaviour); `rows` and `rows + stride` hold `8 * passes`
+/// bytes, `steps` `256 * passes` (steps of 128, this half's 64 bytes
+/// first); `passes > 0`.
 #[inline(always)]
-unsafe fn widening_pair2(
+unsafe fn widening_pairs2(
     a0: &mut [int32x4_t; 8],
     a1: &mut [int32x4_t; 8],
-    b: &[int8x16_t; 4],
-    b_next: &[int8x16_t; 4],
-    q0: [int8x16_t; 2],
-    q1: [int8x16_t; 2],
+    rows: *const i8,
+    stride: usize,
+    steps: *const i8,
+    passes: usize,
 ) {
     asm!(
+        "2:",
+        "ld1 {{v16.16b, v17.16b, v18.16b, v19.16b}}, [{w}], {step}",
+        "ld1 {{v20.16b, v21.16b, v22.16b, v23.16b}}, [{w}], {step}",
+        "ld2r {{v24.4s, v25.4s}}, [{r0}], #8",
+        "ld2r {{v26.4s, v27.4s}}, [{r1}], #8",
         "smull  v28.8h, v16.8b, v24.8b",
         "smull2 v29.8h, v16.16b, v24.16b",
         "smlal  v28.8h, v20.8b, v25.8b",
@@ -620,6 +634,13 @@ unsafe fn widening_pair2(
         "smlal2 v31.8h, v23.16b, v27.16b",
         "sadalp v14.4s, v30.8h",
         "sadalp v15.4s, v31.8h",
+        "subs {n}, {n}, #1",
+        "b.ne 2b",
+        r0 = inout(reg) rows => _,
+        r1 = inout(reg) rows.add(stride) => _,
+        w = inout(reg) steps => _,
+        step = in(reg) 128usize,
+        n = inout(reg) passes => _,
         inout("v0") a0[0],
         inout("v1") a0[1],
         inout("v2") a0[2],
@@ -636,23 +657,11 @@ unsafe fn widening_pair2(
         inout("v13") a1[5],
         inout("v14") a1[6],
         inout("v15") a1[7],
-        in("v16") b[0],
-        in("v17") b[1],
-        in("v18") b[2],
-        in("v19") b[3],
-        in("v20") b_next[0],
-        in("v21") b_next[1],
-        in("v22") b_next[2],
-        in("v23") b_next[3],
-        in("v24") q0[0],
-        in("v25") q0[1],
-        in("v26") q1[0],
-        in("v27") q1[1],
-        out("v28") _,
-        out("v29") _,
-        out("v30") _,
-        out("v31") _,
-        options(pure, nomem, nostack, preserves_flags),
+        out("v16") _, out("v17") _, out("v18") _, out("v19") _,
+        out("v20") _, out("v21") _, out("v22") _, out("v23") _,
+        out("v24") _, out("v25") _, out("v26") _, out("v27") _,
+        out("v28") _, out("v29") _, out("v30") _, out("v31") _,
+        options(nostack, readonly),
     );
 }
 
@@ -692,11 +701,9 @@ unsafe fn tile_neon<const R: usize>(a: &Activations, job: &Job, panel: usize, ha
     let b_at = |s: usize| [0, 1, 2, 3].map(|j| vld1q_s8(steps.add(s * 128 + j * 16)));
     let q = |r: usize, s: usize| vreinterpretq_s8_s32(vld1q_dup_s32(rows.add(r * a.stride + 4 * s) as *const i32));
     let mut s = 0;
-    if let ([a0, a1], true) = (&mut acc[..], w.no_i8_min) {
-        while s + 2 <= w.k4 {
-            widening_pair2(a0, a1, &b_at(s), &b_at(s + 1), [q(0, s), q(0, s + 1)], [q(1, s), q(1, s + 1)]);
-            s += 2;
-        }
+    if let ([a0, a1], true, 2..) = (&mut acc[..], w.no_i8_min, w.k4) {
+        widening_pairs2(a0, a1, rows, a.stride, steps, w.k4 / 2);
+        s = w.k4 / 2 * 2;
     }
     for s in s..w.k4 {
         let b = b_at(s);
