@@ -27,6 +27,7 @@ use super::lines::Lines;
 use super::onnx::{ints, GraphIndex, LazyModel};
 use super::placeholder::{self, Payload};
 use super::workers;
+use super::workers::Disjoint;
 
 /// The op type of the replacement node (registered with tract-onnx).
 pub(crate) const OP_TYPE: &str = "LookoutPatches";
@@ -157,23 +158,6 @@ pub(crate) struct PatchOp {
 
 placeholder::same_payload!(PatchOp, patches, OP_TYPE);
 
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-// Each part writes the rows of its own output channels.
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-
-impl Out {
-    /// `len` values from `at` on.
-    ///
-    /// # Safety
-    /// As `slice::from_raw_parts_mut`, and no other part writes them.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn slice(&self, at: usize, len: usize) -> &mut [f32] {
-        std::slice::from_raw_parts_mut(self.0.add(at), len)
-    }
-}
-
 impl EvalOp for PatchOp {
     op_out_of_plan!();
 
@@ -223,7 +207,8 @@ thread_local! {
 /// `o[ch][j] = weights[ch] . cols[:, j] + bias[ch]`, output channels split
 /// over the workers.
 fn multiply(p: &Patches, cols: &[f32], o: &mut [f32], positions: usize, padded: usize, workers: &workers::Workers) {
-    let out = Out(o.as_mut_ptr());
+    // Each part writes the rows of its own output channels.
+    let out = Disjoint(o.as_mut_ptr());
     let groups = p.outputs.div_ceil(ROWS);
     workers.for_ranges(groups, p.outputs * p.depth * positions / 64, &|range| {
         TILE.with_borrow_mut(|tile| {

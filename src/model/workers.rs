@@ -29,6 +29,28 @@ use std::time::{Duration, Instant};
 /// How long a helper spins after its last step before it parks.
 const SPIN: Duration = Duration::from_millis(5);
 
+/// A buffer's start, for the parts of one step to write without a lock:
+/// the closures the workers run must be `Sync`, which `*mut f32` is not.
+/// Whoever builds one says why no two parts write the same values.
+#[derive(Clone, Copy)]
+pub(crate) struct Disjoint(pub(crate) *mut f32);
+// SAFETY: sharing the pointer is sound because each part writes only its
+// own values (the builder's argument) and every part ends before the step
+// returns.
+unsafe impl Send for Disjoint {}
+unsafe impl Sync for Disjoint {}
+
+impl Disjoint {
+    /// `len` values from `at` on.
+    ///
+    /// # Safety
+    /// As `slice::from_raw_parts_mut`, and no other part writes them.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn slice(&self, at: usize, len: usize) -> &mut [f32] {
+        std::slice::from_raw_parts_mut(self.0.add(at), len)
+    }
+}
+
 /// Below this many units of work (values, multiply-adds / 64) one thread
 /// is faster than splitting.
 pub(crate) const PARALLEL_MIN: usize = 1 << 16;

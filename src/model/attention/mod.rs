@@ -36,7 +36,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::model::lines::Lines;
-use crate::model::workers;
+use crate::model::workers::{self, Disjoint};
 use tract_onnx::pb::{tensor_proto::DataType, NodeProto};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
@@ -311,8 +311,9 @@ impl EvalOp for Attention {
         let slice = |i: usize| inputs[i].try_as_plain_ram().and_then(|v| v.as_slice::<f32>().map(|s| s.as_ptr()));
         let (q, k, v) = (slice(0)?, slice(1)?, slice(2)?);
         let mut out = unsafe { Tensor::uninitialized::<f32>(&shape)? };
-        let o = Ptr(out.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?.as_mut_ptr());
-        let (q, k, v) = (Ptr(q as *mut f32), Ptr(k as *mut f32), Ptr(v as *mut f32));
+        // Heads read the shared inputs and write their own columns of the output.
+        let o = Disjoint(out.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?.as_mut_ptr());
+        let (q, k, v) = (Disjoint(q as *mut f32), Disjoint(k as *mut f32), Disjoint(v as *mut f32));
         let dims = Dims { tokens, width, head_dim: b.head_dim };
         let one = |h: usize| {
             // SAFETY: the inputs hold tokens x width values (checked by
@@ -325,12 +326,6 @@ impl EvalOp for Attention {
     }
 }
 
-#[derive(Clone, Copy)]
-struct Ptr(*mut f32);
-// Heads read shared inputs and write disjoint columns of the output.
-unsafe impl Send for Ptr {}
-unsafe impl Sync for Ptr {}
-
 thread_local! {
     /// Per thread: the head's scaled queries, transposed scaled keys,
     /// scores and row sums (about 270 KB for ViT-L), reused across heads
@@ -338,7 +333,7 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Lines<f32>> = Default::default();
 }
 
-unsafe fn head(b: &Block, d: &Dims, h: usize, q: Ptr, k: Ptr, v: Ptr, out: Ptr) {
+unsafe fn head(b: &Block, d: &Dims, h: usize, q: Disjoint, k: Disjoint, v: Disjoint, out: Disjoint) {
     let (t, hd) = (d.tokens, d.head_dim);
     let tp = t.div_ceil(16) * 16;
     SCRATCH.with_borrow_mut(|scratch| {

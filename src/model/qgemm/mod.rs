@@ -28,7 +28,7 @@ mod scalar;
 mod x86;
 
 use super::lines::Lines;
-use super::workers::Workers;
+use super::workers::{Disjoint, Workers};
 
 pub(crate) use rowwise::{add_residual, LayerNorm};
 pub(crate) use scalar::{min_max, quantize_into, scale_and_zero_point};
@@ -402,7 +402,7 @@ pub(crate) struct Job<'a> {
     scale: Vec<f32>,
     bias: Option<&'a [f32]>,
     gelu: Option<Gelu>,
-    out: OutPtr,
+    out: Disjoint,
 }
 
 /// torch's exact GELU as its ONNX export writes it, applied after the bias:
@@ -421,13 +421,6 @@ impl Gelu {
         (y * (scalar::erf(y / self.div) + self.add)) * self.mul
     }
 }
-
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// Every panel writes its own columns of the output: no two threads touch
-// the same element.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
 
 impl<'a> Job<'a> {
     /// `w_scale` and `bias` hold one value per column (`w_scale` may hold
@@ -450,7 +443,8 @@ impl<'a> Job<'a> {
         let scale = (0..width)
             .map(|c| if c < w.n { a.scale * w_scale[if w_scale.len() == 1 { 0 } else { c }] } else { 0.0 })
             .collect();
-        Job { w, col_add, scale, bias, gelu, out: OutPtr(out.as_mut_ptr()) }
+        // Every panel writes its own columns of the output.
+        Job { w, col_add, scale, bias, gelu, out: Disjoint(out.as_mut_ptr()) }
     }
 }
 
