@@ -173,86 +173,26 @@ unsafe fn tile<const R: usize>(a: &Activations, job: &Job, panel: usize, half: u
 /// (4 steps of 128, this half's 64 bytes first); `passes > 0`.
 #[inline(always)]
 unsafe fn dot6(acc: &mut [[int32x4_t; 4]; MR], rows: *const i8, stride: usize, steps: *const i8, passes: usize) {
+    // `sdot` of weight register `b` into accumulator `acc` by lane `l` of
+    // row register `a`, for each (acc a) pair.
+    macro_rules! sdots {
+        ($l:literal, $b:literal, $($acc:literal $a:literal)*) => {
+            concat!($("sdot v", $acc, ".4s, v", $b, ".16b, v", $a, ".4b[", $l, "]\n",)*)
+        };
+    }
     // One k-step: columns 8..16 of this half, then 0..8 (moving the
     // pointer on by the step's 128 bytes, the other half's 64 included),
-    // each against every row's lane `l`.
+    // each against every row's lane `l`. Row r's columns 4j..4j+4 are in
+    // v(4r + j), its activations in v(24 + r).
     macro_rules! step {
         ($l:literal) => {
             concat!(
                 "ldp q30, q31, [{w}, #32]\n",
-                "sdot v2.4s, v30.16b, v24.4b[",
-                $l,
-                "]\n",
-                "sdot v3.4s, v31.16b, v24.4b[",
-                $l,
-                "]\n",
-                "sdot v6.4s, v30.16b, v25.4b[",
-                $l,
-                "]\n",
-                "sdot v7.4s, v31.16b, v25.4b[",
-                $l,
-                "]\n",
-                "sdot v10.4s, v30.16b, v26.4b[",
-                $l,
-                "]\n",
-                "sdot v11.4s, v31.16b, v26.4b[",
-                $l,
-                "]\n",
-                "sdot v14.4s, v30.16b, v27.4b[",
-                $l,
-                "]\n",
-                "sdot v15.4s, v31.16b, v27.4b[",
-                $l,
-                "]\n",
-                "sdot v18.4s, v30.16b, v28.4b[",
-                $l,
-                "]\n",
-                "sdot v19.4s, v31.16b, v28.4b[",
-                $l,
-                "]\n",
-                "sdot v22.4s, v30.16b, v29.4b[",
-                $l,
-                "]\n",
-                "sdot v23.4s, v31.16b, v29.4b[",
-                $l,
-                "]\n",
+                sdots!($l, 30, 2 24 6 25 10 26 14 27 18 28 22 29),
+                sdots!($l, 31, 3 24 7 25 11 26 15 27 19 28 23 29),
                 "ldp q30, q31, [{w}], #128\n",
-                "sdot v0.4s, v30.16b, v24.4b[",
-                $l,
-                "]\n",
-                "sdot v1.4s, v31.16b, v24.4b[",
-                $l,
-                "]\n",
-                "sdot v4.4s, v30.16b, v25.4b[",
-                $l,
-                "]\n",
-                "sdot v5.4s, v31.16b, v25.4b[",
-                $l,
-                "]\n",
-                "sdot v8.4s, v30.16b, v26.4b[",
-                $l,
-                "]\n",
-                "sdot v9.4s, v31.16b, v26.4b[",
-                $l,
-                "]\n",
-                "sdot v12.4s, v30.16b, v27.4b[",
-                $l,
-                "]\n",
-                "sdot v13.4s, v31.16b, v27.4b[",
-                $l,
-                "]\n",
-                "sdot v16.4s, v30.16b, v28.4b[",
-                $l,
-                "]\n",
-                "sdot v17.4s, v31.16b, v28.4b[",
-                $l,
-                "]\n",
-                "sdot v20.4s, v30.16b, v29.4b[",
-                $l,
-                "]\n",
-                "sdot v21.4s, v31.16b, v29.4b[",
-                $l,
-                "]\n",
+                sdots!($l, 30, 0 24 4 25 8 26 12 27 16 28 20 29),
+                sdots!($l, 31, 1 24 5 25 9 26 13 27 17 28 21 29),
             )
         };
     }
