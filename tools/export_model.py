@@ -130,7 +130,18 @@ def build_random_model(size: str, seed: int):
         raise ExportError(f"{IMAGENET_LABELS} missing; run tools/imagenet_labels.py first")
     labels = read_labels(IMAGENET_LABELS)
     seed_everything(seed)
-    return Data2VecVisionForImageClassification(random_init_config(size, labels))
+    model = Data2VecVisionForImageClassification(random_init_config(size, labels))
+    # transformers starts the relative position bias tables at zeros, and a
+    # bias of zeros is dropped at load (lookout's canon and attention
+    # rewrite): the blocks would skip the Add a trained model's blocks do.
+    # BEiT's own init draws them (truncated normal, std 0.02).
+    import torch
+
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("relative_position_bias_table"):
+                torch.nn.init.trunc_normal_(p, std=0.02)
+    return model
 
 
 def load_pretrained(name_or_dir: str):
