@@ -124,18 +124,20 @@ unsafe fn step<const L: i32, const R: usize>(acc: &mut [[float32x4_t; 4]; R], a:
     }
 }
 
-/// Each row `i < t` of `s` (stride `tp`): add its bias row, then
+/// Each row `i < rows` of `s` (stride `tp`): add its bias row, then
 /// `exp(x - max)` over the first `t` entries; `sums[i]` gets the row's
 /// sum, by which [`weighted_sum`] divides.
 ///
 /// # Safety
-/// `s` holds `t * tp` values (`t <= tp`), `bias` (if any) `t * t`, `sums`
-/// `t` (checked in debug builds; the slices are indexed with bounds checks
-/// except within whole blocks of 4 of a row).
-pub(super) unsafe fn exp_rows(s: &mut [f32], bias: Option<&[f32]>, t: usize, tp: usize, sums: &mut [f32]) {
-    debug_assert!(s.len() >= t * tp && sums.len() >= t && bias.is_none_or(|b| b.len() >= t * t));
+/// `s` holds `(rows - 1) * tp + t` values (`t <= tp`), `bias` (if any)
+/// `rows * t`, `sums` `rows` (checked in debug builds; the slices are
+/// indexed with bounds checks except within whole blocks of 4 of a row).
+pub(super) unsafe fn exp_rows(s: &mut [f32], bias: Option<&[f32]>, rows: usize, t: usize, tp: usize, sums: &mut [f32]) {
+    debug_assert!(
+        rows > 0 && s.len() >= (rows - 1) * tp + t && sums.len() >= rows && bias.is_none_or(|b| b.len() >= rows * t)
+    );
     let whole = t / 4 * 4;
-    for (i, sum_out) in sums.iter_mut().enumerate().take(t) {
+    for (i, sum_out) in sums.iter_mut().enumerate().take(rows) {
         let row = &mut s[i * tp..i * tp + t];
         if let Some(bias) = bias {
             row.iter_mut().zip(&bias[i * t..(i + 1) * t]).for_each(|(x, b)| *x += b);

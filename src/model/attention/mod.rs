@@ -25,6 +25,7 @@
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
+mod bias;
 #[cfg(target_arch = "aarch64")]
 use aarch64 as simd;
 #[cfg(target_arch = "x86_64")]
@@ -44,6 +45,7 @@ use tract_onnx::tract_hir::internal::*;
 
 use super::onnx::{int, ints, GraphIndex, LazyModel};
 use super::placeholder::{self, Payload};
+use bias::Bias;
 
 /// The op type of the replacement node (registered with tract-onnx).
 pub(crate) const OP_TYPE: &str = "LookoutAttention";
@@ -56,25 +58,6 @@ pub(crate) struct Block {
     k_scale: f32,
     /// `[H, T, T]`, when the block adds one.
     bias: Option<Bias>,
-}
-
-#[derive(Debug)]
-struct Bias {
-    /// The block's head count, or 1 for one bias every head adds.
-    heads: usize,
-    tokens: usize,
-    values: Vec<f32>,
-}
-
-impl Bias {
-    /// Which of the bias's heads head `h` adds.
-    fn head(&self, h: usize) -> usize {
-        if self.heads == 1 {
-            0
-        } else {
-            h
-        }
-    }
 }
 
 /// The node name -> block table for [`placeholder::attach`].
@@ -139,7 +122,7 @@ pub(crate) fn rewrite(lazy: &mut LazyModel) -> TractResult<(Table, HashSet<usize
                 // adds nothing. canon drops such an Add where the graph
                 // declares the scores' shape; torch's legacy export does
                 // not, and kept it costs a read of H x T x T floats per block.
-                values.iter().any(|&x| x != 0.0).then(|| Bias { heads, tokens, values: values.to_vec() })
+                values.iter().any(|&x| x != 0.0).then(|| Bias::new(heads, tokens, values))
             }
             None => None,
         };
@@ -337,26 +320,36 @@ unsafe fn head(b: &Block, d: &Dims, h: usize, q: Disjoint, k: Disjoint, v: Disjo
     let (t, hd) = (d.tokens, d.head_dim);
     let tp = t.div_ceil(16) * 16;
     SCRATCH.with_borrow_mut(|scratch| {
-        scratch.resize(t * hd + hd * tp + t * tp + t);
+        let row_len = b.bias.as_ref().map_or(0, Bias::row_len);
+        scratch.resize(t * hd + hd * tp + t * tp + t + row_len);
         let (qs, rest) = scratch.split_at_mut(t * hd);
         let (kt, rest) = rest.split_at_mut(hd * tp);
-        let (s, sums) = rest.split_at_mut(t * tp);
+        let (s, rest) = rest.split_at_mut(t * tp);
+        let (sums, row) = rest.split_at_mut(t);
         let col = h * hd;
         let scales = (b.q_scale, b.k_scale);
-        let bias = b.bias.as_ref().map(|bias| {
-            let h = bias.head(h);
-            &bias.values[h * t * t..(h + 1) * t * t]
-        });
         #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
         {
             simd::operands(q.0.add(col), k.0.add(col), d.width, scales, qs, kt, t, tp, hd);
             simd::scores(qs, kt, s, t, tp, hd);
-            simd::exp_rows(s, bias, t, tp, sums);
+            match &b.bias {
+                None => simd::exp_rows(s, None, t, t, tp, sums),
+                Some(bias) => match bias.dense(h) {
+                    Some(values) => simd::exp_rows(s, Some(values), t, t, tp, sums),
+                    // Each row of the bias rebuilt in cache as it is added.
+                    None => {
+                        for (i, sum) in sums.iter_mut().enumerate() {
+                            bias.row(h, i, row);
+                            simd::exp_rows(&mut s[i * tp..], Some(row), 1, t, tp, std::slice::from_mut(sum));
+                        }
+                    }
+                },
+            }
             simd::weighted_sum(s, sums, v.0.add(col), d.width, out.0.add(col), t, tp, hd);
         }
         #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
         {
-            let _ = (q, k, v, out, bias, s, sums, qs, kt, scales);
+            let _ = (q, k, v, out, s, sums, row, qs, kt, scales);
             unreachable!("supported() is false on this architecture");
         }
     })
@@ -391,9 +384,18 @@ impl TypedOp for Attention {
     as_op!();
 }
 
-/// The block as the ONNX graph defines it, naively: the test oracle.
+/// The block as the ONNX graph defines it, naively, with `bias` its
+/// `[heads, T, T]` values (`heads` 1 or all): the test oracle.
 #[cfg(test)]
-pub(crate) fn reference(b: &Block, q: &[f32], k: &[f32], v: &[f32], tokens: usize, width: usize) -> Vec<f32> {
+fn reference(
+    b: &Block,
+    bias: Option<&[f32]>,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    tokens: usize,
+    width: usize,
+) -> Vec<f32> {
     let hd = b.head_dim;
     let mut out = vec![0f32; tokens * width];
     for h in 0..width / hd {
@@ -407,7 +409,10 @@ pub(crate) fn reference(b: &Block, q: &[f32], k: &[f32], v: &[f32], tokens: usiz
                             qv as f64 * kv as f64
                         })
                         .sum();
-                    let bias = b.bias.as_ref().map_or(0.0, |bb| bb.values[(bb.head(h) * tokens + i) * tokens + j]);
+                    let bias = bias.map_or(0.0, |bb| {
+                        let head = if bb.len() == tokens * tokens { 0 } else { h };
+                        bb[(head * tokens + i) * tokens + j]
+                    });
                     dot + bias as f64
                 })
                 .collect();
@@ -442,26 +447,34 @@ mod tests {
             (seed >> 40) as f32 / (1u64 << 23) as f32 - 1.0
         };
         // Token counts around the tiles' edges; BEiT's 197 and 65.
-        // Bias heads: 0 for none, 1 for one bias every head adds ([1, 1, T, T]).
-        for (tokens, heads, hd, bias_heads, threads) in [
-            (1, 1, 16, 1, 1),
-            (17, 2, 32, 0, 1),
-            (65, 4, 16, 4, 2),
-            (197, 3, 64, 3, 2),
-            (40, 2, 128, 2, 1),
-            (33, 4, 16, 1, 2),
+        // Bias heads: 0 for none, 1 for one bias every head adds ([1, 1, T, T]);
+        // relative: BEiT's, gathered by offset on a grid after the class token.
+        for (tokens, heads, hd, bias_heads, relative, threads) in [
+            (1, 1, 16, 1, false, 1),
+            (17, 2, 32, 0, false, 1),
+            (65, 4, 16, 4, false, 2),
+            (197, 3, 64, 3, false, 2),
+            (40, 2, 128, 2, false, 1),
+            (33, 4, 16, 1, false, 2),
+            (197, 3, 64, 3, true, 2),
+            (65, 4, 16, 1, true, 1),
+            (5, 2, 16, 2, true, 2),
         ] {
             let width = heads * hd;
             let q: Vec<f32> = (0..tokens * width).map(|_| rnd() * 2.0).collect();
             let k: Vec<f32> = (0..tokens * width).map(|_| rnd() * 2.0).collect();
             let v: Vec<f32> = (0..tokens * width).map(|_| rnd()).collect();
-            let bias = (bias_heads > 0).then(|| Bias {
-                heads: bias_heads,
-                tokens,
-                values: (0..bias_heads * tokens * tokens).map(|_| rnd()).collect(),
-            });
+            let values: Vec<f32> = match relative {
+                true => {
+                    let table: Vec<f32> = (0..bias_heads * 4 * tokens).map(|_| rnd()).collect();
+                    bias::beit(bias_heads, (tokens - 1).isqrt(), |h, at| table[h * 4 * tokens + at])
+                }
+                false => (0..bias_heads * tokens * tokens).map(|_| rnd()).collect(),
+            };
+            let bias = (bias_heads > 0).then(|| Bias::new(bias_heads, tokens, &values));
+            assert_eq!(bias.as_ref().map(Bias::is_relative), (bias_heads > 0).then_some(relative));
             let block = Arc::new(Block { head_dim: hd, q_scale: 0.35, k_scale: 0.35, bias });
-            let want = reference(&block, &q, &k, &v, tokens, width);
+            let want = reference(&block, (bias_heads > 0).then_some(&values[..]), &q, &k, &v, tokens, width);
             let op = Attention { block };
             let t = |x: &[f32]| Tensor::from_shape(&[1, tokens, width], x).unwrap().into_tvalue();
             let workers = Arc::new(workers::Workers::new(threads, "test-w"));
@@ -512,7 +525,10 @@ mod tests {
         assert_eq!(table.len(), 4);
         assert_eq!(taken.len(), 4);
         assert!(table.values().all(|b| b.head_dim == 16 && b.q_scale == 0.5 && b.k_scale == 0.5));
-        assert!(table.values().all(|b| b.bias.as_ref().is_some_and(|b| (b.heads, b.tokens) == (4, 65))));
+        // Its trained relative position biases, each kept as offsets.
+        assert!(table
+            .values()
+            .all(|b| b.bias.as_ref().is_some_and(|b| (b.heads, b.tokens) == (4, 65) && b.is_relative())));
         assert_eq!(lazy.graph().node.len(), before - 4 * 14 + 4);
     }
 

@@ -166,20 +166,20 @@ unsafe fn scores_tile<const R: usize, const NB: usize>(
     }
 }
 
-/// Each row `i < t` of `s` (stride `tp`): add its bias row, then
+/// Each row `i < rows` of `s` (stride `tp`): add its bias row, then
 /// `exp(x - max)` over the first `t` entries; `sums[i]` gets the row's
 /// sum, by which [`weighted_sum`] divides (once per output value instead of
 /// once per probability).
 ///
 /// # Safety
-/// AVX-512 F must be present; `s` holds `t * tp` values (`t <= tp`),
-/// `bias` (if any) `t * t`, `sums` `t`.
+/// AVX-512 F must be present; `s` holds `rows * tp` values (`t <= tp`),
+/// `bias` (if any) `rows * t`, `sums` `rows`.
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn exp_rows(s: &mut [f32], bias: Option<&[f32]>, t: usize, tp: usize, sums: &mut [f32]) {
+pub(super) unsafe fn exp_rows(s: &mut [f32], bias: Option<&[f32]>, rows: usize, t: usize, tp: usize, sums: &mut [f32]) {
     let tail: __mmask16 = if t.is_multiple_of(16) { 0xffff } else { ((1u32 << (t % 16)) - 1) as u16 };
     let blocks = t.div_ceil(16);
     let mask = |b: usize| if b + 1 == blocks { tail } else { 0xffff };
-    for (i, sum_out) in sums.iter_mut().enumerate().take(t) {
+    for (i, sum_out) in sums.iter_mut().enumerate().take(rows) {
         let row = s.as_mut_ptr().add(i * tp);
         let mut max = _mm512_set1_ps(f32::MIN);
         for b in 0..blocks {
