@@ -55,12 +55,13 @@ pub(super) unsafe fn operands(
 }
 
 /// `s[i][j] = sum_d qs[i][d] * kt[d][j]` for rows `0..t` and keys `0..tp`
-/// (`kt` is zero past key `t`, so those scores are 0).
+/// (`kt` is zero past key `t`, so those scores are 0), added to what `s`
+/// holds when `add` (a bias written there first).
 ///
 /// # Safety
 /// `qs` holds `t * hd` values, `kt` `hd * tp`, `s` `t * tp`; `tp` and `hd`
 /// are multiples of 16. (NEON is part of every aarch64 CPU.)
-pub(super) unsafe fn scores(qs: &[f32], kt: &[f32], s: &mut [f32], t: usize, tp: usize, hd: usize) {
+pub(super) unsafe fn scores(qs: &[f32], kt: &[f32], s: &mut [f32], add: bool, t: usize, tp: usize, hd: usize) {
     debug_assert!(qs.len() >= t * hd && kt.len() >= hd * tp && s.len() >= t * tp && tp.is_multiple_of(16));
     let (qs, kt, s) = (qs.as_ptr(), kt.as_ptr(), s.as_mut_ptr());
     for j in (0..tp).step_by(16) {
@@ -68,10 +69,10 @@ pub(super) unsafe fn scores(qs: &[f32], kt: &[f32], s: &mut [f32], t: usize, tp:
         while i < t {
             let rows = (t - i).min(4);
             match rows {
-                1 => scores_tile::<1>(qs, kt, s, i, j, tp, hd),
-                2 => scores_tile::<2>(qs, kt, s, i, j, tp, hd),
-                3 => scores_tile::<3>(qs, kt, s, i, j, tp, hd),
-                _ => scores_tile::<4>(qs, kt, s, i, j, tp, hd),
+                1 => scores_tile::<1>(qs, kt, s, add, i, j, tp, hd),
+                2 => scores_tile::<2>(qs, kt, s, add, i, j, tp, hd),
+                3 => scores_tile::<3>(qs, kt, s, add, i, j, tp, hd),
+                _ => scores_tile::<4>(qs, kt, s, add, i, j, tp, hd),
             }
             i += rows;
         }
@@ -83,16 +84,25 @@ pub(super) unsafe fn scores(qs: &[f32], kt: &[f32], s: &mut [f32], t: usize, tp:
 /// # Safety
 /// As [`scores`], with `i + R <= t` and `j + 16 <= tp`.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn scores_tile<const R: usize>(
     qs: *const f32,
     kt: *const f32,
     s: *mut f32,
+    add: bool,
     i: usize,
     j: usize,
     tp: usize,
     hd: usize,
 ) {
     let mut acc = [[vdupq_n_f32(0.0); 4]; R];
+    if add {
+        for (r, row) in acc.iter_mut().enumerate() {
+            for (c, v) in row.iter_mut().enumerate() {
+                *v = vld1q_f32(s.add((i + r) * tp + j + 4 * c));
+            }
+        }
+    }
     // Four d at a time: each row's four queries in one register, used by
     // lane (hd is a multiple of 16).
     for d in (0..hd).step_by(4) {
@@ -124,24 +134,19 @@ unsafe fn step<const L: i32, const R: usize>(acc: &mut [[float32x4_t; 4]; R], a:
     }
 }
 
-/// Each row `i < rows` of `s` (stride `tp`): add its bias row, then
-/// `exp(x - max)` over the first `t` entries; `sums[i]` gets the row's
-/// sum, by which [`weighted_sum`] divides.
+/// Each row `i < t` of `s` (stride `tp`): `exp(x - max)` over the first
+/// `t` entries; `sums[i]` gets the row's sum, by which [`weighted_sum`]
+/// divides.
 ///
 /// # Safety
-/// `s` holds `(rows - 1) * tp + t` values (`t <= tp`), `bias` (if any)
-/// `rows * t`, `sums` `rows` (checked in debug builds; the slices are
-/// indexed with bounds checks except within whole blocks of 4 of a row).
-pub(super) unsafe fn exp_rows(s: &mut [f32], bias: Option<&[f32]>, rows: usize, t: usize, tp: usize, sums: &mut [f32]) {
-    debug_assert!(
-        rows > 0 && s.len() >= (rows - 1) * tp + t && sums.len() >= rows && bias.is_none_or(|b| b.len() >= rows * t)
-    );
+/// `s` holds `t * tp` values (`t <= tp`), `sums` `t` (checked in debug
+/// builds; the slices are indexed with bounds checks except within whole
+/// blocks of 4 of a row).
+pub(super) unsafe fn exp_rows(s: &mut [f32], t: usize, tp: usize, sums: &mut [f32]) {
+    debug_assert!(s.len() >= t * tp && sums.len() >= t);
     let whole = t / 4 * 4;
-    for (i, sum_out) in sums.iter_mut().enumerate().take(rows) {
+    for (i, sum_out) in sums.iter_mut().enumerate().take(t) {
         let row = &mut s[i * tp..i * tp + t];
-        if let Some(bias) = bias {
-            row.iter_mut().zip(&bias[i * t..(i + 1) * t]).for_each(|(x, b)| *x += b);
-        }
         let p = row.as_mut_ptr();
         let mut max = vdupq_n_f32(f32::MIN);
         for b in (0..whole).step_by(4) {

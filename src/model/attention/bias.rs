@@ -8,8 +8,8 @@
 //! that offset. So with `T = L + G * G` tokens (`L` leading ones, such as
 //! the class token, then a `G x G` grid), a head's bias is its
 //! `(2G - 1) x (2G - 1)` offsets plus the `L` rows and columns of the
-//! leading tokens: 72 KB per ViT-L block. Each row is rebuilt in the
-//! core's cache just before the softmax adds it.
+//! leading tokens: 72 KB per ViT-L block. Each head's rows are written
+//! into its scores, in the core's cache, before the product adds to them.
 //!
 //! The form is found from the values, not from the graph that computed
 //! them: a bias is kept in it only when every value equals, bit for bit,
@@ -63,48 +63,56 @@ impl Bias {
         }
     }
 
-    /// Head `h`'s whole `T x T` bias, when it is kept whole.
-    pub(super) fn dense(&self, h: usize) -> Option<&[f32]> {
+    /// How many values past the last row's `T` [`Bias::write`] may write.
+    pub(super) const OVERRUN: usize = CHUNK;
+
+    /// Writes head `h`'s `T x T` bias into `out`, row `i` at `i * stride`
+    /// (`stride >= T`). `out` holds `(T - 1) * stride + T + OVERRUN`
+    /// values; what lies between the rows may be written too.
+    pub(super) fn write(&self, h: usize, out: &mut [f32], stride: usize) {
         let t = self.tokens;
         let h = self.head(h);
+        assert!(stride >= t && out.len() >= (t - 1) * stride + t + CHUNK);
         match &self.form {
-            Form::Dense(values) => Some(&values[h * t * t..(h + 1) * t * t]),
-            Form::Relative { .. } => None,
-        }
-    }
-
-    /// How many values [`Bias::row`] writes into: `T` and the padding.
-    pub(super) fn row_len(&self) -> usize {
-        self.tokens + CHUNK
-    }
-
-    /// Writes head `h`'s bias from token `i` to every token into the first
-    /// `T` values of `out` (which holds [`Bias::row_len`]).
-    pub(super) fn row(&self, h: usize, i: usize, out: &mut [f32]) {
-        let t = self.tokens;
-        let h = self.head(h);
-        let out = &mut out[..t + CHUNK];
-        match &self.form {
-            Form::Dense(values) => out[..t].copy_from_slice(&values[(h * t + i) * t..][..t]),
-            &Form::Relative { grid, lead, ref offsets, ref lead_rows, ref lead_cols } => {
-                if i < lead {
-                    out[..t].copy_from_slice(&lead_rows[(h * lead + i) * t..][..t]);
-                    return;
+            Form::Dense(values) => {
+                for (i, row) in values[h * t * t..][..t * t].chunks_exact(t).enumerate() {
+                    out[i * stride..][..t].copy_from_slice(row);
                 }
-                let g = i - lead;
-                let (y, x) = (g / grid, g % grid);
-                out[..lead].copy_from_slice(&lead_cols[(h * (t - lead) + g) * lead..][..lead]);
+            }
+            &Form::Relative { grid, lead, ref offsets, ref lead_rows, ref lead_cols } => {
+                for (i, row) in lead_rows[h * lead * t..][..lead * t].chunks_exact(t).enumerate() {
+                    out[i * stride..][..t].copy_from_slice(row);
+                }
                 let side = 2 * grid - 1;
                 let table = &offsets[h * (side * side + CHUNK)..][..side * side + CHUNK];
-                // Key row `yk` is `y - yk` rows before; its keys `xk = 0..G`
-                // are offsets `x - xk`, entries `G - 1 - x + xk`.
-                for yk in 0..grid {
-                    let from = (y + grid - 1 - yk) * side + grid - 1 - x;
-                    let to = lead + yk * grid;
-                    if grid <= CHUNK {
-                        out[to..to + CHUNK].copy_from_slice(&table[from..from + CHUNK]);
-                    } else {
-                        out[to..to + grid].copy_from_slice(&table[from..from + grid]);
+                let cols = &lead_cols[h * (t - lead) * lead..][..(t - lead) * lead];
+                for g in 0..t - lead {
+                    let (y, x) = (g / grid, g % grid);
+                    let row = &mut out[(lead + g) * stride..][..t + CHUNK];
+                    row[..lead].copy_from_slice(&cols[g * lead..][..lead]);
+                    // Key row `yk` is `y - yk` rows before; its keys `xk =
+                    // 0..G` are offsets `x - xk`, entries `G - 1 - x + xk`:
+                    // from `first`, a table row earlier for each later key
+                    // row.
+                    let first = (y + grid - 1) * side + grid - 1 - x;
+                    if grid > CHUNK {
+                        for yk in 0..grid {
+                            let (from, to) = (first - yk * side, lead + yk * grid);
+                            row[to..to + grid].copy_from_slice(&table[from..from + grid]);
+                        }
+                        continue;
+                    }
+                    // `first + CHUNK <= table.len()` and `lead + (G - 1) G +
+                    // CHUNK <= T + CHUNK` by the table's and row's sizes.
+                    debug_assert!(first + CHUNK <= table.len() && (grid - 1) * side <= first);
+                    let (mut from, mut to) = (table[first..].as_ptr(), row[lead..].as_mut_ptr());
+                    for _ in 0..grid {
+                        // SAFETY: reads within `table` (from `first` down
+                        // by at most `G - 1` rows of `side`, which `first`
+                        // holds), writes within `row` (above); distinct
+                        // allocations.
+                        unsafe { std::ptr::copy_nonoverlapping(from, to, CHUNK) };
+                        (from, to) = (from.wrapping_sub(side), to.wrapping_add(grid));
                     }
                 }
             }
@@ -173,15 +181,15 @@ pub(super) fn beit(heads: usize, grid: usize, table: impl Fn(usize, usize) -> f3
 mod tests {
     use super::*;
 
+    /// Every head's bias as `write` writes it, rows `T + 5` apart.
     fn rows(bias: &Bias, heads: usize) -> Vec<f32> {
         let t = bias.tokens;
+        let stride = t + 5;
         let mut out = vec![];
-        let mut row = vec![f32::NAN; bias.row_len()];
         for h in 0..heads {
-            for i in 0..t {
-                bias.row(h, i, &mut row);
-                out.extend_from_slice(&row[..t]);
-            }
+            let mut all = vec![f32::NAN; (t - 1) * stride + t + Bias::OVERRUN];
+            bias.write(h, &mut all, stride);
+            (0..t).for_each(|i| out.extend_from_slice(&all[i * stride..][..t]));
         }
         out
     }
@@ -209,9 +217,7 @@ mod tests {
         let values = beit(1, 14, value);
         let bias = Bias::new(1, 197, &values);
         assert!(bias.is_relative());
-        let mut row = vec![0.0; bias.row_len()];
-        bias.row(5, 100, &mut row);
-        assert_eq!(row[..197], values[100 * 197..101 * 197]);
+        assert_eq!(rows(&bias, 6)[5 * 197 * 197..], values[..]);
     }
 
     #[test]
@@ -236,6 +242,6 @@ mod tests {
         values.truncate(2 * 63 * 63);
         let dense = Bias::new(2, 63, &values);
         assert!(!dense.is_relative(), "63 tokens");
-        assert_eq!(dense.dense(1), Some(&values[63 * 63..]));
+        assert_eq!(rows(&dense, 2), values);
     }
 }

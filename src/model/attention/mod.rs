@@ -82,7 +82,7 @@ pub(crate) fn supported() -> bool {
 /// `t * tp`; `tp` and `hd` are multiples of 16.
 pub(crate) unsafe fn product(a: &[f32], b: &[f32], s: &mut [f32], t: usize, tp: usize, hd: usize) {
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-    simd::scores(a, b, s, t, tp, hd);
+    simd::scores(a, b, s, false, t, tp, hd);
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     unreachable!("supported() is false on this architecture: {:?}", (a, b, s, t, tp, hd));
 }
@@ -320,36 +320,27 @@ unsafe fn head(b: &Block, d: &Dims, h: usize, q: Disjoint, k: Disjoint, v: Disjo
     let (t, hd) = (d.tokens, d.head_dim);
     let tp = t.div_ceil(16) * 16;
     SCRATCH.with_borrow_mut(|scratch| {
-        let row_len = b.bias.as_ref().map_or(0, Bias::row_len);
-        scratch.resize(t * hd + hd * tp + t * tp + t + row_len);
+        // The bias is written into the scores, which the product then adds
+        // to; its last row may run on past them.
+        scratch.resize(t * hd + hd * tp + t * tp + Bias::OVERRUN + t);
         let (qs, rest) = scratch.split_at_mut(t * hd);
         let (kt, rest) = rest.split_at_mut(hd * tp);
-        let (s, rest) = rest.split_at_mut(t * tp);
-        let (sums, row) = rest.split_at_mut(t);
+        let (s, sums) = rest.split_at_mut(t * tp + Bias::OVERRUN);
         let col = h * hd;
         let scales = (b.q_scale, b.k_scale);
+        if let Some(bias) = &b.bias {
+            bias.write(h, s, tp);
+        }
         #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
         {
             simd::operands(q.0.add(col), k.0.add(col), d.width, scales, qs, kt, t, tp, hd);
-            simd::scores(qs, kt, s, t, tp, hd);
-            match &b.bias {
-                None => simd::exp_rows(s, None, t, t, tp, sums),
-                Some(bias) => match bias.dense(h) {
-                    Some(values) => simd::exp_rows(s, Some(values), t, t, tp, sums),
-                    // Each row of the bias rebuilt in cache as it is added.
-                    None => {
-                        for (i, sum) in sums.iter_mut().enumerate() {
-                            bias.row(h, i, row);
-                            simd::exp_rows(&mut s[i * tp..], Some(row), 1, t, tp, std::slice::from_mut(sum));
-                        }
-                    }
-                },
-            }
+            simd::scores(qs, kt, s, b.bias.is_some(), t, tp, hd);
+            simd::exp_rows(s, t, tp, sums);
             simd::weighted_sum(s, sums, v.0.add(col), d.width, out.0.add(col), t, tp, hd);
         }
         #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
         {
-            let _ = (q, k, v, out, s, sums, row, qs, kt, scales);
+            let _ = (q, k, v, out, s, sums, qs, kt, scales);
             unreachable!("supported() is false on this architecture");
         }
     })

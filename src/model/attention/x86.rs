@@ -96,13 +96,14 @@ unsafe fn transpose(r: [__m512; 16]) -> [__m512; 16] {
 }
 
 /// `s[i][j] = sum_d qs[i][d] * kt[d][j]` for rows `0..t` and keys `0..tp`
-/// (`kt` is zero past key `t`, so those scores are 0).
+/// (`kt` is zero past key `t`, so those scores are 0), added to what `s`
+/// holds when `add` (a bias written there first).
 ///
 /// # Safety
 /// AVX-512 F must be present; `qs` holds `t * hd` values, `kt` `hd * tp`,
 /// `s` `t * tp`, and `tp` is a multiple of 16.
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn scores(qs: &[f32], kt: &[f32], s: &mut [f32], t: usize, tp: usize, hd: usize) {
+pub(super) unsafe fn scores(qs: &[f32], kt: &[f32], s: &mut [f32], add: bool, t: usize, tp: usize, hd: usize) {
     debug_assert!(qs.len() >= t * hd && kt.len() >= hd * tp && s.len() >= t * tp && tp.is_multiple_of(16));
     let (qs, kt, s) = (qs.as_ptr(), kt.as_ptr(), s.as_mut_ptr());
     let mut j = 0;
@@ -114,8 +115,8 @@ pub(super) unsafe fn scores(qs: &[f32], kt: &[f32], s: &mut [f32], t: usize, tp:
             macro_rules! tile {
                 ($($r:literal)*) => {
                     match (rows, wide) {
-                        $(($r, true) => scores_tile::<$r, 2>(qs, kt, s, i, j, tp, hd),
-                          ($r, false) => scores_tile::<$r, 1>(qs, kt, s, i, j, tp, hd),)*
+                        $(($r, true) => scores_tile::<$r, 2>(qs, kt, s, add, i, j, tp, hd),
+                          ($r, false) => scores_tile::<$r, 1>(qs, kt, s, add, i, j, tp, hd),)*
                         _ => unreachable!(),
                     }
                 };
@@ -133,16 +134,25 @@ pub(super) unsafe fn scores(qs: &[f32], kt: &[f32], s: &mut [f32], t: usize, tp:
 /// As [`scores`], with `i + R <= t` and `j + 16 * NB <= tp`.
 #[inline]
 #[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn scores_tile<const R: usize, const NB: usize>(
     qs: *const f32,
     kt: *const f32,
     s: *mut f32,
+    add: bool,
     i: usize,
     j: usize,
     tp: usize,
     hd: usize,
 ) {
     let mut acc = [[_mm512_setzero_ps(); NB]; R];
+    if add {
+        for (r, acc) in acc.iter_mut().enumerate() {
+            for (c, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm512_loadu_ps(s.add((i + r) * tp + j + 16 * c));
+            }
+        }
+    }
     for d in 0..hd {
         let mut b = [_mm512_setzero_ps(); NB];
         for (c, b) in b.iter_mut().enumerate() {
@@ -166,30 +176,23 @@ unsafe fn scores_tile<const R: usize, const NB: usize>(
     }
 }
 
-/// Each row `i < rows` of `s` (stride `tp`): add its bias row, then
-/// `exp(x - max)` over the first `t` entries; `sums[i]` gets the row's
-/// sum, by which [`weighted_sum`] divides (once per output value instead of
-/// once per probability).
+/// Each row `i < t` of `s` (stride `tp`): `exp(x - max)` over the first
+/// `t` entries; `sums[i]` gets the row's sum, by which [`weighted_sum`]
+/// divides (once per output value instead of once per probability).
 ///
 /// # Safety
-/// AVX-512 F must be present; `s` holds `rows * tp` values (`t <= tp`),
-/// `bias` (if any) `rows * t`, `sums` `rows`.
+/// AVX-512 F must be present; `s` holds `t * tp` values (`t <= tp`),
+/// `sums` `t`.
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn exp_rows(s: &mut [f32], bias: Option<&[f32]>, rows: usize, t: usize, tp: usize, sums: &mut [f32]) {
+pub(super) unsafe fn exp_rows(s: &mut [f32], t: usize, tp: usize, sums: &mut [f32]) {
     let tail: __mmask16 = if t.is_multiple_of(16) { 0xffff } else { ((1u32 << (t % 16)) - 1) as u16 };
     let blocks = t.div_ceil(16);
     let mask = |b: usize| if b + 1 == blocks { tail } else { 0xffff };
-    for (i, sum_out) in sums.iter_mut().enumerate().take(rows) {
+    for (i, sum_out) in sums.iter_mut().enumerate().take(t) {
         let row = s.as_mut_ptr().add(i * tp);
         let mut max = _mm512_set1_ps(f32::MIN);
         for b in 0..blocks {
-            let m = mask(b);
-            let mut v = _mm512_loadu_ps(row.add(16 * b));
-            if let Some(bias) = bias {
-                v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, bias.as_ptr().add(i * t + 16 * b)));
-                _mm512_mask_storeu_ps(row.add(16 * b), m, v);
-            }
-            max = _mm512_mask_max_ps(max, m, v, max);
+            max = _mm512_mask_max_ps(max, mask(b), _mm512_loadu_ps(row.add(16 * b)), max);
         }
         let max = _mm512_set1_ps(_mm512_reduce_max_ps(max));
         let mut sum = _mm512_setzero_ps();
