@@ -17,10 +17,10 @@
 //! - transformers' ViT reshapes the weighted sum to its own shape before
 //!   merging the heads.
 //!
-//! Here every node whose inputs are constants is evaluated once by tract
-//! (with `ScatterND` as a byte copy) and becomes an initializer, the key
-//! transposes become one `Transpose`, the no-ops go, and GELU's products
-//! are reordered to
+//! Here every node whose inputs are constants is evaluated once with
+//! tract's ops, one by one (`ScatterND` as a byte copy, reshapes without
+//! one), and becomes an initializer; the key transposes become one
+//! `Transpose`, the no-ops go, and GELU's products are reordered to
 //! `(y * (1 + erf(..))) * 0.5` (exact: the product by 0.5 only changes the
 //! exponent). Each rewrite keeps the names of the tensors that other nodes
 //! read.
@@ -761,34 +761,37 @@ mod tests {
         out[0].try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec()
     }
 
-    /// A model of one `ScatterND` of three initializers.
-    fn scatter_model(data: &Tensor, indices: &Tensor, updates: &Tensor) -> ModelProto {
+    /// A model of node `n` alone, its inputs initializers of `values`.
+    fn one_node_model(n: NodeProto, values: &[Tensor]) -> ModelProto {
         let graph = GraphProto {
-            node: vec![NodeProto {
-                op_type: "ScatterND".into(),
-                input: vec!["data".into(), "indices".into(), "updates".into()],
-                output: vec!["out".into()],
-                ..Default::default()
-            }],
-            initializer: [("data", data), ("indices", indices), ("updates", updates)]
-                .iter()
-                .map(|(name, t)| to_proto(name, t).unwrap())
-                .collect(),
-            output: vec![ValueInfoProto { name: "out".into(), ..Default::default() }],
+            initializer: n.input.iter().zip(values).map(|(name, t)| to_proto(name, t).unwrap()).collect(),
+            output: vec![ValueInfoProto { name: n.output[0].clone(), ..Default::default() }],
+            node: vec![n],
             ..Default::default()
         };
         let opset = tract_onnx::pb::OperatorSetIdProto { domain: String::new(), version: 17 };
         ModelProto { ir_version: 8, opset_import: vec![opset], graph: Some(graph), ..Default::default() }
     }
 
-    #[test]
-    fn a_reshape_moves_its_values_under_the_shape_tracts_rules_give() {
-        let node = |op: &str, inputs: &[&str]| NodeProto {
+    fn node(op: &str, inputs: &[&str]) -> NodeProto {
+        NodeProto {
             op_type: op.into(),
             input: inputs.iter().map(|i| i.to_string()).collect(),
             output: vec![format!("{op}_out")],
             ..Default::default()
-        };
+        }
+    }
+
+    /// A model of one `ScatterND` of three initializers.
+    fn scatter_model(data: &Tensor, indices: &Tensor, updates: &Tensor) -> ModelProto {
+        one_node_model(
+            node("ScatterND", &["data", "indices", "updates"]),
+            &[data.clone(), indices.clone(), updates.clone()],
+        )
+    }
+
+    #[test]
+    fn a_reshape_moves_its_values_under_the_shape_tracts_rules_give() {
         let ints = |shape: &[usize], v: &[i64]| Tensor::from_shape(shape, v).unwrap();
         let data = Tensor::from_shape(&[2, 3, 4], &(0..24).map(|i| i as f32).collect::<Vec<_>>()).unwrap();
         let cases = [
@@ -798,24 +801,15 @@ mod tests {
             (node("Transpose", &["data"]), vec![data.clone()], None),
         ];
         for (n, values, want) in cases {
-            let names = n.input.clone();
-            let graph = GraphProto {
-                node: vec![n.clone()],
-                initializer: names.iter().zip(&values).map(|(name, t)| to_proto(name, t).unwrap()).collect(),
-                output: vec![ValueInfoProto { name: n.output[0].clone(), ..Default::default() }],
-                ..Default::default()
-            };
-            let opset = tract_onnx::pb::OperatorSetIdProto { domain: String::new(), version: 17 };
-            let proto =
-                ModelProto { ir_version: 8, opset_import: vec![opset], graph: Some(graph), ..Default::default() };
-            let model = parser().model_for_proto_model(&proto).unwrap();
-            let op = model.nodes().iter().find(|m| m.name == n.output[0]).unwrap().op.clone();
+            let (op_type, name) = (n.op_type.clone(), n.output[0].clone());
+            let model = parser().model_for_proto_model(&one_node_model(n, &values)).unwrap();
+            let op = model.nodes().iter().find(|m| m.name == name).unwrap().op.clone();
             let inputs: TVec<TValue> = values.iter().map(|t| t.clone().into_tvalue()).collect();
-            assert_eq!(reshaped(&*op, &inputs).unwrap(), want, "{}", n.op_type);
+            assert_eq!(reshaped(&*op, &inputs).unwrap(), want, "{op_type}");
             // And what tract computes, bit for bit, by either way.
             let got = run_in_order(&model).unwrap();
             let tracts = run_optimized(model).unwrap();
-            assert_eq!(got[0].clone().into_tensor(), tracts[0].clone().into_tensor(), "{}", n.op_type);
+            assert_eq!(got[0].clone().into_tensor(), tracts[0].clone().into_tensor(), "{op_type}");
         }
     }
 
