@@ -322,7 +322,8 @@ mod tests {
                     std::hint::spin_loop();
                 }
             });
-            assert_eq!(others.load(SeqCst), 1, "round {round}: the helper ran no part");
+            // Both, when the caller lost its core meanwhile (a busy machine).
+            assert!(others.load(SeqCst) >= 1, "round {round}: the helper ran no part");
         }
     }
 
