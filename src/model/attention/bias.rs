@@ -55,7 +55,7 @@ impl Bias {
     }
 
     /// Which of the bias's heads head `h` adds.
-    pub(super) fn head(&self, h: usize) -> usize {
+    fn head(&self, h: usize) -> usize {
         if self.heads == 1 {
             0
         } else {
