@@ -37,7 +37,7 @@ use tract_onnx::tract_core::ops::cast::wire_cast;
 use tract_onnx::tract_hir::internal::*;
 use tract_onnx::tract_hir::ops::array::{ScatterNd, ScatterReduction};
 
-use super::onnx::{ints, GraphIndex, LazyModel};
+use super::onnx::{ints, GraphIndex, LazyModel, OnnxValue};
 
 /// What [`run`] changed, for the load report.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -251,13 +251,10 @@ fn fold_with(lazy: &mut LazyModel, evaluate: Evaluator) -> TractResult<(usize, u
         }
         Err(_) => return Ok((0, 0)),
     };
-    let mut tensors = vec![];
-    for (name, v) in evaluated.iter().zip(&values) {
-        match to_proto(name, v) {
-            Some(t) => tensors.push(t),
-            None => return Ok((0, 0)),
-        }
-    }
+    let Some(values) = values.into_iter().map(|v| OnnxValue::new(v.into_arc_tensor())).collect::<Option<Vec<_>>>()
+    else {
+        return Ok((0, 0));
+    };
     // One initializer per value: a reader of a name whose value an
     // earlier node computed reads that node's (a legacy BEiT export
     // computes some per-block constants the same in every block).
@@ -274,9 +271,10 @@ fn fold_with(lazy: &mut LazyModel, evaluate: Evaluator) -> TractResult<(usize, u
         }
     }
     let count = folded.len();
+    let evaluated: Vec<String> = evaluated.into_iter().map(String::from).collect();
     lazy.edit(renamed, folded.into_iter().collect());
-    for t in tensors {
-        lazy.add_initializer(t);
+    for (name, v) in evaluated.iter().zip(values) {
+        lazy.add_value(name, v);
     }
     Ok((count, evaluated_nodes))
 }
@@ -527,37 +525,6 @@ impl TypedOp for CopyScatter {
     as_op!();
 }
 
-fn to_proto(name: &str, value: &Tensor) -> Option<TensorProto> {
-    let value = if value.datum_type() == TDim::datum_type() {
-        value.cast_to::<i64>().ok()?
-    } else {
-        std::borrow::Cow::Borrowed(value)
-    };
-    let data_type = match value.datum_type() {
-        DatumType::F32 => DataType::Float,
-        DatumType::F64 => DataType::Double,
-        DatumType::F16 => DataType::Float16,
-        DatumType::I64 => DataType::Int64,
-        DatumType::I32 => DataType::Int32,
-        DatumType::I16 => DataType::Int16,
-        DatumType::I8 => DataType::Int8,
-        DatumType::U8 => DataType::Uint8,
-        DatumType::U16 => DataType::Uint16,
-        DatumType::U32 => DataType::Uint32,
-        DatumType::U64 => DataType::Uint64,
-        DatumType::Bool => DataType::Bool,
-        _ => return None,
-    };
-    let plain = value.try_as_plain_ram().ok()?;
-    Some(TensorProto {
-        name: name.into(),
-        dims: value.shape().iter().map(|&d| d as i64).collect(),
-        data_type: data_type as i32,
-        raw_data: plain.as_bytes().to_vec(),
-        ..Default::default()
-    })
-}
-
 /// `Reshape(Transpose<0,2,1>(Reshape(x, [B*H, T, D])), [B, H, D, T])` is
 /// `Transpose<0,1,3,2>(x)` for `x` of shape `[B, H, T, D]`; two
 /// `Transpose`s in a row are one; a `Reshape` that keeps its input's shape
@@ -764,7 +731,12 @@ mod tests {
     /// A model of node `n` alone, its inputs initializers of `values`.
     fn one_node_model(n: NodeProto, values: &[Tensor]) -> ModelProto {
         let graph = GraphProto {
-            initializer: n.input.iter().zip(values).map(|(name, t)| to_proto(name, t).unwrap()).collect(),
+            initializer: n
+                .input
+                .iter()
+                .zip(values)
+                .map(|(name, t)| OnnxValue::new(Arc::new(t.clone())).unwrap().to_proto(name))
+                .collect(),
             output: vec![ValueInfoProto { name: n.output[0].clone(), ..Default::default() }],
             node: vec![n],
             ..Default::default()

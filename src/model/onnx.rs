@@ -14,11 +14,15 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::io::{self, BufReader, Read};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
+
+use std::sync::Arc;
 
 use prost::Message;
 use tract_onnx::pb::{tensor_proto::DataType, GraphProto, ModelProto, NodeProto, TensorProto};
+use tract_onnx::prelude::{DatumType, Tensor, TractResult};
 
 /// Tensor data above this size is left in the file until it is needed.
 const DEFER_BYTES: u64 = 64 * 1024;
@@ -29,11 +33,16 @@ const GRAPH_INITIALIZER: u32 = 5;
 const TENSOR_RAW_DATA: u32 = 9;
 
 /// A model whose large tensors have not been read yet: `proto` holds every
-/// initializer, those in `deferred` with empty `raw_data`.
+/// initializer, those in `deferred` and `held` with no data.
 pub(crate) struct LazyModel {
     pub(crate) proto: ModelProto,
     /// (initializer index, where its raw data is in the file).
     deferred: Vec<(usize, Span)>,
+    /// Initializers computed at load (`canon`'s constants), as tract
+    /// tensors: made into protobuf bytes only if tract is to read them,
+    /// which it does not for the ones lookout's ops take (a plain ViT-L's
+    /// 60 MB of relative position biases, copied twice on the way).
+    held: HashMap<usize, OnnxValue>,
     file: File,
 }
 
@@ -65,18 +74,20 @@ impl LazyModel {
         }
         let mut proto = ModelProto::decode(rest.as_slice()).map_err(|e| invalid(e.to_string()))?;
         proto.graph = Some(graph.ok_or_else(|| invalid("it has no graph"))?);
-        Ok(LazyModel { proto, deferred, file })
+        Ok(LazyModel { proto, deferred, held: HashMap::new(), file })
     }
 
     pub(crate) fn graph(&self) -> &GraphProto {
         self.proto.graph.as_ref().expect("open() sets the graph")
     }
 
-    /// Initializer `index` with its data, whether deferred or not.
+    /// Initializer `index` with its data, whether deferred, held or not.
     pub(crate) fn initializer(&self, index: usize) -> io::Result<TensorProto> {
         let mut t = self.graph().initializer[index].clone();
         if let Some((_, span)) = self.deferred.iter().find(|(i, _)| *i == index) {
             t.raw_data = self.read(*span)?;
+        } else if let Some(value) = self.held.get(&index) {
+            t.raw_data = value.raw_data();
         }
         Ok(t)
     }
@@ -85,33 +96,43 @@ impl LazyModel {
     /// ops take (weights, scales, biases, shapes). Checked first, so that a
     /// malformed file is an error here rather than a panic or a huge
     /// allocation inside tract: the type is one of those, and the data holds
-    /// exactly as many values as the dims say.
-    pub(crate) fn tensor(&self, index: usize) -> tract_onnx::prelude::TractResult<tract_onnx::prelude::Tensor> {
-        use tract_onnx::pb::tensor_proto::DataType;
+    /// exactly as many values as the dims say. Deferred data is read from
+    /// the file straight into the tensor: through a `Vec` and tract's
+    /// loader it was written twice, and the second time into fresh pages
+    /// (0.07 s of a ViT-L's load).
+    pub(crate) fn tensor(&self, index: usize) -> TractResult<Arc<Tensor>> {
         use tract_onnx::tract_core::internal::{bail, ensure};
-        let t = self.initializer(index)?;
+        if let Some(value) = self.held.get(&index) {
+            return Ok(value.tensor.clone());
+        }
+        let t = &self.graph().initializer[index];
         let len = t.dims.iter().try_fold(1u64, |n, &d| u64::try_from(d).ok().and_then(|d| n.checked_mul(d)));
         let Some(len) = len.filter(|&n| n <= 1 << 32) else { bail!("{}: bad dims {:?}", t.name, t.dims) };
-        let (width, typed) = match DataType::try_from(t.data_type) {
-            Ok(DataType::Float) => (4, t.float_data.len()),
-            Ok(DataType::Int8 | DataType::Uint8) => (1, t.int32_data.len()),
-            Ok(DataType::Int32) => (4, t.int32_data.len()),
-            Ok(DataType::Int64) => (8, t.int64_data.len()),
+        let (dt, typed) = match DataType::try_from(t.data_type) {
+            Ok(DataType::Float) => (DatumType::F32, t.float_data.len()),
+            Ok(DataType::Int8) => (DatumType::I8, t.int32_data.len()),
+            Ok(DataType::Uint8) => (DatumType::U8, t.int32_data.len()),
+            Ok(DataType::Int32) => (DatumType::I32, t.int32_data.len()),
+            Ok(DataType::Int64) => (DatumType::I64, t.int64_data.len()),
             _ => bail!("{}: lookout does not read tensors of ONNX type {}", t.name, t.data_type),
         };
         ensure!(t.data_location != Some(1), "{}: stored outside the file (external data)", t.name);
-        if t.raw_data.is_empty() {
+        let deferred = self.deferred.iter().find(|(i, _)| *i == index).map(|&(_, span)| span);
+        let bytes = deferred.map_or(t.raw_data.len() as u64, |span| span.len);
+        if bytes == 0 {
             ensure!(typed as u64 == len, "{}: {typed} values for dims {:?}", t.name, t.dims);
         } else {
-            ensure!(
-                t.raw_data.len() as u64 == len * width,
-                "{}: {} bytes for dims {:?}",
-                t.name,
-                t.raw_data.len(),
-                t.dims
-            );
+            ensure!(bytes == len * dt.size_of() as u64, "{}: {bytes} bytes for dims {:?}", t.name, t.dims);
         }
-        tract_onnx::tensor::load_tensor(&tract_onnx::data_resolver::MmapDataResolver, &t, None)
+        let Some(span) = deferred else {
+            let tensor = tract_onnx::tensor::load_tensor(&tract_onnx::data_resolver::MmapDataResolver, t, None)?;
+            return Ok(Arc::new(tensor));
+        };
+        // ONNX's raw data is little-endian, as every target of lookout is.
+        let shape: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
+        let mut tensor = Tensor::zero_dt(dt, &shape)?;
+        self.read_into(span, tensor.as_bytes_mut())?;
+        Ok(Arc::new(tensor))
     }
 
     /// Puts each `(at, node, removed)`'s `node` in the place of node `at`
@@ -144,6 +165,12 @@ impl LazyModel {
         self.proto.graph.as_mut().expect("open() sets the graph").initializer.push(t);
     }
 
+    /// Adds initializer `name` of `value` after the others.
+    pub(crate) fn add_value(&mut self, name: &str, value: OnnxValue) {
+        self.add_initializer(TensorProto { raw_data: vec![], ..value.to_proto(name) });
+        self.held.insert(self.graph().initializer.len() - 1, value);
+    }
+
     /// The model for tract: every initializer's data read, except those in
     /// `taken` (copied by lookout's own ops) that no node reads any more,
     /// which are dropped without being read.
@@ -157,6 +184,11 @@ impl LazyModel {
             if !drop.contains(&index) {
                 let data = self.read(span)?;
                 self.proto.graph.as_mut().expect("set").initializer[index].raw_data = data;
+            }
+        }
+        for (index, value) in std::mem::take(&mut self.held) {
+            if !drop.contains(&index) {
+                self.proto.graph.as_mut().expect("set").initializer[index].raw_data = value.raw_data();
             }
         }
         let graph = self.proto.graph.as_mut().expect("set");
@@ -177,6 +209,7 @@ impl LazyModel {
         for i in unread {
             let t = &mut graph.initializer[i];
             (t.raw_data, t.float_data, t.int32_data, t.int64_data) = Default::default();
+            self.held.remove(&i);
         }
     }
 
@@ -189,10 +222,12 @@ impl LazyModel {
 
     fn read(&self, span: Span) -> io::Result<Vec<u8>> {
         let mut data = vec![0; span.len as usize];
-        let mut f = &self.file;
-        f.seek(SeekFrom::Start(span.offset))?;
-        f.read_exact(&mut data).map_err(truncated)?;
+        self.read_into(span, &mut data)?;
         Ok(data)
+    }
+
+    fn read_into(&self, span: Span, data: &mut [u8]) -> io::Result<()> {
+        self.file.read_exact_at(data, span.offset).map_err(truncated)
     }
 }
 
@@ -329,6 +364,9 @@ impl<'m> GraphIndex<'m> {
         let zero = |b: &[u8]| b.chunks_exact(4).all(|x| u32::from_le_bytes([x[0], x[1], x[2], x[3]]) << 1 == 0);
         let values = t.dims.iter().try_fold(1u64, |n, &d| u64::try_from(d).ok().and_then(|d| n.checked_mul(d)));
         let Some(bytes) = values.and_then(|n| n.checked_mul(4)) else { return false };
+        if let Some(value) = self.lazy.held.get(&i) {
+            return zero(value.bytes());
+        }
         match self.lazy.deferred.iter().find(|(j, _)| *j == i) {
             None if t.raw_data.is_empty() => {
                 t.float_data.len() as u64 * 4 == bytes && t.float_data.iter().all(|&x| x == 0.0)
@@ -503,6 +541,60 @@ fn put_key(out: &mut Vec<u8>, field: u32, kind: u8) {
     put_varint(out, ((field as u64) << 3) | kind as u64);
 }
 
+/// A tract tensor ONNX can hold: plain values of a type ONNX has.
+#[derive(Clone)]
+pub(crate) struct OnnxValue {
+    tensor: Arc<Tensor>,
+    data_type: DataType,
+}
+
+impl OnnxValue {
+    /// `value`, with symbolic dimensions as the integers they are; `None`
+    /// where ONNX has no type for it.
+    pub(crate) fn new(value: Arc<Tensor>) -> Option<OnnxValue> {
+        let tensor = match value.datum_type() {
+            DatumType::TDim => Arc::new(value.cast_to::<i64>().ok()?.into_owned()),
+            _ => value,
+        };
+        let data_type = match tensor.datum_type() {
+            DatumType::F32 => DataType::Float,
+            DatumType::F64 => DataType::Double,
+            DatumType::F16 => DataType::Float16,
+            DatumType::I64 => DataType::Int64,
+            DatumType::I32 => DataType::Int32,
+            DatumType::I16 => DataType::Int16,
+            DatumType::I8 => DataType::Int8,
+            DatumType::U8 => DataType::Uint8,
+            DatumType::U16 => DataType::Uint16,
+            DatumType::U32 => DataType::Uint32,
+            DatumType::U64 => DataType::Uint64,
+            DatumType::Bool => DataType::Bool,
+            _ => return None,
+        };
+        tensor.try_as_plain_ram().ok()?;
+        Some(OnnxValue { tensor, data_type })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        self.tensor.try_as_plain_ram().map(|v| v.as_bytes()).unwrap_or_default()
+    }
+
+    fn raw_data(&self) -> Vec<u8> {
+        self.bytes().to_vec()
+    }
+
+    /// Initializer `name` of this value.
+    pub(crate) fn to_proto(&self, name: &str) -> TensorProto {
+        TensorProto {
+            name: name.into(),
+            dims: self.tensor.shape().iter().map(|&d| d as i64).collect(),
+            data_type: self.data_type as i32,
+            raw_data: self.raw_data(),
+            ..Default::default()
+        }
+    }
+}
+
 fn invalid(reason: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, reason.into())
 }
@@ -518,6 +610,7 @@ fn truncated(e: io::Error) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tract_onnx::prelude::{tensor1, TDim};
 
     fn digits() -> std::path::PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("models/digits/digits-int8.onnx")
@@ -575,6 +668,72 @@ mod tests {
         let inits = proto.graph.unwrap().initializer;
         assert_eq!(inits.len(), n, "the forgotten one is dropped, the read one stays");
         assert!(inits.contains(&before));
+    }
+
+    #[test]
+    fn every_initializer_is_the_tensor_tracts_loader_makes() {
+        // Each type lookout reads, over DEFER_BYTES (read straight into the
+        // tensor) and under it (tract's loader).
+        let raw = |name: &str, t: DataType, dims: Vec<i64>, width: usize| {
+            let n = dims.iter().product::<i64>() as usize * width;
+            let raw_data = (0..n).map(|i| (i * 7919 % 251) as u8).collect();
+            TensorProto { name: name.into(), dims, data_type: t as i32, raw_data, ..Default::default() }
+        };
+        let mut initializer = vec![];
+        for (t, width) in [
+            (DataType::Float, 4),
+            (DataType::Int8, 1),
+            (DataType::Uint8, 1),
+            (DataType::Int32, 4),
+            (DataType::Int64, 8),
+        ] {
+            initializer.push(raw(&format!("big{t:?}"), t, vec![3, 70_000 / width as i64], width));
+            initializer.push(raw(&format!("small{t:?}"), t, vec![5, 2], width));
+        }
+        let graph = GraphProto { initializer, ..Default::default() };
+        let whole = ModelProto { graph: Some(graph), ..Default::default() };
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), whole.encode_to_vec()).unwrap();
+        let lazy = LazyModel::open(file.path()).unwrap();
+        assert_eq!(lazy.deferred.len(), 5);
+        let resolver = tract_onnx::data_resolver::MmapDataResolver;
+        for (i, t) in whole.graph.unwrap().initializer.iter().enumerate() {
+            let want = tract_onnx::tensor::load_tensor(&resolver, t, None).unwrap();
+            assert_eq!(*lazy.tensor(i).unwrap(), want, "{}", t.name);
+        }
+    }
+
+    #[test]
+    fn held_values_stay_tensors_until_tract_reads_them() {
+        let mut lazy = LazyModel::open(&digits()).unwrap();
+        let n = lazy.graph().initializer.len();
+        let bias = Arc::new(Tensor::from_shape(&[2, 3], &[0.5f32, -1.0, 2.0, 0.0, -0.0, 3.0]).unwrap());
+        let shape = tensor1(&[TDim::from(4), TDim::from(6)]);
+        lazy.add_value("bias", OnnxValue::new(bias.clone()).unwrap());
+        lazy.add_value("shape", OnnxValue::new(Arc::new(shape)).unwrap());
+        lazy.add_value("zeros", OnnxValue::new(Arc::new(Tensor::zero::<f32>(&[4]).unwrap())).unwrap());
+        assert!(lazy.graph().initializer[n].raw_data.is_empty(), "held, not copied");
+        assert!(Arc::ptr_eq(&lazy.tensor(n).unwrap(), &bias), "the tensor itself");
+        assert_eq!(*lazy.tensor(n + 1).unwrap(), tensor1(&[4i64, 6]), "symbolic dimensions as integers");
+        let bytes: Vec<u8> = [0.5f32, -1.0, 2.0, 0.0, -0.0, 3.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let proto = lazy.initializer(n).unwrap();
+        assert_eq!((proto.dims, proto.data_type, proto.raw_data), (vec![2, 3], DataType::Float as i32, bytes.clone()));
+        let g = GraphIndex::new(&lazy);
+        assert!(!g.zeros("bias") && g.zeros("zeros"));
+        // A node still reads "shape"; "bias" was taken and is read by none.
+        let mut reader = lazy.graph().node[0].clone();
+        reader.input.push("shape".into());
+        lazy.replace_nodes(vec![(0, reader, vec![])]);
+        lazy.forget_unread(&[n, n + 1].into());
+        assert!(!lazy.held.contains_key(&n), "forgotten");
+        let inits = lazy.into_proto(&[n, n + 1].into()).unwrap().graph.unwrap().initializer;
+        assert_eq!(inits.len(), n + 2, "bias dropped; shape and zeros kept");
+        let shape = inits.iter().find(|t| t.name == "shape").unwrap();
+        assert_eq!(
+            (shape.data_type, &shape.raw_data[..]),
+            (DataType::Int64 as i32, &[4u8, 0, 0, 0, 0, 0, 0, 0, 6, 0, 0, 0, 0, 0, 0, 0][..])
+        );
+        assert_eq!(inits.iter().find(|t| t.name == "zeros").unwrap().raw_data, vec![0; 16]);
     }
 
     #[test]
