@@ -167,7 +167,7 @@ impl LazyModel {
 
     /// Adds initializer `name` of `value` after the others.
     pub(crate) fn add_value(&mut self, name: &str, value: OnnxValue) {
-        self.add_initializer(TensorProto { raw_data: vec![], ..value.to_proto(name) });
+        self.add_initializer(value.header(name));
         self.held.insert(self.graph().initializer.len() - 1, value);
     }
 
@@ -584,12 +584,17 @@ impl OnnxValue {
     }
 
     /// Initializer `name` of this value.
+    #[cfg(test)]
     pub(crate) fn to_proto(&self, name: &str) -> TensorProto {
+        TensorProto { raw_data: self.raw_data(), ..self.header(name) }
+    }
+
+    /// Initializer `name` of this value's type and shape, without data.
+    fn header(&self, name: &str) -> TensorProto {
         TensorProto {
             name: name.into(),
             dims: self.tensor.shape().iter().map(|&d| d as i64).collect(),
             data_type: self.data_type as i32,
-            raw_data: self.raw_data(),
             ..Default::default()
         }
     }
