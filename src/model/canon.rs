@@ -26,6 +26,7 @@
 //! read.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
 
 use tract_onnx::model::ParsingContext;
 use tract_onnx::pb::tensor_proto::DataType;
@@ -147,7 +148,7 @@ fn fold(lazy: &mut LazyModel, declared: &Declared) -> TractResult<(usize, usize)
 fn fold_with(lazy: &mut LazyModel, declared: &Declared, evaluate: Evaluator) -> TractResult<(usize, usize)> {
     let graph = lazy.graph();
     let outputs: HashSet<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
-    let mut constant: HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    let mut constant: HashSet<&str, Fast> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
     let mut folded = vec![];
     for (i, n) in graph.node.iter().enumerate() {
         let foldable = n.domain.is_empty()
@@ -167,9 +168,10 @@ fn fold_with(lazy: &mut LazyModel, declared: &Declared, evaluate: Evaluator) -> 
     if folded.is_empty() {
         return Ok((0, 0));
     }
-    let in_fold: HashSet<usize> = folded.iter().copied().collect();
+    let in_fold: HashSet<usize, Fast> = folded.iter().copied().collect();
     // What the rest of the graph reads from the folded part.
-    let made: HashSet<&str> = folded.iter().flat_map(|&i| graph.node[i].output.iter().map(String::as_str)).collect();
+    let made: HashSet<&str, Fast> =
+        folded.iter().flat_map(|&i| graph.node[i].output.iter().map(String::as_str)).collect();
     let mut wanted: Vec<&str> = vec![];
     for (i, n) in graph.node.iter().enumerate() {
         if in_fold.contains(&i) {
@@ -191,25 +193,29 @@ fn fold_with(lazy: &mut LazyModel, declared: &Declared, evaluate: Evaluator) -> 
     // attributes and inputs) is evaluated once: every block of a legacy
     // BEiT export rebuilds the same relative position index from the same
     // constants, so this leaves 1 in 20 of the large model's 10,939 nodes.
-    let mut same: HashMap<&str, &str> = HashMap::new();
-    let mut first: HashMap<NodeKey, usize> = HashMap::new();
+    // Nodes are keyed by a hash of their attributes' encoding (exact, and
+    // cheaper than their `Debug` text), compared whole only among equal
+    // keys: the Constant nodes of a legacy ViT-L hold 12 MB of tensors,
+    // which as keys were copied and SipHashed (0.01 s of its load).
+    let mut same: HashMap<&str, &str, Fast> = HashMap::default();
+    let mut first: HashMap<NodeKey, Vec<(usize, Vec<u8>)>, Fast> = HashMap::default();
     let mut unique = vec![];
+    let mut attributes = vec![];
     for &i in &folded {
         let n = &graph.node[i];
         let inputs: Vec<&str> = n.input.iter().map(|x| same.get(x.as_str()).copied().unwrap_or(x)).collect();
-        // The attributes' encoding: exact, and cheaper than their `Debug`
-        // text (a Constant's tensor printed number by number).
-        let mut attributes = vec![];
+        attributes.clear();
         for a in &n.attribute {
             prost::Message::encode_length_delimited(a, &mut attributes).expect("a Vec grows");
         }
-        let key = (n.domain.as_str(), n.op_type.as_str(), inputs.clone(), attributes);
-        match first.get(&key) {
-            Some(&j) => {
+        let hash = Fast::default().hash_one(&attributes);
+        let seen = first.entry((n.domain.as_str(), n.op_type.as_str(), inputs.clone(), hash)).or_default();
+        match seen.iter().find(|(_, a)| *a == attributes) {
+            Some(&(j, _)) => {
                 same.extend(n.output.iter().map(String::as_str).zip(graph.node[j].output.iter().map(String::as_str)))
             }
             None => {
-                first.insert(key, i);
+                seen.push((i, attributes.clone()));
                 unique.push((i, inputs));
             }
         }
@@ -286,8 +292,14 @@ fn fold_with(lazy: &mut LazyModel, declared: &Declared, evaluate: Evaluator) -> 
     Ok((count, evaluated_nodes))
 }
 
-/// What a node computes: domain, op, inputs and encoded attributes.
-type NodeKey<'a> = (&'a str, &'a str, Vec<&'a str>, Vec<u8>);
+/// What a node computes: domain, op, inputs and the hash of its encoded
+/// attributes.
+type NodeKey<'a> = (&'a str, &'a str, Vec<&'a str>, u64);
+
+/// A hasher for the maps of the fold, keyed by the graph's own names and
+/// bytes: many and short, and no one's to choose (SipHash took 0.02 s of a
+/// plain ViT-L's load).
+type Fast = foldhash::fast::FixedState;
 
 /// The output of `Shape` node `n` when the shape of its input is declared.
 fn shape_of_declared(n: &NodeProto, declared: &Declared) -> Option<Vec<i64>> {
