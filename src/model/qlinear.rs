@@ -139,8 +139,9 @@ pub(crate) fn rewrite(lazy: &mut LazyModel, kernel: Kernel) -> TractResult<(Tabl
     let mut table = Table::new();
     let mut report = Rewritten::default();
     let mut consumed = HashSet::new();
+    let mut scratch = vec![];
     for (i, group) in groups.iter().enumerate() {
-        let weights = pack(lazy, group, kernel)?;
+        let weights = pack(lazy, group, kernel, &mut scratch)?;
         report.groups += 1;
         report.layers += weights.layers.len();
         report.gelus += weights.layers.iter().filter(|l| l.gelu.is_some()).count();
@@ -381,22 +382,21 @@ fn gelu_after(g: &GraphIndex, y: &str) -> Option<(Gelu, Vec<usize>, String)> {
     Some((Gelu { div: c_div, add: c_add, mul: c_mul }, vec![div, erf, add, mul, half], g.node(half).output[0].clone()))
 }
 
-fn pack(lazy: &LazyModel, group: &Group, kernel: Kernel) -> TractResult<GroupWeights> {
+fn pack(lazy: &LazyModel, group: &Group, kernel: Kernel, scratch: &mut Vec<u8>) -> TractResult<GroupWeights> {
     let tensor = |i: usize| lazy.tensor(i);
     let floats = |i: usize| -> TractResult<Vec<f32>> { Ok(tensor(i)?.try_as_plain_ram()?.as_slice::<f32>()?.to_vec()) };
     let mut k = 0;
     let mut layers = vec![];
     let mut residual_inputs = 0;
     for l in &group.layers {
-        let w = tensor(l.weight)?;
-        let (wk, n) = (w.shape()[0], w.shape()[1]);
-        k = wk;
         let zp = match l.zero_point {
             Some(i) => tensor(i)?.try_as_plain_ram()?.as_slice::<i8>()?.to_vec(),
             None => vec![0],
         };
-        let packed = PackedWeights::pack(wk, n, w.try_as_plain_ram()?.as_slice::<i8>()?, &zp);
-        drop(w);
+        let (w, dims) = lazy.i8s(l.weight, scratch)?;
+        let &[wk, n] = &dims[..] else { bail!("weights of shape {dims:?}, not [k, n]") };
+        k = wk;
+        let packed = PackedWeights::pack(wk, n, w, &zp);
         let scale = floats(l.scale)?;
         let bias = l.bias.map(floats).transpose()?;
         let residual = match &l.residual {
