@@ -145,13 +145,16 @@ fn relative(heads: usize, t: usize, values: &[f32]) -> Option<Form> {
         for (g, row) in head[lead * t..].chunks_exact(t).enumerate() {
             lead_cols.extend_from_slice(&row[..lead]);
             let (y, x) = (g / grid, g % grid);
-            for (gk, &v) in row[lead..].iter().enumerate() {
-                let (yk, xk) = (gk / grid, gk % grid);
-                let at = (y + grid - 1 - yk) * side + grid - 1 - x + xk;
-                if !seen[at] {
-                    (table[at], seen[at]) = (v, true);
-                } else if table[at].to_bits() != v.to_bits() {
-                    return None;
+            // A grid row of keys reads a run of `grid` offsets (a division
+            // per value to find them was 0.02 s of a ViT-L's load).
+            for (yk, keys) in row[lead..].chunks_exact(grid).enumerate() {
+                let at = (y + grid - 1 - yk) * side + grid - 1 - x;
+                for ((&v, slot), seen) in keys.iter().zip(&mut table[at..at + grid]).zip(&mut seen[at..at + grid]) {
+                    if !*seen {
+                        (*slot, *seen) = (v, true);
+                    } else if slot.to_bits() != v.to_bits() {
+                        return None;
+                    }
                 }
             }
         }
