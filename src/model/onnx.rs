@@ -128,13 +128,17 @@ impl LazyModel {
             None => self.checked(index)?,
         };
         ensure!(dt == DatumType::I8, "{}: {dt:?} where i8 weights were expected", self.graph().initializer[index].name);
-        scratch.clear();
         match deferred {
+            // Only bytes the buffer grows by are zeroed first; the read
+            // writes them all.
             Some(span) => {
                 scratch.resize(span.len as usize, 0);
                 self.read_into(span, scratch)?;
             }
-            None => scratch.extend_from_slice(self.tensor(index)?.try_as_plain_ram()?.as_bytes()),
+            None => {
+                scratch.clear();
+                scratch.extend_from_slice(self.tensor(index)?.try_as_plain_ram()?.as_bytes());
+            }
         }
         Ok((bytemuck::cast_slice(scratch), shape))
     }
@@ -714,7 +718,7 @@ mod tests {
         // tensor) and under it (tract's loader).
         let raw = |name: &str, t: DataType, dims: Vec<i64>, width: usize| {
             let n = dims.iter().product::<i64>() as usize * width;
-            let raw_data = (0..n).map(|i| (i * 7919 % 251) as u8).collect();
+            let raw_data = (0..n).map(|i| ((i * 7919 + name.len()) % 251) as u8).collect();
             TensorProto { name: name.into(), dims, data_type: t as i32, raw_data, ..Default::default() }
         };
         let mut initializer = vec![];
@@ -728,12 +732,14 @@ mod tests {
             initializer.push(raw(&format!("big{t:?}"), t, vec![3, 70_000 / width as i64], width));
             initializer.push(raw(&format!("small{t:?}"), t, vec![5, 2], width));
         }
+        // Read into the buffer after a larger one: it shrinks.
+        initializer.push(raw("smaller big i8", DataType::Int8, vec![2, 66_000], 1));
         let graph = GraphProto { initializer, ..Default::default() };
         let whole = ModelProto { graph: Some(graph), ..Default::default() };
         let file = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(file.path(), whole.encode_to_vec()).unwrap();
         let lazy = LazyModel::open(file.path()).unwrap();
-        assert_eq!(lazy.deferred.len(), 5);
+        assert_eq!(lazy.deferred.len(), 6);
         let resolver = tract_onnx::data_resolver::MmapDataResolver;
         let mut scratch = vec![];
         for (i, t) in whole.graph.unwrap().initializer.iter().enumerate() {
