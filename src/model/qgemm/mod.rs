@@ -219,12 +219,20 @@ impl Kernel {
 
     /// Bytes of one activation row (with padding), and rows allocated: AMX
     /// loads 64 bytes of k and 16 rows at once, so rows are padded to both
-    /// with zeros (which add nothing to the sums).
+    /// with zeros (which add nothing to the sums). The other kernels read
+    /// a tile's rows side by side: rows a multiple of 2 KiB apart (an MLP
+    /// out layer's k = 4096) fall into the same few L1 sets and evict each
+    /// other, so such rows get one cache line more (on the Zen 4 of
+    /// BENCHMARKS.md, that layer went from 262 to 376-409 GMAC/s on two
+    /// threads).
     fn activation_layout(self, rows: usize, k: usize) -> (usize, usize) {
         match self {
             #[cfg(target_arch = "x86_64")]
             Kernel::Amx => (k.div_ceil(64) * 64, rows.div_ceil(16) * 16),
-            _ => (k.div_ceil(4) * 4 * self.activation_bytes(), rows),
+            _ => {
+                let stride = k.div_ceil(4) * 4 * self.activation_bytes();
+                (if stride.is_multiple_of(2048) { stride + 64 } else { stride }, rows)
+            }
         }
     }
 
@@ -628,7 +636,8 @@ mod tests {
         // tile, k not a multiple of 4 (or of AMX's 64), n not a multiple of
         // a panel, one row (the classifier head), and a transformer layer's
         // shape. k of 8 and 12 steps of 4, odd and even, for the A72
-        // kernel's pairs of steps; 33 rows for AMX's 32 + 16 blocks.
+        // kernel's pairs of steps; 33 rows for AMX's 32 + 16 blocks; rows
+        // of 2 KiB, which the layout pads.
         for (rows, k, n) in [
             (1, 4, 1),
             (5, 7, 33),
@@ -638,6 +647,7 @@ mod tests {
             (4, 47, 20),
             (33, 200, 64),
             (197, 256, 96),
+            (14, 2048, 40),
         ] {
             for (asymmetric, bias, gelu) in [(false, true, None), (true, false, None), (true, true, Some(GELU))] {
                 for data in [Data::Random, Data::Symmetric] {
