@@ -46,6 +46,18 @@ const STEP_SLACK: usize = 15;
 #[derive(Clone, Copy)]
 pub(crate) struct Step(pub(crate) [i8; NR * 4]);
 
+impl Step {
+    /// The step of four rows' values for a panel's columns.
+    #[inline]
+    fn interleave([c0, c1, c2, c3]: [[i8; NR]; 4]) -> Step {
+        let mut step = Step([0; NR * 4]);
+        for (c, at) in step.0.chunks_exact_mut(4).enumerate() {
+            at.copy_from_slice(&[c0[c], c1[c], c2[c], c3[c]]);
+        }
+        step
+    }
+}
+
 /// A `[K, N]` i8 weight matrix in panel layout, with what the epilogue needs
 /// from it.
 pub(crate) struct PackedWeights {
@@ -76,11 +88,11 @@ impl PackedWeights {
         assert!(zero_points.len() == 1 || zero_points.len() == n, "zero points are neither one nor one per column");
         let panels = n.div_ceil(NR);
         let k4 = k.div_ceil(4);
-        // Four rows at a time, each step written whole: 4 x 32 bytes of
-        // a full panel interleaved with fixed sizes (as 32-bit words, which
-        // the compiler vectorizes). Byte by byte, packing was most of a
-        // ViT-L's load (0.33-0.54 s of 0.47-0.72 s on the Zen 4 of
-        // BENCHMARKS.md).
+        // Four rows at a time, each step built whole and written at once.
+        // A byte at a time, row after row, every row revisiting the steps
+        // of all panels, packing was most of a ViT-L's load (0.33-0.54 s
+        // of 0.47-0.72 s on the Zen 4 of BENCHMARKS.md; 0.20-0.25 s this
+        // way, mostly the first touch of the packed weights' pages).
         let mut steps = vec![Step([0; NR * 4]); panels * k4 + STEP_SLACK];
         let full = n / NR;
         for (s, rows) in w.chunks(4 * n).enumerate() {
@@ -88,12 +100,7 @@ impl PackedWeights {
             if let [Some(r0), Some(r1), Some(r2), Some(r3)] = [0, 1, 2, 3].map(row) {
                 for p in 0..full {
                     let cols = |r: &[i8]| -> [i8; NR] { r[p * NR..][..NR].try_into().expect("NR values") };
-                    let (c0, c1, c2, c3) = (cols(r0), cols(r1), cols(r2), cols(r3));
-                    let word = |c: usize| u32::from_le_bytes([c0[c], c1[c], c2[c], c3[c]].map(|v| v as u8));
-                    let words: [u32; NR] = std::array::from_fn(word);
-                    for (at, word) in steps[p * k4 + s].0.chunks_exact_mut(4).zip(words) {
-                        at.copy_from_slice(&word.to_le_bytes().map(|v| v as i8));
-                    }
+                    steps[p * k4 + s] = Step::interleave([cols(r0), cols(r1), cols(r2), cols(r3)]);
                 }
             }
             // The last panel when n is not whole panels, and the last rows
