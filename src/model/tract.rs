@@ -496,12 +496,12 @@ fn output_width(model: &TypedModel) -> Option<usize> {
     }
 }
 
-/// Hands the heap's free pages back to the kernel. The load frees the
-/// file's structure, the weights' reading buffer and a plain export's
-/// dense biases, and glibc keeps free memory that lies below live blocks;
-/// the packed weights never reuse it (glibc maps blocks that size on their
-/// own). On the Zen 4 of BENCHMARKS.md: peak RSS of a plain ViT-B 143 ->
-/// 124-136 MB, of export_model.py's 134-136 -> 121-133 MB.
+/// Hands the heap's free pages back to the kernel. The load frees much
+/// of what it built (the file's structure, a plain export's dense biases),
+/// and glibc keeps freed memory that lies below live blocks; what is
+/// allocated after it did not reuse all of it. On the Zen 4 of
+/// BENCHMARKS.md: peak RSS of a plain ViT-B 143 -> 124-136 MB, of
+/// export_model.py's 134-136 -> 121-133 MB.
 fn trim_heap() {
     // SAFETY: malloc_trim only releases memory glibc's allocator holds free.
     #[cfg(target_env = "gnu")]
