@@ -21,7 +21,7 @@ pub struct PassReport {
     /// (`model/qlinear.rs`, applied before tract parses the graph).
     pub fused: crate::model::qlinear::Rewritten,
     /// What lookout changed in the ONNX graph so that other exports of the
-    /// same layers match its patterns (`model/canon.rs`).
+    /// same layers match its patterns (`model/canon/`).
     pub canonical: crate::model::canon::Canonical,
     /// Self-attention blocks run as lookout's fused op
     /// (`model/attention`, also applied before tract parses the graph).
