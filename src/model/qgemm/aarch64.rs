@@ -43,6 +43,20 @@ unsafe fn sdot<const L: i32>(acc: int32x4_t, b: int8x16_t, a: int8x16_t) -> int3
     acc
 }
 
+/// [`Step::interleave`](super::Step) with NEON's four-way interleaving
+/// store.
+#[inline]
+pub(super) fn interleave(step: &mut super::Step, rows: [&[i8; NR]; 4]) {
+    for half in 0..2 {
+        // SAFETY: NEON is part of aarch64; the loads read 16 of each row's
+        // 32 bytes, the store writes 64 of the step's 128.
+        unsafe {
+            let [a, b, c, d] = rows.map(|r| vld1q_s8(r.as_ptr().add(16 * half)));
+            vst4q_s8(step.0.as_mut_ptr().add(64 * half), int8x16x4_t(a, b, c, d));
+        }
+    }
+}
+
 /// `super::min_max` with `fminnm`/`fmaxnm`, which return the other operand
 /// when one is NaN: the scalar comparison's result, where LLVM writes
 /// that comparison as a compare and a select per vector: 0.005 G less of a

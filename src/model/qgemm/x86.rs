@@ -451,6 +451,28 @@ pub(super) unsafe fn min_max_avx2(xs: &[f32]) -> (f32, f32) {
     (lo, hi)
 }
 
+/// [`Step::interleave`](super::Step) with SSE2's byte and word unpacks.
+#[inline]
+pub(super) fn interleave(step: &mut super::Step, rows: [&[i8; NR]; 4]) {
+    let out = step.0.as_mut_ptr().cast::<__m128i>();
+    for half in 0..2 {
+        // SAFETY: SSE2 is part of x86_64; the loads read 16 of each row's
+        // 32 bytes, the stores write 64 of the step's 128, which is
+        // aligned to 64.
+        unsafe {
+            let [a, b, c, d] = rows.map(|r| _mm_loadu_si128(r.as_ptr().add(16 * half).cast()));
+            let (ab, cd) = (
+                [_mm_unpacklo_epi8(a, b), _mm_unpackhi_epi8(a, b)],
+                [_mm_unpacklo_epi8(c, d), _mm_unpackhi_epi8(c, d)],
+            );
+            for q in 0..2 {
+                _mm_store_si128(out.add(4 * half + 2 * q), _mm_unpacklo_epi16(ab[q], cd[q]));
+                _mm_store_si128(out.add(4 * half + 2 * q + 1), _mm_unpackhi_epi16(ab[q], cd[q]));
+            }
+        }
+    }
+}
+
 /// Whether AMX's int8 tiles can run here: the CPU has them (CPUID leaf 7:
 /// AMX-TILE, AMX-INT8) and Linux lets this process use tile data, which it
 /// grants per process on request (`arch_prctl(ARCH_REQ_XCOMP_PERM)`, Linux
