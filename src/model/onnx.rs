@@ -24,6 +24,11 @@ use prost::Message;
 use tract_onnx::pb::{tensor_proto::DataType, GraphProto, ModelProto, NodeProto, TensorProto};
 use tract_onnx::prelude::{DatumType, Tensor, TractResult};
 
+/// The hasher of the maps over a graph's names and nodes: many short keys,
+/// no one's to choose (SipHash took 0.02 s of a plain ViT-L's load in the
+/// fold alone, and as much again in the maps of every name read).
+pub(crate) type Fast = foldhash::fast::FixedState;
+
 /// Tensor data above this size is left in the file until it is needed.
 const DEFER_BYTES: u64 = 64 * 1024;
 
@@ -214,7 +219,7 @@ impl LazyModel {
     pub(crate) fn into_proto(mut self, taken: &HashSet<usize>) -> io::Result<ModelProto> {
         let drop = self.unread(taken);
         let graph = self.proto.graph.as_mut().expect("open() sets the graph");
-        let names: HashSet<String> = drop.iter().map(|&i| graph.initializer[i].name.clone()).collect();
+        let names: HashSet<String, Fast> = drop.iter().map(|&i| graph.initializer[i].name.clone()).collect();
         // Old exporters also list initializers as graph inputs.
         graph.input.retain(|i| !names.contains(&i.name));
         for (index, span) in std::mem::take(&mut self.deferred) {
@@ -253,7 +258,7 @@ impl LazyModel {
     /// The initializers of `taken` that no node reads.
     fn unread(&self, taken: &HashSet<usize>) -> HashSet<usize> {
         let graph = self.graph();
-        let read: HashSet<&str> = graph.node.iter().flat_map(|n| n.input.iter().map(String::as_str)).collect();
+        let read: HashSet<&str, Fast> = graph.node.iter().flat_map(|n| n.input.iter().map(String::as_str)).collect();
         taken.iter().copied().filter(|&i| !read.contains(graph.initializer[i].name.as_str())).collect()
     }
 
@@ -275,18 +280,18 @@ impl LazyModel {
 /// a node's lists, so a malformed graph is left alone rather than a panic.
 pub(crate) struct GraphIndex<'m> {
     lazy: &'m LazyModel,
-    inits: HashMap<&'m str, usize>,
-    readers: HashMap<&'m str, Vec<usize>>,
-    producer: HashMap<&'m str, usize>,
-    outputs: HashSet<&'m str>,
+    inits: HashMap<&'m str, usize, Fast>,
+    readers: HashMap<&'m str, Vec<usize>, Fast>,
+    producer: HashMap<&'m str, usize, Fast>,
+    outputs: HashSet<&'m str, Fast>,
 }
 
 impl<'m> GraphIndex<'m> {
     pub(crate) fn new(lazy: &'m LazyModel) -> GraphIndex<'m> {
         let graph = lazy.graph();
         let inits = graph.initializer.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect();
-        let mut readers: HashMap<&str, Vec<usize>> = HashMap::new();
-        let mut producer = HashMap::new();
+        let mut readers: HashMap<&str, Vec<usize>, Fast> = HashMap::default();
+        let mut producer = HashMap::default();
         for (i, n) in graph.node.iter().enumerate() {
             for input in &n.input {
                 readers.entry(input.as_str()).or_default().push(i);

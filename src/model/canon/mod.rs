@@ -34,7 +34,7 @@ use tract_onnx::pb::{
 };
 use tract_onnx::prelude::*;
 
-use super::onnx::{ints, GraphIndex, LazyModel, OnnxValue};
+use super::onnx::{ints, Fast, GraphIndex, LazyModel, OnnxValue};
 
 mod evaluate;
 
@@ -84,7 +84,7 @@ pub(crate) fn run(lazy: &mut LazyModel) -> TractResult<(Canonical, HashSet<usize
 
 fn read_initializers(lazy: &LazyModel) -> HashSet<usize> {
     let graph = lazy.graph();
-    let read: HashSet<&str> = graph
+    let read: HashSet<&str, Fast> = graph
         .node
         .iter()
         .flat_map(|n| n.input.iter())
@@ -99,11 +99,11 @@ fn read_initializers(lazy: &LazyModel) -> HashSet<usize> {
 /// unknown. Built once: no rewrite here changes what the file declares,
 /// and a legacy export declares all of its 11,000 tensors (built for each
 /// pass, 0.02 s of a plain ViT-L's load).
-struct Declared(HashMap<String, Vec<Option<i64>>>);
+struct Declared(HashMap<String, Vec<Option<i64>>, Fast>);
 
 impl Declared {
     fn new(graph: &GraphProto) -> Declared {
-        let mut shapes = HashMap::new();
+        let mut shapes = HashMap::default();
         for info in graph.input.iter().chain(&graph.output).chain(&graph.value_info) {
             let Some(type_proto::Value::TensorType(t)) = info.r#type.as_ref().and_then(|t| t.value.as_ref()) else {
                 continue;
@@ -147,7 +147,7 @@ fn fold(lazy: &mut LazyModel, declared: &Declared) -> TractResult<(usize, usize)
 /// [`fold`], with `evaluate` running the model of the constant part.
 fn fold_with(lazy: &mut LazyModel, declared: &Declared, evaluate: Evaluator) -> TractResult<(usize, usize)> {
     let graph = lazy.graph();
-    let outputs: HashSet<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
+    let outputs: HashSet<&str, Fast> = graph.output.iter().map(|o| o.name.as_str()).collect();
     let mut constant: HashSet<&str, Fast> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
     let mut folded = vec![];
     for (i, n) in graph.node.iter().enumerate() {
@@ -222,7 +222,7 @@ fn fold_with(lazy: &mut LazyModel, declared: &Declared, evaluate: Evaluator) -> 
     }
     let evaluated_nodes = unique.len();
     let mut sub = GraphProto { name: "lookout constants".into(), ..Default::default() };
-    let mut needed: HashSet<&str> = HashSet::new();
+    let mut needed: HashSet<&str, Fast> = HashSet::default();
     for (i, inputs) in unique {
         let n = &graph.node[i];
         match shape_of_declared(n, declared) {
@@ -295,11 +295,6 @@ fn fold_with(lazy: &mut LazyModel, declared: &Declared, evaluate: Evaluator) -> 
 /// What a node computes: domain, op, inputs and the hash of its encoded
 /// attributes.
 type NodeKey<'a> = (&'a str, &'a str, Vec<&'a str>, u64);
-
-/// A hasher for the maps of the fold, keyed by the graph's own names and
-/// bytes: many and short, and no one's to choose (SipHash took 0.02 s of a
-/// plain ViT-L's load).
-type Fast = foldhash::fast::FixedState;
 
 /// The output of `Shape` node `n` when the shape of its input is declared.
 fn shape_of_declared(n: &NodeProto, declared: &Declared) -> Option<Vec<i64>> {
