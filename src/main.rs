@@ -237,33 +237,7 @@ impl From<anyhow::Error> for Fatal {
     }
 }
 
-/// Has glibc keep the memory the program frees for what it allocates
-/// next. By default glibc maps a block above an adaptive threshold on its
-/// own and hands the heap's top back to the kernel once twice that is free
-/// there; loading a model allocates and frees blocks of megabytes (a plain
-/// export's graph and constants, attention biases, weights read before
-/// packing), and each page handed back was faulted in again, zeroed, for
-/// the next. Blocks up to the most glibc allows (32 MiB on 64-bit) come
-/// from the heap, up to 16 MiB of free heap stays on top, and the load
-/// returns what is free at its end (`malloc_trim` in model/tract.rs). On
-/// the Zen 4 of BENCHMARKS.md, a plain ViT-L export's load took 115,600
-/// page faults, now 86,000. Set before anything is allocated: set at the
-/// load, it saved a sixth of that.
-fn keep_freed_heap() {
-    #[cfg(target_env = "gnu")]
-    {
-        let most = 4 * 1024 * 1024 * std::mem::size_of::<libc::c_long>();
-        // SAFETY: mallopt only sets the allocator's parameters; a value it
-        // refuses leaves them as they were.
-        unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, most as libc::c_int);
-            libc::mallopt(libc::M_TRIM_THRESHOLD, 16 << 20);
-        }
-    }
-}
-
 fn main() -> ExitCode {
-    keep_freed_heap();
     // tract optimises by trying rewrites that fail with anyhow errors, and
     // with RUST_BACKTRACE set each of those captures a backtrace: 14 G
     // instructions of unwinding while loading the base model on aarch64
