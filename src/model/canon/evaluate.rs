@@ -29,9 +29,11 @@ pub(super) fn evaluate(proto: &ModelProto) -> TractResult<TVec<TValue>> {
 /// `ReduceSum` as [`reduce_sum`].
 pub(super) fn parser() -> tract_onnx::Onnx {
     let mut onnx = tract_onnx::onnx();
-    TRACT_REDUCE_SUM.get_or_init(|| onnx.op_register.0.get("ReduceSum").copied());
     onnx.op_register.insert("ScatterND", scatter_nd);
-    onnx.op_register.insert("ReduceSum", reduce_sum);
+    if let Some(&tract) = onnx.op_register.0.get("ReduceSum") {
+        TRACT_REDUCE_SUM.get_or_init(|| tract);
+        onnx.op_register.insert("ReduceSum", reduce_sum);
+    }
     onnx
 }
 
@@ -122,7 +124,7 @@ fn reshaped(op: &dyn InferenceOp, inputs: &[TValue]) -> TractResult<Option<Vec<u
 type Parse = fn(&ParsingContext, &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)>;
 
 /// tract's parser of `ReduceSum`, which [`reduce_sum`] wraps.
-static TRACT_REDUCE_SUM: OnceLock<Option<Parse>> = OnceLock::new();
+static TRACT_REDUCE_SUM: OnceLock<Parse> = OnceLock::new();
 
 /// tract's `ReduceSum`, marked with its axes so that [`run_in_order`] sums
 /// integers itself: tract computes each output value over a view of the
@@ -130,7 +132,7 @@ static TRACT_REDUCE_SUM: OnceLock<Option<Parse>> = OnceLock::new();
 /// position index (`[196, 196, 2]` over the last axis) took 5 ms of each
 /// load. Integer sums are exact in any order; a float's is left to tract.
 fn reduce_sum(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
-    let tract = TRACT_REDUCE_SUM.get().copied().flatten().context("tract parses no ReduceSum")?;
+    let tract = *TRACT_REDUCE_SUM.get().context("reduce_sum registered before tract's parser was kept")?;
     let (op, extra) = tract(ctx, node)?;
     let Some(expansion) = op.as_op().downcast_ref::<Box<dyn Expansion>>() else { return Ok((op, extra)) };
     let sum = IntegerSum {
@@ -180,7 +182,8 @@ fn integer_sum(op: &dyn InferenceOp, inputs: &[TValue]) -> TractResult<Option<Te
     let (Some(op), Some(data)) = (op, inputs.first()) else { return Ok(None) };
     let given = match (op.axes_input, inputs.get(1)) {
         (true, Some(axes)) => axes.cast_to::<i64>()?.try_as_plain_ram()?.as_slice::<i64>()?.to_vec(),
-        (true, None) => vec![],
+        // An axes input left out by an empty name: tract's to judge.
+        (true, None) => return Ok(None),
         (false, _) => op.axes.clone().unwrap_or_default(),
     };
     let rank = data.rank();
