@@ -2,7 +2,7 @@
 //! ViT and DeiT (random init, the same size), each through torch's legacy
 //! and dynamo exporters and quantized the plain way, without the folding
 //! tools/export_model.py does first (tests/fixtures/export-forms, written
-//! by tools/export_forms.py). lookout's canonical forms (src/model/canon.rs)
+//! by tools/export_forms.py). lookout's canonical forms (src/model/canon/)
 //! must bring each to every fused layer and block the exporter's form of
 //! the digits model gets, with the logits of the ONNX specification for
 //! that file.

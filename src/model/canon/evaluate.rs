@@ -1,6 +1,7 @@
 //! Evaluates the constant part of a graph (what `fold` cut out of it),
 //! node by node in order with tract's ops, except where an op only moves
-//! or copies values (a reshape, a scatter) or sums integers.
+//! or copies values (a reshape, a scatter, a gather of rows and its
+//! transpose) or sums integers.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -10,7 +11,9 @@ use tract_onnx::pb::{ModelProto, NodeProto};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::cast::wire_cast;
 use tract_onnx::tract_hir::internal::*;
-use tract_onnx::tract_hir::ops::array::{ScatterNd, ScatterReduction};
+use tract_onnx::tract_hir::ops::array::{PermuteAxes, ScatterNd, ScatterReduction};
+
+use super::rows::Rows;
 
 /// A way to run a model without inputs: its outputs.
 pub(super) type Evaluator = fn(&ModelProto) -> TractResult<TVec<TValue>>;
@@ -25,14 +28,15 @@ pub(super) fn evaluate(proto: &ModelProto) -> TractResult<TVec<TValue>> {
     })
 }
 
-/// tract's ONNX parser, with `ScatterND` as [`scatter_nd`] and
-/// `ReduceSum` as [`reduce_sum`].
+/// tract's ONNX parser, with `ScatterND` as [`scatter_nd`], and `Gather`
+/// and `ReduceSum` [`Marked`] for [`run_in_order`].
 pub(super) fn parser() -> tract_onnx::Onnx {
     let mut onnx = tract_onnx::onnx();
     onnx.op_register.insert("ScatterND", scatter_nd);
-    if let Some(&tract) = onnx.op_register.0.get("ReduceSum") {
-        TRACT_REDUCE_SUM.get_or_init(|| tract);
-        onnx.op_register.insert("ReduceSum", reduce_sum);
+    let tracts = TRACT_PARSERS
+        .get_or_init(|| MARKED.iter().filter_map(|&op| Some((op, *onnx.op_register.0.get(op)?))).collect());
+    for &op in tracts.keys() {
+        onnx.op_register.insert(op, mark);
     }
     onnx
 }
@@ -60,8 +64,8 @@ pub(super) fn run_in_order(model: &InferenceModel) -> TractResult<TVec<TValue>> 
     for &o in outputs {
         *readers.entry(o).or_default() += 1;
     }
-    let mut values: HashMap<OutletId, TValue> = HashMap::new();
-    let mut take = |values: &mut HashMap<OutletId, TValue>, o: OutletId| -> TractResult<TValue> {
+    let mut values: HashMap<OutletId, Value> = HashMap::new();
+    let mut take = |values: &mut HashMap<OutletId, Value>, o: OutletId| -> TractResult<Value> {
         let left = readers.get_mut(&o).context("no reader")?;
         *left -= 1;
         let v = if *left == 0 { values.remove(&o) } else { values.get(&o).cloned() };
@@ -69,14 +73,15 @@ pub(super) fn run_in_order(model: &InferenceModel) -> TractResult<TVec<TValue>> 
     };
     for id in order {
         let node = model.node(id);
-        let inputs = node.inputs.iter().map(|&o| take(&mut values, o)).collect::<TractResult<TVec<TValue>>>()?;
-        let made = if let Some(shape) = reshaped(&*node.op, &inputs)? {
-            let data = inputs.into_iter().next().context("a reshape of nothing")?;
-            tvec!(data.into_tensor().into_shape(&shape)?.into_tvalue())
-        } else if let Some(sum) = integer_sum(&*node.op, &inputs)? {
-            tvec!(sum.into_tvalue())
-        } else {
-            node.op.eval_out_of_plan(inputs)?.with_context(|| format!("{} runs only in a plan", node.op.name()))?
+        let mut inputs = node.inputs.iter().map(|&o| take(&mut values, o));
+        let first = inputs.next().transpose()?;
+        let rest = inputs.map(|v| v?.ready()).collect::<TractResult<TVec<TValue>>>()?;
+        let made = match first.as_ref().map(|first| lazily(&*node.op, first, &rest)).transpose()?.flatten() {
+            Some(value) => tvec!(value),
+            None => {
+                let inputs = first.map(Value::ready).transpose()?.into_iter().chain(rest).collect();
+                eagerly(&*node.op, inputs)?.into_iter().map(Value::Ready).collect()
+            }
         };
         ensure!(
             made.len() == node.outputs.len(),
@@ -89,7 +94,65 @@ pub(super) fn run_in_order(model: &InferenceModel) -> TractResult<TVec<TValue>> 
             values.insert(OutletId::new(id, slot), v);
         }
     }
-    outputs.iter().map(|&o| take(&mut values, o)).collect()
+    outputs.iter().map(|&o| take(&mut values, o)?.ready()).collect()
+}
+
+/// A value of the constant part: computed, or rows of a table that a
+/// later transpose may gather in its own order.
+#[derive(Debug, Clone)]
+enum Value {
+    Ready(TValue),
+    Rows(Rows),
+}
+
+impl Value {
+    fn ready(self) -> TractResult<TValue> {
+        match self {
+            Value::Ready(v) => Ok(v),
+            Value::Rows(rows) => Ok(rows.values()?.into_tvalue()),
+        }
+    }
+}
+
+/// What `op` makes of its inputs (`first`, then `rest`, computed) without
+/// computing values: a gather of rows kept as [`Rows`], a reshape of them
+/// that keeps them rows, a transpose of them that moves their columns
+/// first (gathered then). `None` for every other op.
+fn lazily(op: &dyn InferenceOp, first: &Value, rest: &[TValue]) -> TractResult<Option<Value>> {
+    match first {
+        Value::Ready(table) => match (marked::<GatherAxis>(op), rest.first()) {
+            (Some(&GatherAxis(axis)), Some(indices)) => Ok(Rows::gather(table, indices, axis)?.map(Value::Rows)),
+            _ => Ok(None),
+        },
+        Value::Rows(rows) => {
+            if let Some(shape) = reshaped(op, rows.datum_type(), rows.shape(), rest)? {
+                return Ok(rows.reshaped(&shape).map(Value::Rows));
+            }
+            let transpose =
+                op.as_op().downcast_ref::<Box<dyn Expansion>>().and_then(|e| e.as_any().downcast_ref::<PermuteAxes>());
+            match transpose {
+                Some(t) if rows.moves_columns_first(t.axes.as_deref()) => {
+                    Ok(Some(Value::Ready(rows.columns_first()?.into_tvalue())))
+                }
+                _ => Ok(None),
+            }
+        }
+    }
+}
+
+/// What `op` computes of `inputs`: reshapes and integer sums here, the
+/// rest by tract's op.
+fn eagerly(op: &dyn InferenceOp, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+    if let Some(first) = inputs.first() {
+        if let Some(shape) = reshaped(op, first.datum_type(), first.shape(), &inputs[1..])? {
+            let data = inputs.into_iter().next().context("a reshape of nothing")?;
+            return Ok(tvec!(data.into_tensor().into_shape(&shape)?.into_tvalue()));
+        }
+    }
+    if let Some(sum) = integer_sum(op, &inputs)? {
+        return Ok(tvec!(sum.into_tvalue()));
+    }
+    op.eval_out_of_plan(inputs)?.with_context(|| format!("{} runs only in a plan", op.name()))
 }
 
 /// Ops whose output is their first input's values under another shape.
@@ -100,62 +163,63 @@ const RESHAPES: &[&str] = &["Reshape", "Flatten", "Squeeze", "Squeeze13", "Unsqu
 /// other inputs' values: the values then move without a copy, where
 /// tract's `eval` copies them (each 2.5 MB relative position bias of a
 /// plain ViT-L export, twice).
-fn reshaped(op: &dyn InferenceOp, inputs: &[TValue]) -> TractResult<Option<Vec<usize>>> {
-    if !RESHAPES.contains(&&*op.name()) || inputs.is_empty() {
+fn reshaped(op: &dyn InferenceOp, dt: DatumType, input: &[usize], rest: &[TValue]) -> TractResult<Option<Vec<usize>>> {
+    if !RESHAPES.contains(&&*op.name()) {
         return Ok(None);
     }
-    let facts: TVec<InferenceFact> = inputs
-        .iter()
-        .enumerate()
-        .map(|(i, v)| match i {
-            0 => InferenceFact::dt_shape_from_tensor(v),
-            _ => InferenceFact::from(v.clone().into_tensor()),
-        })
+    let facts: TVec<InferenceFact> = std::iter::once(InferenceFact::dt_shape(dt, input))
+        .chain(rest.iter().map(|v| InferenceFact::from(v.clone().into_tensor())))
         .collect();
     let output = InferenceFact::default();
     let mut op = tract_onnx::tract_core::dyn_clone::clone_box(op);
     let (_, outputs, _) = op.infer(facts.iter().collect(), tvec!(&output), tvec!())?;
     let Some(shape) = outputs.first().and_then(|f| f.shape.concretize()) else { return Ok(None) };
     let Ok(shape) = shape.iter().map(|d| d.to_usize()).collect::<Result<Vec<usize>, _>>() else { return Ok(None) };
-    Ok((shape.iter().product::<usize>() == inputs[0].len()).then_some(shape))
+    Ok((shape.iter().product::<usize>() == input.iter().product::<usize>()).then_some(shape))
 }
 
 /// How tract-onnx parses a node.
 type Parse = fn(&ParsingContext, &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)>;
 
-/// tract's parser of `ReduceSum`, which [`reduce_sum`] wraps.
-static TRACT_REDUCE_SUM: OnceLock<Parse> = OnceLock::new();
+/// The ops whose nodes [`mark`] marks.
+const MARKED: &[&str] = &["Gather", "ReduceSum"];
 
-/// tract's `ReduceSum`, marked with its axes so that [`run_in_order`] sums
-/// integers itself: tract computes each output value over a view of the
-/// input made for it, and the one sum of a legacy BEiT export's relative
-/// position index (`[196, 196, 2]` over the last axis) took 5 ms of each
-/// load. Integer sums are exact in any order; a float's is left to tract.
-fn reduce_sum(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
-    let tract = *TRACT_REDUCE_SUM.get().context("reduce_sum registered before tract's parser was kept")?;
+/// tract's parsers of [`MARKED`]'s ops, which [`mark`] wraps.
+static TRACT_PARSERS: OnceLock<HashMap<&'static str, Parse>> = OnceLock::new();
+
+/// tract's op for the node, [`Marked`] with what [`run_in_order`] reads
+/// of it to compute it another way.
+fn mark(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    let tract =
+        TRACT_PARSERS.get().and_then(|p| p.get(node.op_type.as_str())).context("marked without tract's parser")?;
     let (op, extra) = tract(ctx, node)?;
     let Some(expansion) = op.as_op().downcast_ref::<Box<dyn Expansion>>() else { return Ok((op, extra)) };
-    let sum = IntegerSum {
-        tract: expansion.clone(),
-        axes_input: node.input.len() > 1,
-        axes: node.get_attr_opt_vec::<i64>("axes")?,
-        keep_dims: node.get_attr_opt("keepdims")?.unwrap_or(1i64) == 1,
-        noop_with_empty_axes: node.get_attr_opt("noop_with_empty_axes")?.unwrap_or(0i64) == 1,
+    let tract = expansion.clone();
+    let marked = match node.op_type.as_str() {
+        "Gather" => expand(Marked { tract, mark: GatherAxis(node.get_attr_opt("axis")?.unwrap_or(0)) }),
+        "ReduceSum" => expand(Marked {
+            tract,
+            mark: SumAxes {
+                axes_input: node.input.len() > 1,
+                axes: node.get_attr_opt_vec::<i64>("axes")?,
+                keep_dims: node.get_attr_opt("keepdims")?.unwrap_or(1i64) == 1,
+                noop_with_empty_axes: node.get_attr_opt("noop_with_empty_axes")?.unwrap_or(0i64) == 1,
+            },
+        }),
+        _ => return Ok((op, extra)),
     };
-    Ok((expand(sum), extra))
+    Ok((marked, extra))
 }
 
+/// tract's op (its rules and wiring, wherever tract runs it), with what
+/// lookout read of the node: tract's ops keep their attributes private.
 #[derive(Debug, Clone)]
-struct IntegerSum {
+struct Marked<T> {
     tract: Box<dyn Expansion>,
-    /// The axes are the second input (opset 13 on), else `axes`.
-    axes_input: bool,
-    axes: Option<Vec<i64>>,
-    keep_dims: bool,
-    noop_with_empty_axes: bool,
+    mark: T,
 }
 
-impl Expansion for IntegerSum {
+impl<T: std::fmt::Debug + Clone + Send + Sync + 'static> Expansion for Marked<T> {
     fn name(&self) -> StaticName {
         self.tract.name()
     }
@@ -174,12 +238,35 @@ impl Expansion for IntegerSum {
     }
 }
 
-/// The sum `op` computes, when it is an [`IntegerSum`] of i64 or i32
-/// values over axes the input has; `None` leaves the rest (and the
-/// errors) to tract.
+/// The mark of `op`, if [`mark`] gave it one of type `T`.
+fn marked<T: 'static>(op: &dyn InferenceOp) -> Option<&T> {
+    let expansion = op.as_op().downcast_ref::<Box<dyn Expansion>>()?;
+    expansion.as_any().downcast_ref::<Marked<T>>().map(|m| &m.mark)
+}
+
+/// A `Gather`'s axis, for [`Rows::gather`].
+#[derive(Debug, Clone, Copy)]
+struct GatherAxis(i64);
+
+/// A `ReduceSum`'s axes, so that [`run_in_order`] sums integers itself:
+/// tract computes each output value over a view of the input made for it,
+/// and the one sum of a legacy BEiT export's relative position index
+/// (`[196, 196, 2]` over the last axis) took 5 ms of each load. Integer
+/// sums are exact in any order; a float's is left to tract.
+#[derive(Debug, Clone)]
+struct SumAxes {
+    /// The axes are the second input (opset 13 on), else `axes`.
+    axes_input: bool,
+    axes: Option<Vec<i64>>,
+    keep_dims: bool,
+    noop_with_empty_axes: bool,
+}
+
+/// The sum `op` computes, when it is a `ReduceSum` of i64 or i32 values
+/// over axes the input has; `None` leaves the rest (and the errors) to
+/// tract.
 fn integer_sum(op: &dyn InferenceOp, inputs: &[TValue]) -> TractResult<Option<Tensor>> {
-    let op = op.as_op().downcast_ref::<Box<dyn Expansion>>().and_then(|e| e.as_any().downcast_ref::<IntegerSum>());
-    let (Some(op), Some(data)) = (op, inputs.first()) else { return Ok(None) };
+    let (Some(op), Some(data)) = (marked::<SumAxes>(op), inputs.first()) else { return Ok(None) };
     let given = match (op.axes_input, inputs.get(1)) {
         (true, Some(axes)) => axes.cast_to::<i64>()?.try_as_plain_ram()?.as_slice::<i64>()?.to_vec(),
         // An axes input left out by an empty name: tract's to judge.
@@ -380,7 +467,11 @@ mod tests {
             let model = parser().model_for_proto_model(&one_node_model(n, &values)).unwrap();
             let op = model.nodes().iter().find(|m| m.name == name).unwrap().op.clone();
             let inputs: TVec<TValue> = values.iter().map(|t| t.clone().into_tvalue()).collect();
-            assert_eq!(reshaped(&*op, &inputs).unwrap(), want, "{op_type}");
+            assert_eq!(
+                reshaped(&*op, inputs[0].datum_type(), inputs[0].shape(), &inputs[1..]).unwrap(),
+                want,
+                "{op_type}"
+            );
             // And what tract computes, bit for bit, by either way.
             let got = run_in_order(&model).unwrap();
             let tracts = run_optimized(model).unwrap();

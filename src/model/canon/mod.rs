@@ -37,6 +37,7 @@ use tract_onnx::prelude::*;
 use super::onnx::{ints, Fast, GraphIndex, LazyModel, OnnxValue};
 
 mod evaluate;
+mod rows;
 
 use evaluate::{evaluate, Evaluator};
 
