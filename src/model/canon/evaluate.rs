@@ -3,7 +3,7 @@
 //! or copies values (a reshape, a scatter, a gather of rows and its
 //! transpose) or sums integers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 
 use tract_onnx::model::ParsingContext;
@@ -64,6 +64,8 @@ pub(super) fn run_in_order(model: &InferenceModel) -> TractResult<TVec<TValue>> 
     for &o in outputs {
         *readers.entry(o).or_default() += 1;
     }
+    // Rows read by more than one node are gathered once, not by each reader.
+    let shared: HashSet<OutletId> = readers.iter().filter(|&(_, &n)| n > 1).map(|(&o, _)| o).collect();
     let mut values: HashMap<OutletId, Value> = HashMap::new();
     let mut take = |values: &mut HashMap<OutletId, Value>, o: OutletId| -> TractResult<Value> {
         let left = readers.get_mut(&o).context("no reader")?;
@@ -91,7 +93,12 @@ pub(super) fn run_in_order(model: &InferenceModel) -> TractResult<TVec<TValue>> 
             node.outputs.len()
         );
         for (slot, v) in made.into_iter().enumerate() {
-            values.insert(OutletId::new(id, slot), v);
+            let outlet = OutletId::new(id, slot);
+            let v = match v {
+                Value::Rows(_) if shared.contains(&outlet) => Value::Ready(v.ready()?),
+                v => v,
+            };
+            values.insert(outlet, v);
         }
     }
     outputs.iter().map(|&o| take(&mut values, o)?.ready()).collect()

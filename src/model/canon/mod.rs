@@ -19,7 +19,8 @@
 //!
 //! Here every node whose inputs are constants is evaluated once with
 //! tract's ops, one by one (`ScatterND` as a byte copy, reshapes without
-//! one), and becomes an initializer; the key transposes become one
+//! one, a bias's gather and transpose as one pass: `rows.rs`), and
+//! becomes an initializer; the key transposes become one
 //! `Transpose`, the no-ops go, and GELU's products are reordered to
 //! `(y * (1 + erf(..))) * 0.5` (exact: the product by 0.5 only changes the
 //! exponent). Each rewrite keeps the names of the tensors that other nodes
