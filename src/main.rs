@@ -421,7 +421,7 @@ fn model_install(from: &Path, models_dir: &Path, config: Option<&Path>) -> Resul
     let fatal = |e: InstallError| {
         let code = match e {
             InstallError::Missing { .. } => exit::NO_INPUT,
-            InstallError::Manifest(_) | InstallError::Checksum { .. } => exit::MODEL,
+            InstallError::Manifest(_) | InstallError::Checksum { .. } | InstallError::Unusable { .. } => exit::MODEL,
             InstallError::Write { .. } => exit::CANT_CREATE,
             InstallError::Config { .. } => exit::CONFIG,
         };
@@ -430,6 +430,13 @@ fn model_install(from: &Path, models_dir: &Path, config: Option<&Path>) -> Resul
     let done = install(from, models_dir).map_err(fatal)?;
     let dir = done.model.parent().unwrap_or(models_dir);
     println!("installed {} (sha256 {} checked) in {}/", done.name, done.sha256, dir.display());
+    if let Some(c) = &done.canonical {
+        println!(
+            "written in lookout's canonical form, which it would otherwise compute at every start: {} constant \
+             nodes folded, {} transposes merged, {} GELUs reordered",
+            c.folded, c.transposes, c.gelus
+        );
+    }
     let line = format!("path = {:?}", done.model.display().to_string());
     match config {
         None => println!("set it in the [model] section of your config:\n{line}"),

@@ -14,7 +14,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufReader, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -238,6 +238,82 @@ impl LazyModel {
         graph.initializer =
             initializers.into_iter().enumerate().filter(|(i, _)| !drop.contains(i)).map(|(_, t)| t).collect();
         Ok(self.proto)
+    }
+
+    /// Writes the model as an ONNX file, without the initializers in
+    /// `dropped` and without the shapes declared for tensors no node writes
+    /// any more (a legacy export declares all of its 11,000). The graph's
+    /// structure is encoded as usual; each deferred tensor's data is copied
+    /// from the file a piece at a time after its other fields (protobuf
+    /// takes fields in any order), so a 300 MB model is never in memory.
+    pub(crate) fn write(mut self, out: &mut impl Write, dropped: &HashSet<usize>) -> io::Result<()> {
+        let mut graph = self.proto.graph.take().expect("open() sets the graph");
+        let initializers = std::mem::take(&mut graph.initializer);
+        let gone: HashSet<&str, Fast> = dropped.iter().map(|&i| initializers[i].name.as_str()).collect();
+        graph.input.retain(|i| !gone.contains(i.name.as_str()));
+        let written: HashSet<&str, Fast> =
+            graph.node.iter().flat_map(|n| n.output.iter().map(String::as_str)).collect();
+        let value_info = std::mem::take(&mut graph.value_info);
+        graph.value_info = value_info.into_iter().filter(|v| written.contains(v.name.as_str())).collect();
+        let deferred: HashMap<usize, Span> = std::mem::take(&mut self.deferred).into_iter().collect();
+
+        enum Data<'a> {
+            File(Span),
+            Memory(&'a [u8]),
+        }
+        let mut parts = vec![];
+        for (i, t) in initializers.iter().enumerate().filter(|(i, _)| !dropped.contains(i)) {
+            let data = match (deferred.get(&i), self.held.get(&i)) {
+                (Some(&span), _) => Some(Data::File(span)),
+                (None, Some(value)) => Some(Data::Memory(value.bytes())),
+                (None, None) => None,
+            };
+            let header = t.encode_to_vec();
+            let data_len = match &data {
+                Some(Data::File(span)) => span.len,
+                Some(Data::Memory(bytes)) => bytes.len() as u64,
+                None => 0,
+            };
+            let len = header.len() as u64 + if data_len > 0 { field_len(TENSOR_RAW_DATA, data_len) } else { 0 };
+            parts.push((header, data.filter(|_| data_len > 0), data_len, len));
+        }
+        let head = graph.encode_to_vec();
+        let graph_len =
+            head.len() as u64 + parts.iter().map(|&(_, _, _, len)| field_len(GRAPH_INITIALIZER, len)).sum::<u64>();
+
+        let mut prefix = vec![];
+        put_key(&mut prefix, MODEL_GRAPH, LEN);
+        put_varint(&mut prefix, graph_len);
+        out.write_all(&self.proto.encode_to_vec())?;
+        out.write_all(&prefix)?;
+        out.write_all(&head)?;
+        let mut chunk = vec![];
+        for (header, data, data_len, len) in parts {
+            let mut prefix = vec![];
+            put_key(&mut prefix, GRAPH_INITIALIZER, LEN);
+            put_varint(&mut prefix, len);
+            prefix.extend_from_slice(&header);
+            if data.is_some() {
+                put_key(&mut prefix, TENSOR_RAW_DATA, LEN);
+                put_varint(&mut prefix, data_len);
+            }
+            out.write_all(&prefix)?;
+            match data {
+                Some(Data::Memory(bytes)) => out.write_all(bytes)?,
+                Some(Data::File(span)) => {
+                    let mut at = span.offset;
+                    while at < span.offset + span.len {
+                        let n = (span.offset + span.len - at).min(1 << 20) as usize;
+                        chunk.resize(n, 0);
+                        self.file.read_exact_at(&mut chunk, at).map_err(truncated)?;
+                        out.write_all(&chunk)?;
+                        at += n as u64;
+                    }
+                }
+                None => {}
+            }
+        }
+        Ok(())
     }
 
     /// Frees the data of the initializers in `taken` that no node reads
@@ -583,6 +659,13 @@ fn put_key(out: &mut Vec<u8>, field: u32, kind: u8) {
     put_varint(out, ((field as u64) << 3) | kind as u64);
 }
 
+/// The bytes a length-delimited field of `len` bytes takes, key and length
+/// included.
+fn field_len(field: u32, len: u64) -> u64 {
+    let varint_len = |v: u64| (64 - (v | 1).leading_zeros() as u64).div_ceil(7);
+    varint_len(((field as u64) << 3) | LEN as u64) + varint_len(len) + len
+}
+
 /// A tract tensor ONNX can hold: plain values of a type ONNX has.
 #[derive(Clone)]
 pub(crate) struct OnnxValue {
@@ -657,6 +740,7 @@ fn truncated(e: io::Error) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tract_onnx::pb::ValueInfoProto;
     use tract_onnx::prelude::{tensor1, TDim};
 
     fn digits() -> std::path::PathBuf {
@@ -691,6 +775,51 @@ mod tests {
         let inits = &proto.graph.unwrap().initializer;
         assert_eq!(inits.len(), n - 1);
         assert!(inits.iter().all(|t| t.name != name));
+    }
+
+    #[test]
+    fn a_written_model_reads_back_as_the_model_less_what_was_dropped() {
+        let open = || {
+            let mut lazy = LazyModel::open(&digits()).unwrap();
+            lazy.add_value("held", OnnxValue::new(Arc::new(tensor1(&[1f32, 2., 3.]))).unwrap());
+            let graph = lazy.proto.graph.as_mut().unwrap();
+            graph.value_info.push(ValueInfoProto { name: "written by no node".into(), ..Default::default() });
+            graph.input.push(ValueInfoProto { name: graph.initializer[0].name.clone(), ..Default::default() });
+            lazy
+        };
+        let lazy = open();
+        let (deferred, _) = lazy.deferred[1];
+        let dropped: HashSet<usize> = [0, deferred].into();
+        let mut want = lazy.into_proto(&HashSet::new()).unwrap();
+        let graph = want.graph.as_mut().unwrap();
+        let names: Vec<String> = dropped.iter().map(|&i| graph.initializer[i].name.clone()).collect();
+        graph.initializer.retain(|t| !names.contains(&t.name));
+        graph.input.retain(|i| !names.contains(&i.name));
+        let declared = graph.value_info.len();
+        graph.value_info.retain(|v| v.name != "written by no node");
+        assert_eq!(graph.value_info.len(), declared - 1);
+        assert!(graph.initializer.iter().any(|t| t.name == "held" && t.raw_data.len() == 12));
+
+        let mut bytes = vec![];
+        open().write(&mut bytes, &dropped).unwrap();
+        assert_eq!(ModelProto::decode(bytes.as_slice()).unwrap(), want, "as prost reads it");
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), &bytes).unwrap();
+        let again = LazyModel::open(file.path()).unwrap();
+        assert_eq!(again.deferred.len(), open().deferred.len() - 1, "its large tensors are deferred again");
+        assert_eq!(again.into_proto(&HashSet::new()).unwrap(), want, "as lookout reads it");
+    }
+
+    #[test]
+    fn field_lengths_count_key_length_and_data() {
+        for len in [0u64, 1, 127, 128, 16_383, 16_384, 1 << 32] {
+            let mut field = vec![];
+            put_key(&mut field, GRAPH_INITIALIZER, LEN);
+            put_varint(&mut field, len);
+            assert_eq!(field_len(GRAPH_INITIALIZER, len), field.len() as u64 + len, "{len}");
+        }
+        assert_eq!(field_len(TENSOR_RAW_DATA, 300), 1 + 2 + 300);
+        assert_eq!(field_len(16, 0), 2 + 1);
     }
 
     #[test]

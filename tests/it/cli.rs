@@ -245,6 +245,22 @@ fn the_packaged_config_is_valid_once_model_install_put_the_model_in_place() {
     assert_eq!(code, 0, "{err}");
     assert!(out.lines().any(|l| l == format!("path = \"{}\"", installed.display())), "{out}");
 
+    // A plain export is installed in the canonical form, which loads
+    // against its manifest's new sha256 and classifies.
+    let legacy = root().join("tests/fixtures/export-forms/digits-legacy-int8.onnx");
+    let (code, out, err) = install(&legacy, &cfg);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("written in lookout's canonical form"), "{out}");
+    assert!(out.contains(" constant nodes folded"), "{out}");
+    let seven = samples().join("7-seven.jpg");
+    let (code, out, err) = run(&["classify".as_ref(), "--config".as_ref(), cfg.as_os_str(), seven.as_os_str()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("model digits-legacy-int8 "), "{err}");
+    assert!(out.contains("\"label\":\"seven\""), "{out}");
+    let (code, out, err) = install(&export, &cfg);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("canonical form"), "the exporter's form is copied as it is: {out}");
+
     // Each failure: one line, its own exit code.
     let (code, _, err) = install(&d.path().join("absent"), &cfg);
     assert_eq!(code, 66, "{err}");

@@ -87,3 +87,33 @@ fn every_export_form_fuses_what_the_exporters_form_fuses_with_the_specifications
         }
     }
 }
+
+/// `lookout model install` writes each form in the canonical form: what a
+/// load of the export computes every time, computed once. The installed
+/// file must leave nothing for a load to rewrite, fuse what the export
+/// fuses, and compute the export's logits bit for bit.
+#[test]
+fn every_export_form_installed_loads_canonical_with_the_exports_logits() {
+    let root = crate::common::root();
+    let dir = root.join("tests/fixtures/export-forms");
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    let models = tempfile::tempdir().unwrap();
+    for (form, spec) in reference["forms"].as_object().unwrap() {
+        let export = dir.join(spec["model"].as_str().unwrap());
+        let installed = lookout::model::install::install(&export, models.path()).unwrap();
+        let canonical = installed.canonical.unwrap_or_else(|| panic!("{form}: installed as it was"));
+        let (mut plain, mut pre) = load(&export);
+        let (mut canon, _) = load(&installed.model);
+        let (p, c) = (plain.load_report().pass_report.clone(), canon.load_report().pass_report.clone());
+        assert_eq!(p.canonical, canonical, "{form}: install rewrote what a load rewrites");
+        assert_eq!(c.canonical, Default::default(), "{form}: a load of the installed file rewrote {:?}", c.canonical);
+        assert_eq!(fused(&c), fused(&p), "{form}: {c:?}");
+        for image in spec["images"].as_array().unwrap().iter().take(10) {
+            let file = root.join("tests/fixtures/digits").join(image["file"].as_str().unwrap()).display().to_string();
+            let want = crate::common::logits_of(&mut plain, &mut pre, &file);
+            let got = crate::common::logits_of(&mut canon, &mut pre, &file);
+            assert_eq!(got, want, "{form} {file}: logits of the installed file");
+        }
+    }
+}
