@@ -152,6 +152,11 @@ struct Setup<'a> {
     extra: &'a str,
     /// /etc/systemd/system/lookout.service.d/test.conf
     dropin: &'a str,
+    /// The digits model as torch's legacy exporter writes it, quantized
+    /// the plain way (tests/fixtures/export-forms), instead of
+    /// tools/export_model.py's form: `model install` writes it in
+    /// lookout's canonical form.
+    legacy: bool,
 }
 
 /// Sample JPEGs back to back, twice a second, forever; nothing while
@@ -178,10 +183,14 @@ fn install(host: &Host, broker: &LoginBroker, name: &str, setup: &Setup) -> Cont
     let deb = host.deb.file_name().unwrap().to_str().unwrap();
     std::fs::copy(&host.deb, c.root.join("root").join(deb)).unwrap();
     let models = root().join("models/digits");
-    for f in
-        ["digits-fp32.onnx", "digits-fp32.manifest.json", "digits-int8.onnx", "digits-int8.manifest.json", "labels.txt"]
-    {
-        c.write(&format!("/root/d2v-large/{f}"), std::fs::read(models.join(f)).unwrap());
+    let (dir, int8) = match setup.legacy {
+        false => (models.clone(), "digits-int8"),
+        true => (root().join("tests/fixtures/export-forms"), "digits-legacy-int8"),
+    };
+    let int8_files = [format!("{int8}.onnx"), format!("{int8}.manifest.json"), "labels.txt".into()];
+    let fp32_files = ["digits-fp32.onnx".to_string(), "digits-fp32.manifest.json".into()];
+    for (from, f) in int8_files.iter().map(|f| (&dir, f)).chain(fp32_files.iter().map(|f| (&models, f))) {
+        c.write(&format!("/root/d2v-large/{f}"), std::fs::read(from.join(f)).unwrap());
     }
     for e in std::fs::read_dir(models.join("samples")).unwrap().flatten() {
         c.write(&format!("/srv/frames/{}", e.file_name().to_string_lossy()), std::fs::read(e.path()).unwrap());
@@ -250,10 +259,15 @@ fn two_boards_publish_under_their_names_survive_kill_9_and_stop_cleanly() {
     let Some(host) = host() else { return };
     let broker = LoginBroker::start();
     let mut feed = broker.feed(&format!("{}/#", topic::PREFIX));
-    let setup = Setup { frames: FRAMES_FOREVER, interval: 0.5, extra: "", dropin: "" };
+    // The porch's model is a plain export, which `model install` writes in
+    // lookout's canonical form for the service to run.
+    let garage = Setup { frames: FRAMES_FOREVER, interval: 0.5, extra: "", dropin: "", legacy: false };
+    let porch = Setup { legacy: true, ..garage };
     let names = ["garage", "porch"];
     let boards: Vec<Container> = std::thread::scope(|s| {
-        let started: Vec<_> = names.iter().map(|n| s.spawn(|| install(host, &broker, n, &setup))).collect();
+        let broker = &broker;
+        let started = [(names[0], &garage), (names[1], &porch)]
+            .map(|(n, setup)| s.spawn(move || install(host, broker, n, setup)));
         started.into_iter().map(|h| h.join().unwrap()).collect()
     });
 
@@ -279,6 +293,16 @@ fn two_boards_publish_under_their_names_survive_kill_9_and_stop_cleanly() {
         assert!(!log.contains(&format!("Client {id} closed its connection")), "{id} dropped:\n{log}");
     }
     assert!(!log.contains("already connected, closing old connection"), "{log}");
+    let installed = boards[1].sh("cat /usr/local/share/lookout/models/digits-legacy/digits-legacy-int8.manifest.json");
+    let installed: serde_json::Value = serde_json::from_str(&installed).unwrap();
+    let export: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("tests/fixtures/export-forms/digits-legacy-int8.manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(installed["canonical_of"]["sha256"], export["sha256"], "porch: {installed}");
+    assert_ne!(installed["sha256"], export["sha256"], "porch: {installed}");
+    let journal = boards[1].journal("lookout");
+    assert!(journal.contains("model digits-legacy-int8 (32x32, 10 classes) loaded"), "porch:\n{journal}");
 
     let garage = &boards[0];
     secrets_stay_secret(garage, &broker.password);
@@ -414,7 +438,8 @@ fn a_bad_config_or_model_fails_once_with_the_reason_at_error_priority() {
     let Some(host) = host() else { return };
     let broker = LoginBroker::start();
     // RestartSec=1: a loop would show within seconds (shipped: 5 s).
-    let setup = Setup { frames: FRAMES_FOREVER, interval: 0.5, extra: "", dropin: "[Service]\nRestartSec=1\n" };
+    let setup =
+        Setup { frames: FRAMES_FOREVER, interval: 0.5, extra: "", dropin: "[Service]\nRestartSec=1\n", legacy: false };
     let c = install(host, &broker, "shed", &setup);
     c.wait_state("lookout", "active", MIN);
     c.sh("systemctl stop lookout");
@@ -449,7 +474,7 @@ fn long_intervals_exiting_programs_and_missing_frames_do_not_restart_the_service
     // period 4 s; the source is stale after 3 s without a frame.
     let frames = "i=0; while [ $i -lt 6 ]; do [ -e /srv/pause ] || cat /srv/frames/*.jpg; sleep 0.5; i=$((i+1)); done";
     let extra = "\n[health]\nstale_after = 3.0\n";
-    let setup = Setup { frames, interval: 10.0, extra, dropin: "[Service]\nWatchdogSec=4\n" };
+    let setup = Setup { frames, interval: 10.0, extra, dropin: "[Service]\nWatchdogSec=4\n", legacy: false };
     let c = install(host, &broker, "attic", &setup);
     c.wait_state("lookout", "active", MIN);
     assert_eq!(c.show("lookout", "WatchdogUSec"), "4s");
@@ -492,7 +517,7 @@ fn a_hung_inference_is_restarted_by_the_watchdog() {
     let broker = LoginBroker::start();
     let mut feed = broker.feed(&topic::result("cellar"));
     let dropin = "[Service]\nWatchdogSec=4\nRestartSec=1\nEnvironment=LOOKOUT_FAULT=hang-inference-after:3\n";
-    let setup = Setup { frames: FRAMES_FOREVER, interval: 0.5, extra: "", dropin };
+    let setup = Setup { frames: FRAMES_FOREVER, interval: 0.5, extra: "", dropin, legacy: false };
     let c = install(host, &broker, "cellar", &setup);
     feed.wait("the results before the hang", MIN, |got| got.len() >= 2);
     let deadline = Instant::now() + MIN;
