@@ -261,25 +261,29 @@ impl LazyModel {
             File(Span),
             Memory(&'a [u8]),
         }
+        impl Data<'_> {
+            fn len(&self) -> u64 {
+                match self {
+                    Data::File(span) => span.len,
+                    Data::Memory(bytes) => bytes.len() as u64,
+                }
+            }
+        }
         let mut parts = vec![];
         for (i, t) in initializers.iter().enumerate().filter(|(i, _)| !dropped.contains(i)) {
             let data = match (deferred.get(&i), self.held.get(&i)) {
                 (Some(&span), _) => Some(Data::File(span)),
                 (None, Some(value)) => Some(Data::Memory(value.bytes())),
                 (None, None) => None,
-            };
+            }
+            .filter(|d| d.len() > 0);
             let header = t.encode_to_vec();
-            let data_len = match &data {
-                Some(Data::File(span)) => span.len,
-                Some(Data::Memory(bytes)) => bytes.len() as u64,
-                None => 0,
-            };
-            let len = header.len() as u64 + if data_len > 0 { field_len(TENSOR_RAW_DATA, data_len) } else { 0 };
-            parts.push((header, data.filter(|_| data_len > 0), data_len, len));
+            let len = header.len() as u64 + data.as_ref().map_or(0, |d| field_len(TENSOR_RAW_DATA, d.len()));
+            parts.push((header, data, len));
         }
         let head = graph.encode_to_vec();
         let graph_len =
-            head.len() as u64 + parts.iter().map(|&(_, _, _, len)| field_len(GRAPH_INITIALIZER, len)).sum::<u64>();
+            head.len() as u64 + parts.iter().map(|&(_, _, len)| field_len(GRAPH_INITIALIZER, len)).sum::<u64>();
 
         let mut prefix = vec![];
         put_key(&mut prefix, MODEL_GRAPH, LEN);
@@ -288,26 +292,26 @@ impl LazyModel {
         out.write_all(&prefix)?;
         out.write_all(&head)?;
         let mut chunk = vec![];
-        for (header, data, data_len, len) in parts {
-            let mut prefix = vec![];
+        for (header, data, len) in parts {
+            prefix.clear();
             put_key(&mut prefix, GRAPH_INITIALIZER, LEN);
             put_varint(&mut prefix, len);
             prefix.extend_from_slice(&header);
-            if data.is_some() {
+            if let Some(data) = &data {
                 put_key(&mut prefix, TENSOR_RAW_DATA, LEN);
-                put_varint(&mut prefix, data_len);
+                put_varint(&mut prefix, data.len());
             }
             out.write_all(&prefix)?;
             match data {
                 Some(Data::Memory(bytes)) => out.write_all(bytes)?,
                 Some(Data::File(span)) => {
+                    let end = span.offset + span.len;
                     let mut at = span.offset;
-                    while at < span.offset + span.len {
-                        let n = (span.offset + span.len - at).min(1 << 20) as usize;
-                        chunk.resize(n, 0);
+                    while at < end {
+                        chunk.resize((end - at).min(1 << 20) as usize, 0);
                         self.file.read_exact_at(&mut chunk, at).map_err(truncated)?;
                         out.write_all(&chunk)?;
-                        at += n as u64;
+                        at += chunk.len() as u64;
                     }
                 }
                 None => {}
