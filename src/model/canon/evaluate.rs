@@ -11,7 +11,7 @@ use tract_onnx::pb::{ModelProto, NodeProto};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::cast::wire_cast;
 use tract_onnx::tract_hir::internal::*;
-use tract_onnx::tract_hir::ops::array::{PermuteAxes, ScatterNd, ScatterReduction};
+use tract_onnx::tract_hir::ops::array::{GatherNd, PermuteAxes, ScatterNd, ScatterReduction};
 
 use super::rows::Rows;
 
@@ -127,10 +127,24 @@ impl Value {
 /// first (gathered then). `None` for every other op.
 fn lazily(op: &dyn InferenceOp, first: &Value, rest: &[TValue]) -> TractResult<Option<Value>> {
     match first {
-        Value::Ready(table) => match (marked::<GatherAxis>(op), rest.first()) {
-            (Some(&GatherAxis(axis)), Some(indices)) => Ok(Rows::gather(table, indices, axis)?.map(Value::Rows)),
-            _ => Ok(None),
-        },
+        Value::Ready(table) => {
+            let Some(indices) = rest.first() else { return Ok(None) };
+            if let Some(&GatherAxis(axis)) = marked::<GatherAxis>(op) {
+                return Ok(Rows::gather(table, indices, axis)?.map(Value::Rows));
+            }
+            // A `GatherND` of one index per row is a `Gather` of rows: the
+            // dynamo exporter writes BEiT's bias so (tract's took 30-45 ms of
+            // a base model's load, index by index).
+            let one_per_row =
+                |g: &GatherNd| g.batch_dims == 0 && indices.rank() > 1 && indices.shape().last() == Some(&1);
+            match op.as_op().downcast_ref::<GatherNd>() {
+                Some(g) if one_per_row(g) => {
+                    let rows = indices.clone().into_tensor().into_shape(&indices.shape()[..indices.rank() - 1])?;
+                    Ok(Rows::gather(table, &rows.into_tvalue(), 0)?.map(Value::Rows))
+                }
+                _ => Ok(None),
+            }
+        }
         Value::Rows(rows) => {
             if let Some(shape) = reshaped(op, rows.datum_type(), rows.shape(), rest)? {
                 return Ok(rows.reshaped(&shape).map(Value::Rows));

@@ -198,6 +198,7 @@ mod tests {
     #[test]
     fn gathered_rows_transposed_or_not_are_tracts_bit_for_bit() {
         let indices = [4i64, -1, 0, 2, -5, 3, 1, 1];
+        let positive = indices.map(|i| i.rem_euclid(5));
         let shape = Tensor::from_shape(&[3], &[2i64, 4, 3]).unwrap();
         let cases: Vec<(Tensor, Vec<NodeProto>)> = vec![
             // BEiT's bias: the rows as [2, 4, columns], columns first.
@@ -228,12 +229,40 @@ mod tests {
                 Tensor::from_shape(&[8], &indices).unwrap(),
                 vec![node("Gather", &["table", "indices"], "g", None), node("Add", &["g", "g"], "out", None)],
             ),
+            // BEiT's bias through dynamo: a GatherND of one index per row
+            // (tract's GatherND takes no negative index).
+            (
+                Tensor::from_shape(&[8, 1], &positive).unwrap(),
+                vec![
+                    node("GatherND", &["table", "indices"], "g", None),
+                    node("Reshape", &["g", "shape"], "r", None),
+                    node("Transpose", &["r"], "out", Some(&[2, 0, 1])),
+                ],
+            ),
+            (
+                Tensor::from_shape(&[2, 4, 1], &positive).unwrap(),
+                vec![node("GatherND", &["table", "indices"], "out", None)],
+            ),
+            // Two indices per value, and indices that are not a matrix's
+            // rows: tract's GatherND.
+            (
+                Tensor::from_shape(&[4, 2], &[4i64, 2, 4, 0, 0, 1, 3, 2]).unwrap(),
+                vec![node("GatherND", &["table", "indices"], "out", None)],
+            ),
+            (Tensor::from_shape(&[1], &[3i64]).unwrap(), vec![node("GatherND", &["table", "indices"], "out", None)]),
         ];
         for (i, (indices, nodes)) in cases.into_iter().enumerate() {
             let proto = model(nodes, &[("table", table()), ("indices", indices), ("shape", shape.clone())], "out");
             let (ours, tracts) = both(&proto);
             assert_eq!(ours.unwrap(), tracts.unwrap(), "case {i}");
         }
+        // Negative indices count from the end in GatherND as in Gather.
+        let nd = [("table", table()), ("indices", Tensor::from_shape(&[8, 1], &indices).unwrap())];
+        let proto = model(vec![node("GatherND", &["table", "indices"], "out", None)], &nd, "out");
+        let ours = run_in_order(&parser().model_for_proto_model(&proto).unwrap()).map(|v| v[0].clone().into_tensor());
+        let flat = [("table", table()), ("indices", Tensor::from_shape(&[8], &indices).unwrap())];
+        let (_, tracts) = both(&model(vec![node("Gather", &["table", "indices"], "out", None)], &flat, "out"));
+        assert_eq!(ours.unwrap(), tracts.unwrap());
     }
 
     #[test]
