@@ -726,6 +726,14 @@ fn load_model(cfg: &Config) -> Result<TractClassifier, Fatal> {
         kernel_summary(&classifier.load_report().kernels),
         classifier.load_report().pass_report.attention
     );
+    let folded = classifier.load_report().pass_report.canonical.folded;
+    if folded > 0 {
+        info!(
+            "{}: {folded} ONNX nodes that read only constants were evaluated, as at every start; \
+             `sudo lookout model install` writes the model without them once (docs/models.md)",
+            cfg.model.path.display()
+        );
+    }
     Ok(classifier)
 }
 
