@@ -229,7 +229,7 @@ impl Kernel {
             #[cfg(target_arch = "x86_64")]
             Kernel::AvxVnni => "lookout_avxvnni_u8i8_6x16",
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => "lookout_avx2_u8i8_2x16",
+            Kernel::Avx2 => "lookout_avx2_u8i8_6x8",
             #[cfg(target_arch = "aarch64")]
             Kernel::Dot => "lookout_arm64dot_i8i8_6x16",
             #[cfg(target_arch = "aarch64")]

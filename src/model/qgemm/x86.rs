@@ -278,62 +278,65 @@ unsafe fn tile_avxvnni<const R: usize>(a: &Activations, job: &Job, panel: usize,
     }
 }
 
-/// The AVX2 kernel: 2 rows x a half panel of 16 columns. Weights are
-/// sign-extended to 16 bits (4 registers of 4 columns x 4 k), activations
+/// The AVX2 kernel: 6 rows x a quarter panel of 8 columns. Weights are
+/// sign-extended to 16 bits (2 registers of 4 columns x 4 k), activations
 /// arrive widened, and `vpmaddwd` adds each pair of products into i32
 /// lanes: exact, unlike `vpmaddubsw`, whose 16-bit pair sums saturate.
+/// 12 accumulators, so each widened weight register serves six rows: at 2
+/// rows x 16 columns it served two, and the widening, the broadcasts and
+/// the loads held the multiplier to a third of its rate (Zen 3).
 ///
 /// # Safety
 /// AVX2 and FMA must be present; `job` and `a` come from `Job::new` and
 /// `Activations::quantize` (with this kernel, so values are 16-bit).
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn panel_avx2(a: &Activations, job: &Job, panel: usize) {
-    for half in 0..2 {
-        if panel * NR + 16 * half >= job.w.n {
-            break;
+    let quarters = (job.w.n - panel * NR).div_ceil(8).min(4);
+    let mut m = 0;
+    while m < a.rows {
+        let rows = (a.rows - m).min(6);
+        for quarter in 0..quarters {
+            match rows {
+                6 => tile_avx2::<6>(a, job, panel, quarter, m),
+                5 => tile_avx2::<5>(a, job, panel, quarter, m),
+                4 => tile_avx2::<4>(a, job, panel, quarter, m),
+                3 => tile_avx2::<3>(a, job, panel, quarter, m),
+                2 => tile_avx2::<2>(a, job, panel, quarter, m),
+                _ => tile_avx2::<1>(a, job, panel, quarter, m),
+            }
         }
-        let mut m = 0;
-        while m + 2 <= a.rows {
-            tile_avx2::<2>(a, job, panel, half, m);
-            m += 2;
-        }
-        if m < a.rows {
-            tile_avx2::<1>(a, job, panel, half, m);
-        }
+        m += rows;
     }
 }
 
 /// # Safety
-/// As [`panel_avx2`], with `m0 + R <= a.rows` and `half` 0 or 1.
+/// As [`panel_avx2`], with `m0 + R <= a.rows` and `quarter` below 4.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile_avx2<const R: usize>(a: &Activations, job: &Job, panel: usize, half: usize, m0: usize) {
+unsafe fn tile_avx2<const R: usize>(a: &Activations, job: &Job, panel: usize, quarter: usize, m0: usize) {
     let w = job.w;
-    let steps = (w.steps.as_ptr().add(panel * w.k4) as *const u8).add(half * 64);
+    // Step s of this quarter: 32 bytes at s * 128 + quarter * 32, 32-aligned.
+    let steps = (w.steps.as_ptr().add(panel * w.k4) as *const u8).add(quarter * 32);
     let rows = a.data.as_ptr().add(m0 * a.stride);
-    // Per row and 4 columns: (k0 + k1, k2 + k3) partial sums per column.
-    let mut acc = [[_mm256_setzero_si256(); 4]; R];
+    // Per row, columns 0-3 and 4-7: (k0 + k1, k2 + k3) partial sums per column.
+    let mut acc = [[_mm256_setzero_si256(); 2]; R];
     for s in 0..w.k4 {
-        let b =
-            [0, 1, 2, 3].map(|j| _mm256_cvtepi8_epi16(_mm_load_si128(steps.add(s * 128 + 16 * j) as *const __m128i)));
+        let b = [0, 1].map(|j| _mm256_cvtepi8_epi16(_mm_load_si128(steps.add(s * 128 + 16 * j) as *const __m128i)));
         for (r, acc) in acc.iter_mut().enumerate() {
             // 4 activations of 16 bits, repeated for each column.
             let q = _mm256_set1_epi64x((rows.add(r * a.stride + 8 * s) as *const i64).read_unaligned());
-            for j in 0..4 {
-                acc[j] = _mm256_add_epi32(acc[j], _mm256_madd_epi16(b[j], q));
-            }
+            acc[0] = _mm256_add_epi32(acc[0], _mm256_madd_epi16(b[0], q));
+            acc[1] = _mm256_add_epi32(acc[1], _mm256_madd_epi16(b[1], q));
         }
     }
-    let mut sums = [[_mm256_setzero_si256(); 4]; R];
+    let mut sums = [[_mm256_setzero_si256(); 2]; R];
     sums.copy_from_slice(&acc);
-    let col0 = panel * NR + 16 * half;
+    let col = panel * NR + 8 * quarter;
     for (r, p) in sums.iter().enumerate() {
-        // hadd pairs each column's partials; the permute puts columns
-        // 0-3 (lane 0 halves) before 4-7.
-        let lo = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_hadd_epi32(p[0], p[1]));
-        let hi = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_hadd_epi32(p[2], p[3]));
-        store8(lo, a, job, m0 + r, col0);
-        store8(hi, a, job, m0 + r, col0 + 8);
+        // hadd pairs each column's partials into columns 0 1 4 5 | 2 3 6 7;
+        // the permute puts them in order.
+        let v = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_hadd_epi32(p[0], p[1]));
+        store8(v, a, job, m0 + r, col);
     }
 }
 
