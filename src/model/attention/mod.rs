@@ -25,13 +25,11 @@
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 mod bias;
-#[cfg(target_arch = "aarch64")]
-use aarch64 as simd;
 #[cfg(target_arch = "x86_64")]
 mod x86;
-#[cfg(target_arch = "x86_64")]
-use x86 as simd;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -53,6 +51,7 @@ pub(crate) const OP_TYPE: &str = "LookoutAttention";
 /// What one block computes with.
 #[derive(Debug)]
 pub(crate) struct Block {
+    simd: Simd,
     head_dim: usize,
     q_scale: f32,
     k_scale: f32,
@@ -63,15 +62,69 @@ pub(crate) struct Block {
 /// The node name -> block table for [`placeholder::attach`].
 pub(crate) type Table = placeholder::Table<Block>;
 
-/// Whether this CPU runs the fused block: AVX-512 on x86_64, NEON (every
-/// aarch64 CPU); elsewhere (AVX2-only x86, 32-bit ARM) tract runs the
-/// eleven nodes.
-pub(crate) fn supported() -> bool {
+/// The instruction set a block's steps run with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Simd {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        return true;
+    Avx512,
+    /// x86 without AVX-512 (Zen 1-3, Haswell to Comet Lake, N100).
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    /// Every aarch64 CPU.
+    #[cfg(target_arch = "aarch64")]
+    Neon,
+}
+
+impl Simd {
+    /// Every instruction set this CPU runs the block with, best first:
+    /// none on 32-bit ARM or x86 without AVX2, where tract runs the
+    /// eleven nodes.
+    pub(crate) fn supported() -> Vec<Simd> {
+        #[allow(unused_mut)]
+        let mut all = vec![];
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx512f") {
+                all.push(Simd::Avx512);
+            }
+            if has!("avx2") && has!("fma") {
+                all.push(Simd::Avx2);
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        all.push(Simd::Neon);
+        all
     }
-    cfg!(target_arch = "aarch64")
+
+    fn best() -> Option<Simd> {
+        Simd::supported().first().copied()
+    }
+}
+
+/// Whether this CPU runs the fused block ([`Simd::supported`]).
+pub(crate) fn supported() -> bool {
+    Simd::best().is_some()
+}
+
+/// Calls one of the steps with the module of `simd`.
+macro_rules! step {
+    ($simd:expr, $f:ident($($arg:expr),*)) => {{
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        {
+            let _ = (&$simd, $($arg),*);
+            unreachable!("no fused attention on this architecture")
+        }
+        #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+        match $simd {
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512 => x86::$f($($arg),*),
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx2 => avx2::$f($($arg),*),
+            #[cfg(target_arch = "aarch64")]
+            Simd::Neon => aarch64::$f($($arg),*),
+        }
+    }};
 }
 
 /// `s[i][j] = sum_d a[i][d] * b[d][j]` for rows `0..t` and columns
@@ -81,10 +134,8 @@ pub(crate) fn supported() -> bool {
 /// [`supported`] is true; `a` holds `t * hd` values, `b` `hd * tp`, `s`
 /// `t * tp`; `tp` and `hd` are multiples of 16.
 pub(crate) unsafe fn product(a: &[f32], b: &[f32], s: &mut [f32], t: usize, tp: usize, hd: usize) {
-    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-    simd::scores(a, b, s, false, t, tp, hd);
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    unreachable!("supported() is false on this architecture: {:?}", (a, b, s, t, tp, hd));
+    let simd = Simd::best().expect("supported() is true");
+    step!(simd, scores(a, b, s, false, t, tp, hd))
 }
 
 /// A matched block: node indexes and the tensors it reads.
@@ -106,6 +157,7 @@ struct Found {
 /// Replaces every attention block by a `LookoutAttention` node; returns
 /// the blocks by node name and the initializers they copied.
 pub(crate) fn rewrite(lazy: &mut LazyModel) -> TractResult<(Table, HashSet<usize>)> {
+    let Some(simd) = Simd::best() else { return Ok(Default::default()) };
     let found = find(lazy);
     let mut table = Table::new();
     let mut taken = HashSet::new();
@@ -127,7 +179,7 @@ pub(crate) fn rewrite(lazy: &mut LazyModel) -> TractResult<(Table, HashSet<usize
             None => None,
         };
         let name = format!("lookout_attention_{i}");
-        let block = Block { head_dim: f.head_dim, q_scale: f.q_scale, k_scale: f.k_scale, bias };
+        let block = Block { simd, head_dim: f.head_dim, q_scale: f.q_scale, k_scale: f.k_scale, bias };
         table.insert(name.clone(), Arc::new(block));
         let node = NodeProto {
             name,
@@ -331,18 +383,10 @@ unsafe fn head(b: &Block, d: &Dims, h: usize, q: Disjoint, k: Disjoint, v: Disjo
         if let Some(bias) = &b.bias {
             bias.write(h, s, tp);
         }
-        #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-        {
-            simd::operands(q.0.add(col), k.0.add(col), d.width, scales, qs, kt, t, tp, hd);
-            simd::scores(qs, kt, s, b.bias.is_some(), t, tp, hd);
-            simd::exp_rows(s, t, tp, sums);
-            simd::weighted_sum(s, sums, v.0.add(col), d.width, out.0.add(col), t, tp, hd);
-        }
-        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-        {
-            let _ = (q, k, v, out, s, sums, qs, kt, scales);
-            unreachable!("supported() is false on this architecture");
-        }
+        step!(b.simd, operands(q.0.add(col), k.0.add(col), d.width, scales, qs, kt, t, tp, hd));
+        step!(b.simd, scores(qs, kt, s, b.bias.is_some(), t, tp, hd));
+        step!(b.simd, exp_rows(s, t, tp, sums));
+        step!(b.simd, weighted_sum(s, sums, v.0.add(col), d.width, out.0.add(col), t, tp, hd));
     })
 }
 
@@ -428,8 +472,13 @@ mod tests {
     fn the_op_equals_the_onnx_definition_to_f32_rounding() {
         if !supported() {
             eprintln!("no fused attention on this CPU");
-            return;
         }
+        for simd in Simd::supported() {
+            equals_the_onnx_definition(simd);
+        }
+    }
+
+    fn equals_the_onnx_definition(simd: Simd) {
         let mut seed = 0x1234_5678_9abc_def0u64;
         let mut rnd = || {
             seed ^= seed << 13;
@@ -464,7 +513,7 @@ mod tests {
             };
             let bias = (bias_heads > 0).then(|| Bias::new(bias_heads, tokens, &values));
             assert_eq!(bias.as_ref().map(Bias::is_relative), (bias_heads > 0).then_some(relative));
-            let block = Arc::new(Block { head_dim: hd, q_scale: 0.35, k_scale: 0.35, bias });
+            let block = Arc::new(Block { simd, head_dim: hd, q_scale: 0.35, k_scale: 0.35, bias });
             let want = reference(&block, (bias_heads > 0).then_some(&values[..]), &q, &k, &v, tokens, width);
             let op = Attention { block };
             let t = |x: &[f32]| Tensor::from_shape(&[1, tokens, width], x).unwrap().into_tvalue();
@@ -473,34 +522,31 @@ mod tests {
                 .unwrap();
             let got = got[0].try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec();
             let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-            assert!(worst < 2e-6, "tokens {tokens} heads {heads} d {hd}: max abs difference {worst}");
+            assert!(worst < 2e-6, "{simd:?} tokens {tokens} heads {heads} d {hd}: max abs difference {worst}");
         }
     }
 
     #[test]
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     fn a_heads_operands_are_its_scaled_queries_and_transposed_keys() {
-        if !supported() {
-            return;
-        }
-        for (t, hd, width) in [(197usize, 64, 192), (16, 16, 48), (17, 32, 64), (1, 128, 128)] {
+        let shapes = [(197usize, 64, 192), (16, 16, 48), (17, 32, 64), (1, 128, 128), (9, 16, 32)];
+        for (simd, (t, hd, width)) in Simd::supported().into_iter().flat_map(|simd| shapes.map(|shape| (simd, shape))) {
             let tp = t.div_ceil(16) * 16;
             let q: Vec<f32> = (0..t * width).map(|i| i as f32 * 0.25 - 7.0).collect();
             let k: Vec<f32> = (0..t * width).map(|i| 3.0 - i as f32 * 0.5).collect();
             let col = width - hd;
             let (mut qs, mut kt) = (vec![f32::NAN; t * hd], vec![f32::NAN; hd * tp]);
-            unsafe {
-                simd::operands(q[col..].as_ptr(), k[col..].as_ptr(), width, (0.5, 0.125), &mut qs, &mut kt, t, tp, hd)
-            };
+            let (qp, kp) = (q[col..].as_ptr(), k[col..].as_ptr());
+            unsafe { step!(simd, operands(qp, kp, width, (0.5, 0.125), &mut qs, &mut kt, t, tp, hd)) };
             for i in 0..t {
                 for d in 0..hd {
-                    assert_eq!(qs[i * hd + d], q[i * width + col + d] * 0.5, "t {t} q[{i}][{d}]");
+                    assert_eq!(qs[i * hd + d], q[i * width + col + d] * 0.5, "{simd:?} t {t} q[{i}][{d}]");
                 }
             }
             for j in 0..tp {
                 for d in 0..hd {
                     let want = if j < t { k[j * width + col + d] * 0.125 } else { 0.0 };
-                    assert_eq!(kt[d * tp + j], want, "t {t} k[{j}][{d}]");
+                    assert_eq!(kt[d * tp + j], want, "{simd:?} t {t} k[{j}][{d}]");
                 }
             }
         }

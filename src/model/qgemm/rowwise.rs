@@ -46,6 +46,11 @@ impl LayerNorm {
             // SAFETY: the CPU has AVX-512 F.
             return unsafe { row_avx512(x, y, &self.gamma, self.beta.as_deref(), self.eps) };
         }
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2.
+            return unsafe { row_avx2(x, y, &self.gamma, self.beta.as_deref(), self.eps) };
+        }
         row(x, y, &self.gamma, self.beta.as_deref(), self.eps)
     }
 }
@@ -60,6 +65,17 @@ unsafe fn row_avx512(x: &[f32], y: &mut [f32], gamma: &[f32], beta: Option<&[f32
     row(x, y, gamma, beta, eps)
 }
 
+/// [`row`] for AVX2-only CPUs (Zen 1-3, Haswell to Comet Lake): without
+/// it they ran the SSE2 build.
+///
+/// # Safety
+/// AVX2 must be present.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn row_avx2(x: &[f32], y: &mut [f32], gamma: &[f32], beta: Option<&[f32]>, eps: f32) -> (f32, f32) {
+    row(x, y, gamma, beta, eps)
+}
+
 #[inline(always)]
 fn row(x: &[f32], y: &mut [f32], gamma: &[f32], beta: Option<&[f32]>, eps: f32) -> (f32, f32) {
     let n = x.len() as f32;
@@ -67,7 +83,7 @@ fn row(x: &[f32], y: &mut [f32], gamma: &[f32], beta: Option<&[f32]>, eps: f32) 
     let var = lanes_sum(x, |v| (v - mean) * (v - mean)) / n;
     let inv = 1.0 / (var + eps).sqrt();
     // Whole chunks of 16 with fixed-size arrays, so that LLVM vectorizes
-    // (NEON or AVX-512); the remainder goes to lanes 0.. likewise.
+    // (NEON, AVX2 or AVX-512); the remainder goes to lanes 0.. likewise.
     let (mut lo, mut hi) = ([0f32; 16], [0f32; 16]);
     let zeros = [0f32; 16];
     let mut chunk = |x: &[f32], y: &mut [f32], g: &[f32], b: &[f32]| {
@@ -170,10 +186,17 @@ mod tests {
             let mut three = vec![f32::NAN; x.len()];
             assert_eq!(norm.apply(&x, &mut three, &Workers::new(3, "test-w")), range);
             assert!(one.iter().zip(&three).all(|(a, b)| a.to_bits() == b.to_bits()));
-            // The portable row gives the bits the AVX-512 one gives.
+            // The portable row gives the bits the AVX-512 and AVX2 ones give.
             let mut portable = vec![f32::NAN; k];
             row(&x[..k], &mut portable, &gamma, Some(&beta), 1e-6);
             assert!(portable.iter().zip(&one).all(|(a, b)| a.to_bits() == b.to_bits()));
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2") {
+                let mut avx2 = vec![f32::NAN; k];
+                // SAFETY: the CPU has AVX2.
+                unsafe { row_avx2(&x[..k], &mut avx2, &gamma, Some(&beta), 1e-6) };
+                assert!(portable.iter().zip(&avx2).all(|(a, b)| a.to_bits() == b.to_bits()));
+            }
         }
     }
 
