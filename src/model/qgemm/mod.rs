@@ -297,7 +297,9 @@ impl Kernel {
             #[cfg(target_arch = "x86_64")]
             Kernel::Amx | Kernel::Avx512Vnni => unsafe { x86::quantize_row_avx512(x, q, scale, zero_point) },
             #[cfg(target_arch = "x86_64")]
-            Kernel::AvxVnni | Kernel::Avx2 => unsafe { x86::quantize_row_avx2(x, q, scale, zero_point) },
+            Kernel::AvxVnni => unsafe { x86::quantize_row_avx2(x, q, scale, zero_point, false) },
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { x86::quantize_row_avx2(x, q, scale, zero_point, true) },
             // SAFETY: NEON is part of every aarch64 CPU.
             #[cfg(target_arch = "aarch64")]
             _ => unsafe { aarch64::quantize_row(x, q, scale, zero_point) },
@@ -385,7 +387,7 @@ impl Activations {
     ) {
         assert!(k > 0 && x.len().is_multiple_of(k), "input is not rows of {k}");
         let rows = x.len() / k;
-        let wide = kernel.activation_bytes() == 2;
+        let bytes = kernel.activation_bytes();
         let (stride, padded_rows) = kernel.activation_layout(rows, k);
         let (scale, zero_point) = scale_and_zero_point(min, max);
         // Not zeroed first: that cost the calling thread 2-3 ms per ViT-L
@@ -398,15 +400,9 @@ impl Activations {
         let zp_term = k as i32 * zero_point as i32;
         let row_major = |x: &[f32], data: &mut [u8], terms: &mut [i32]| {
             for ((x, q), term) in x.chunks_exact(k).zip(data.chunks_exact_mut(stride)).zip(terms) {
-                *term = kernel.quantize_row(x, &mut q[..k], scale, zero_point) - zp_term;
+                *term = kernel.quantize_row(x, &mut q[..k * bytes], scale, zero_point) - zp_term;
                 if flip != 0 {
                     q[..k].iter_mut().for_each(|v| *v ^= flip);
-                }
-                if wide {
-                    // Back to front, so no byte is overwritten before it is read.
-                    for i in (0..k).rev() {
-                        (q[2 * i], q[2 * i + 1]) = (q[i], 0);
-                    }
                 }
             }
         };
@@ -759,6 +755,15 @@ mod tests {
     }
 
     fn quantizer_gives_the_portable_bytes(kernel: Kernel) {
+        // The values, read back from the kernel's layout (16-bit for AVX2),
+        // and their sum.
+        let quantize = |xs: &[f32], scale: f32, zp: u8| -> (Vec<u8>, i32) {
+            let bytes = kernel.activation_bytes();
+            let mut got = vec![0xa5u8; xs.len() * bytes];
+            let sum = kernel.quantize_row(xs, &mut got, scale, zp);
+            assert!(got.chunks(bytes).all(|v| v[1..].iter().all(|&b| b == 0)), "{kernel:?}: a high byte is not 0");
+            (got.into_iter().step_by(bytes).collect(), sum)
+        };
         let mut rng = Rng(7);
         let mut xs: Vec<f32> = (0..1000).map(|i| rng.f32() * [1.0, 10.0, 0.01, 300.0][i % 4]).collect();
         xs[5] = f32::NAN;
@@ -772,8 +777,7 @@ mod tests {
         {
             let mut want = vec![0u8; xs.len()];
             quantize_into(xs, &mut want, scale, zp);
-            let mut got = vec![0u8; xs.len()];
-            let sum = kernel.quantize_row(xs, &mut got, scale, zp);
+            let (got, sum) = quantize(xs, scale, zp);
             assert_eq!(got, want, "{kernel:?} on {} values", xs.len());
             assert_eq!(sum, want.iter().map(|&v| v as i32).sum::<i32>());
         }
@@ -792,8 +796,7 @@ mod tests {
                 .collect();
             let mut want = vec![0u8; near.len()];
             quantize_into(&near, &mut want, scale, 128);
-            let mut got = vec![0u8; near.len()];
-            kernel.quantize_row(&near, &mut got, scale, 128);
+            let (got, _) = quantize(&near, scale, 128);
             let diff = got.iter().zip(&want).position(|(a, b)| a != b);
             assert_eq!(diff, None, "{kernel:?}, scale {scale}: {:?}", diff.map(|i| (near[i], got[i], want[i])));
         }

@@ -394,33 +394,48 @@ unsafe fn gelu8(y: __m256, g: Gelu) -> __m256 {
 }
 
 /// `super::quantize_into` 8 values at a time (the tail through it), the
-/// same bytes; returns their sum.
+/// same values; returns their sum. `wide` (the AVX2 kernel's rows) stores
+/// each as a little-endian u16, so `q` holds `2 * x.len()` bytes.
 ///
 /// # Safety
 /// AVX2 must be present.
 #[target_feature(enable = "avx2")]
-pub(super) unsafe fn quantize_row_avx2(x: &[f32], q: &mut [u8], scale: f32, zero_point: u8) -> i32 {
+pub(super) unsafe fn quantize_row_avx2(x: &[f32], q: &mut [u8], scale: f32, zero_point: u8, wide: bool) -> i32 {
+    let bytes = if wide { 2 } else { 1 };
+    assert_eq!(q.len(), x.len() * bytes, "quantized row is not {bytes} bytes per value");
     let scale_v = _mm256_set1_ps(scale);
     let zp = _mm256_set1_ps(zero_point as f32);
     let (lo, hi) = (_mm256_setzero_ps(), _mm256_set1_ps(255.0));
     let mut sums = _mm256_setzero_si256();
     let mut i = 0;
-    let mut lanes = [0i32; 8];
     while i + 8 <= x.len() {
         let v = _mm256_div_ps(_mm256_loadu_ps(x.as_ptr().add(i)), scale_v);
         let v = _mm256_and_ps(v, _mm256_cmp_ps::<_CMP_ORD_Q>(v, v));
         let v = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
         let v = _mm256_cvtps_epi32(_mm256_max_ps(_mm256_min_ps(_mm256_add_ps(v, zp), hi), lo));
         sums = _mm256_add_epi32(sums, v);
-        _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, v);
-        for (q, &l) in q[i..i + 8].iter_mut().zip(&lanes) {
-            *q = l as u8;
+        // 0..=255 in each lane: packed to u16 (lanes 0-3 and 4-7 in
+        // quadwords 0 and 2), then to u8.
+        let w = _mm256_castsi256_si128(_mm256_permute4x64_epi64::<0b1000>(_mm256_packus_epi32(v, v)));
+        if wide {
+            _mm_storeu_si128(q.as_mut_ptr().add(2 * i) as *mut __m128i, w);
+        } else {
+            _mm_storel_epi64(q.as_mut_ptr().add(i) as *mut __m128i, _mm_packus_epi16(w, w));
         }
         i += 8;
     }
-    super::scalar::quantize_into(&x[i..], &mut q[i..], scale, zero_point);
+    let mut tail = [0u8; 8];
+    let n = x.len() - i;
+    super::scalar::quantize_into(&x[i..], &mut tail[..n], scale, zero_point);
+    for (j, &t) in tail[..n].iter().enumerate() {
+        q[(i + j) * bytes] = t;
+        if wide {
+            q[(i + j) * 2 + 1] = 0;
+        }
+    }
+    let mut lanes = [0i32; 8];
     _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, sums);
-    lanes.iter().sum::<i32>() + q[i..].iter().map(|&v| v as i32).sum::<i32>()
+    lanes.iter().sum::<i32>() + tail[..n].iter().map(|&v| v as i32).sum::<i32>()
 }
 
 /// `super::min_max` with ymm registers.
