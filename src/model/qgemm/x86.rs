@@ -661,6 +661,15 @@ pub(super) fn peaks() -> Vec<(&'static str, f64)> {
         // SAFETY: the CPU has AVX-512 VNNI.
         all.push(("vpdpbusd zmm", rate(24 * 64, &|n| unsafe { vpdpbusd_loop(n) })));
     }
+    if is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2.
+        all.push(("vpmaddwd + vpaddd ymm (exact, the AVX2 kernel's)", rate(12 * 16, &|n| unsafe { vpmaddwd_loop(n) })));
+        // SAFETY: the CPU has AVX2.
+        all.push((
+            "vpmaddubsw + vpmaddwd + vpaddd ymm (saturates; onnxruntime's AVX2 u8s8)",
+            rate(12 * 32, &|n| unsafe { vpmaddubsw_loop(n) }),
+        ));
+    }
     if is_x86_feature_detected!("avx512f") && amx_usable() {
         // SAFETY: AMX is usable (`amx_usable`).
         all.push(("tdpbusd", rate(4 * 16 * 16 * 64, &|n| unsafe { tdpbusd_loop(n) })));
@@ -725,6 +734,62 @@ unsafe fn tdpbusd_l1_loop(n: usize) {
         s = in(reg) 64usize,
         n = inout(reg) n => _,
         options(nostack, readonly),
+    );
+}
+
+/// `n` times 12 `vpmaddwd` (16 multiply-adds each), each added into its
+/// own accumulator: the AVX2 kernel's instruction pair without its loads.
+///
+/// # Safety
+/// AVX2 must be present.
+#[target_feature(enable = "avx2")]
+unsafe fn vpmaddwd_loop(n: usize) {
+    macro_rules! madd12 {
+        ($($r:literal)*) => { concat!($("vpmaddwd ymm12, ymm14, ymm15\n", "vpaddd ymm", $r, ", ymm", $r, ", ymm12\n",)*) };
+    }
+    asm!(
+        "vpcmpeqd ymm14, ymm14, ymm14",
+        "vpcmpeqd ymm15, ymm15, ymm15",
+        "2:",
+        madd12!(0 1 2 3 4 5 6 7 8 9 10 11),
+        "dec {n}",
+        "jnz 2b",
+        n = inout(reg) n => _,
+        out("ymm0") _, out("ymm1") _, out("ymm2") _, out("ymm3") _, out("ymm4") _, out("ymm5") _,
+        out("ymm6") _, out("ymm7") _, out("ymm8") _, out("ymm9") _, out("ymm10") _, out("ymm11") _,
+        out("ymm12") _, out("ymm14") _, out("ymm15") _,
+        options(nostack, nomem),
+    );
+}
+
+/// `n` times 12 `vpmaddubsw` (32 byte products, summed in pairs into 16
+/// bits, where they saturate) widened by `vpmaddwd` with ones and added:
+/// MLAS's AVX2 u8 x s8 sequence, the rate onnxruntime multiplies at here.
+///
+/// # Safety
+/// AVX2 must be present.
+#[target_feature(enable = "avx2")]
+unsafe fn vpmaddubsw_loop(n: usize) {
+    macro_rules! madd12 {
+        ($($r:literal)*) => { concat!($(
+            "vpmaddubsw ymm12, ymm14, ymm15\n",
+            "vpmaddwd ymm12, ymm12, ymm13\n",
+            "vpaddd ymm", $r, ", ymm", $r, ", ymm12\n",
+        )*) };
+    }
+    asm!(
+        "vpcmpeqd ymm13, ymm13, ymm13",
+        "vpcmpeqd ymm14, ymm14, ymm14",
+        "vpcmpeqd ymm15, ymm15, ymm15",
+        "2:",
+        madd12!(0 1 2 3 4 5 6 7 8 9 10 11),
+        "dec {n}",
+        "jnz 2b",
+        n = inout(reg) n => _,
+        out("ymm0") _, out("ymm1") _, out("ymm2") _, out("ymm3") _, out("ymm4") _, out("ymm5") _,
+        out("ymm6") _, out("ymm7") _, out("ymm8") _, out("ymm9") _, out("ymm10") _, out("ymm11") _,
+        out("ymm12") _, out("ymm13") _, out("ymm14") _, out("ymm15") _,
+        options(nostack, nomem),
     );
 }
 
