@@ -18,6 +18,8 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/*/libclang-[0-9]*.so* >/dev/null 2>&1 || need+=(libclang-dev)
 # tests/it/systemd.rs checks the unit with systemd-analyze.
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+# tests/it/cross.rs runs this build as a CPU without AVX-512 (qemu-x86_64 -cpu Haswell).
+command -v qemu-x86_64 >/dev/null 2>&1 || need+=(qemu-user)
 # tests/it/system.rs boots Debian in systemd-nspawn containers (as root
 # only; it says it skipped otherwise) and installs the package there.
 if [ "$(id -u)" -eq 0 ]; then

@@ -9,6 +9,11 @@
 //! int8 path runs there. The log line naming the kernels shows which was
 //! picked.
 //!
+//! The x86_64 build itself runs under `qemu-x86_64 -cpu Haswell` too: a
+//! CPU with AVX2 and FMA but no AVX-512, such as a Zen 3 or an N100-class
+//! box, where the AVX2 int8 kernel and attention must be picked whatever
+//! the machine running the tests has.
+//!
 //! `cross/test.sh` builds the binaries and runs this with LOOKOUT_CROSS
 //! naming the triples it built, whose binaries then must exist; without
 //! it, binaries that are missing are reported as skipped.
@@ -19,6 +24,7 @@ use std::time::Duration;
 use crate::common::*;
 
 struct Variant {
+    /// The build's target, or [`NATIVE`] for the binary under test.
     triple: &'static str,
     qemu: &'static str,
     sysroot: &'static str,
@@ -27,11 +33,24 @@ struct Variant {
     /// The int8 kernel that must be picked, and one that must not.
     kernel: &'static str,
     not_kernel: &'static str,
-    /// Whether lookout's attention op runs (NEON, every aarch64 CPU).
+    /// Whether lookout's attention op runs (AVX2 or AVX-512 on x86_64, NEON
+    /// on every aarch64 CPU).
     attention: bool,
 }
 
+const NATIVE: &str = "x86_64 (this build)";
+
 const VARIANTS: &[Variant] = &[
+    Variant {
+        triple: NATIVE,
+        qemu: "qemu-x86_64",
+        sysroot: "/",
+        cpu: "Haswell",
+        env: &[],
+        kernel: "lookout_avx2_u8i8_6x8 ",
+        not_kernel: "avx512",
+        attention: true,
+    },
     Variant {
         triple: "aarch64-unknown-linux-gnu",
         qemu: "qemu-aarch64",
@@ -91,7 +110,13 @@ fn classify(mut cmd: Command, config: &std::path::Path) -> (Vec<(String, Vec<f32
 fn arm_builds_under_qemu_match_x86_64() {
     let required = std::env::var("LOOKOUT_CROSS").unwrap_or_default();
     let profile = std::env::var("LOOKOUT_CROSS_PROFILE").unwrap_or_else(|_| "release".into());
-    let binary = |triple: &str| root().join("target").join(triple).join(&profile).join("lookout");
+    let binary = |triple: &str| match triple {
+        NATIVE if cfg!(target_arch = "x86_64") => {
+            std::env::var_os("LOOKOUT_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_lookout").into()).into()
+        }
+        NATIVE => std::path::PathBuf::from("no x86_64 build on this machine"),
+        _ => root().join("target").join(triple).join(&profile).join("lookout"),
+    };
     for triple in required.split_whitespace() {
         assert!(binary(triple).is_file(), "LOOKOUT_CROSS names {triple} but {:?} is missing", binary(triple));
     }
@@ -110,6 +135,8 @@ fn arm_builds_under_qemu_match_x86_64() {
     assert_eq!(expected.len(), IMAGES.len());
 
     for v in present {
+        let have_qemu = Command::new(v.qemu).arg("--version").output().is_ok_and(|o| o.status.success());
+        assert!(have_qemu, "{} is missing: install qemu-user (tools/test.sh and cross/test.sh do)", v.qemu);
         let mut cmd = Command::new(v.qemu);
         cmd.args(["-cpu", v.cpu, "-L", v.sysroot]).arg(binary(v.triple)).envs(v.env.iter().copied());
         let (got, log) = classify(cmd, &config);
