@@ -412,6 +412,7 @@ fn pack(lazy: &LazyModel, group: &Group, kernel: Kernel, scratch: &mut Vec<u8>) 
         Some(n) => Some(LayerNorm { gamma: floats(n.gamma)?, beta: n.beta.map(floats).transpose()?, eps: n.eps }),
         None => None,
     };
+    let kernel = kernel.for_weights(layers.iter().all(|l| l.packed.pairs_fit_i16));
     Ok(GroupWeights { k, norm, layers, kernel })
 }
 

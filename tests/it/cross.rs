@@ -12,7 +12,8 @@
 //! The x86_64 build itself runs under `qemu-x86_64 -cpu Haswell` too: a
 //! CPU with AVX2 and FMA but no AVX-512, such as a Zen 3 or an N100-class
 //! box, where the AVX2 int8 kernel and attention must be picked whatever
-//! the machine running the tests has.
+//! the machine running the tests has, and the byte kernel for a model
+//! whose weights are 7-bit (tests/fixtures/digits-7bit).
 //!
 //! `cross/test.sh` builds the binaries and runs this with LOOKOUT_CROSS
 //! naming the triples it built, whose binaries then must exist; without
@@ -88,9 +89,16 @@ const VARIANTS: &[Variant] = &[
 const IMAGES: &[&str] = &["0-zero.jpg", "3-three.jpg", "7-seven.jpg"];
 
 /// (label, logits) per image, and the log.
-fn classify(mut cmd: Command, config: &std::path::Path) -> (Vec<(String, Vec<f32>)>, String) {
+fn classify(
+    mut cmd: Command,
+    config: &std::path::Path,
+    model: Option<&std::path::Path>,
+) -> (Vec<(String, Vec<f32>)>, String) {
     let samples = root().join("models/digits/samples");
     cmd.env("RUST_LOG", "info").arg("classify").arg("--config").arg(config).arg("--logits");
+    if let Some(model) = model {
+        cmd.arg("--model").arg(model);
+    }
     cmd.args(IMAGES.iter().map(|i| samples.join(i)));
     let out = run_with_timeout(cmd, Duration::from_secs(600));
     let log = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -131,31 +139,66 @@ fn arm_builds_under_qemu_match_x86_64() {
     let d = tempfile::tempdir().unwrap();
     let config =
         write_config(d.path(), &digits_config(&root().join("models/digits/samples"), "digits-int8.onnx", 1883, ""));
-    let (expected, _) = classify(lookout(), &config);
+    let (expected, _) = classify(lookout(), &config, None);
     assert_eq!(expected.len(), IMAGES.len());
+    // The digits model quantized to 7-bit weights (onnxruntime's
+    // reduce_range): every pair of them fits in i16, so an AVX2-only CPU
+    // multiplies its bytes (lookout_avx2pairs_u8i8_4x16).
+    let seven_bit = root().join("tests/fixtures/digits-7bit/digits-7bit-int8.onnx");
+    let (expected_7bit, _) = classify(lookout(), &config, Some(&seven_bit));
 
     for v in present {
         let have_qemu = Command::new(v.qemu).arg("--version").output().is_ok_and(|o| o.status.success());
         assert!(have_qemu, "{} is missing: install qemu-user (tools/test.sh and cross/test.sh do)", v.qemu);
         let mut cmd = Command::new(v.qemu);
         cmd.args(["-cpu", v.cpu, "-L", v.sysroot]).arg(binary(v.triple)).envs(v.env.iter().copied());
-        let (got, log) = classify(cmd, &config);
         let what = format!("{} on {}", v.triple, v.cpu);
-        let kernels = log.lines().find(|l| l.contains("matmul kernels:")).unwrap_or_else(|| panic!("{what}: {log}"));
-        // Entries read "name xN", so "8x8 " cannot match "8x8_dot x2".
-        assert!(kernels.contains(v.kernel) && !kernels.contains(v.not_kernel), "{what}: {kernels}");
-        // The digits model has 4 blocks.
-        let blocks = if v.attention { "fused attention blocks: 4" } else { "fused attention blocks: 0" };
-        assert!(kernels.ends_with(blocks), "{what}: {kernels}");
-        assert_eq!(got.len(), expected.len(), "{what}");
-        let mut worst = 0f32;
-        for ((label, logits), (want_label, want)) in got.iter().zip(&expected) {
-            assert_eq!(label, want_label, "{what}");
-            let range = want.iter().fold(f32::MIN, |a, &b| a.max(b)) - want.iter().fold(f32::MAX, |a, &b| a.min(b));
-            let diff = logits.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-            assert!(diff <= 0.02 * range, "{what}: max abs logit difference {diff} over a range of {range}");
-            worst = worst.max(diff);
+        let (got, log) = classify(cmd, &config, None);
+        same_answers(&what, &got, &expected, &log, v.kernel, v.not_kernel, v.attention);
+        if v.triple == NATIVE {
+            let mut cmd = Command::new(v.qemu);
+            cmd.args(["-cpu", v.cpu, "-L", v.sysroot]).arg(binary(v.triple));
+            let (got, log) = classify(cmd, &config, Some(&seven_bit));
+            let what = format!("{what}, 7-bit weights");
+            same_answers(
+                &what,
+                &got,
+                &expected_7bit,
+                &log,
+                "lookout_avx2pairs_u8i8_4x16 ",
+                "lookout_avx2_u8i8_6x8",
+                true,
+            );
         }
-        eprintln!("{what}: same top-1 on {} images, max abs logit difference {worst:.2e}; {kernels}", got.len());
     }
+}
+
+/// The run's load line names `kernel` and not `not_kernel`, with the
+/// digits model's 4 attention blocks fused or none, and its answers are
+/// `expected`'s: the same top-1, logits within 2 % of their range.
+#[allow(clippy::too_many_arguments)]
+fn same_answers(
+    what: &str,
+    got: &[(String, Vec<f32>)],
+    expected: &[(String, Vec<f32>)],
+    log: &str,
+    kernel: &str,
+    not_kernel: &str,
+    attention: bool,
+) {
+    let kernels = log.lines().find(|l| l.contains("matmul kernels:")).unwrap_or_else(|| panic!("{what}: {log}"));
+    // Entries read "name xN", so "8x8 " cannot match "8x8_dot x2".
+    assert!(kernels.contains(kernel) && !kernels.contains(not_kernel), "{what}: {kernels}");
+    let blocks = if attention { "fused attention blocks: 4" } else { "fused attention blocks: 0" };
+    assert!(kernels.ends_with(blocks), "{what}: {kernels}");
+    assert_eq!(got.len(), expected.len(), "{what}");
+    let mut worst = 0f32;
+    for ((label, logits), (want_label, want)) in got.iter().zip(expected) {
+        assert_eq!(label, want_label, "{what}");
+        let range = want.iter().fold(f32::MIN, |a, &b| a.max(b)) - want.iter().fold(f32::MAX, |a, &b| a.min(b));
+        let diff = logits.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(diff <= 0.02 * range, "{what}: max abs logit difference {diff} over a range of {range}");
+        worst = worst.max(diff);
+    }
+    eprintln!("{what}: same top-1 on {} images, max abs logit difference {worst:.2e}; {kernels}", got.len());
 }

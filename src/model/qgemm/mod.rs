@@ -90,6 +90,13 @@ pub(crate) struct PackedWeights {
     /// NEON kernel then adds two k-steps before widening.
     #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
     no_i8_min: bool,
+    /// Every pair of weights a column multiplies with k = 2i and 2i + 1
+    /// keeps any two activation bytes' products within i16: same-signed
+    /// pairs add up to 128 or less, as onnxruntime's `reduce_range` (7-bit)
+    /// weights always do. The AVX2 kernel then multiplies bytes
+    /// ([`Kernel::Avx2Pairs`]) and stays exact.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub(crate) pairs_fit_i16: bool,
 }
 
 impl PackedWeights {
@@ -132,7 +139,8 @@ impl PackedWeights {
         }
         let zp = |c: usize| if c >= n { 0 } else { zero_points[if zero_points.len() == 1 { 0 } else { c }] as i32 };
         let zero_points = zero_points.iter().any(|&z| z != 0).then(|| (0..panels * NR).map(zp).collect());
-        PackedWeights { k, n, k4, steps, col_sums, zero_points, no_i8_min: !w.contains(&i8::MIN) }
+        let pairs_fit_i16 = cfg!(target_arch = "x86_64") && pairs_fit_i16(w, n);
+        PackedWeights { k, n, k4, steps, col_sums, zero_points, no_i8_min: !w.contains(&i8::MIN), pairs_fit_i16 }
     }
 
     fn panels(&self) -> usize {
@@ -143,6 +151,23 @@ impl PackedWeights {
     pub(crate) fn bytes(&self) -> usize {
         self.steps.len() * std::mem::size_of::<Step>() + (self.col_sums.len() + self.n) * 4
     }
+}
+
+/// Whether `u8 * w0 + u8 * w1` fits in i16 for every pair of rows 2i and
+/// 2i + 1 of row-major `w` (`n` columns) and any two bytes: `vpmaddubsw`'s
+/// pair sums, which saturate beyond. Stops at the first pair that does
+/// not fit (in random-init or full-range weights, within the first rows).
+fn pairs_fit_i16(w: &[i8], n: usize) -> bool {
+    // A lone last row (k odd) pairs with zeros, which always fit. Within a
+    // pair of rows no early exit, so that the loop vectorizes: an
+    // iterator chain with one took 0.3 s of a base model's load (Zen 3).
+    w.chunks_exact(2 * n).all(|rows| {
+        let (r0, r1) = rows.split_at(n);
+        r0.iter().zip(r1).fold(true, |ok, (&a, &b)| {
+            let (a, b) = (a as i16, b as i16);
+            ok & ((a ^ b) < 0 || a == 0 || b == 0 || a.abs() + b.abs() <= 128)
+        })
+    })
 }
 
 /// A kernel: the instruction set one panel is computed with.
@@ -163,6 +188,12 @@ pub(crate) enum Kernel {
     /// widened to 16 bits, `vpmaddwd`, exact (no saturating `vpmaddubsw`).
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    /// AVX2 on weights whose pairs fit in i16 ([`PackedWeights::pairs_fit_i16`]):
+    /// bytes multiplied by `vpmaddubsw`, their pair sums widened by `vpmaddwd`,
+    /// 3 instructions per 32 multiply-adds where [`Kernel::Avx2`] takes 4.
+    /// Chosen per layer group, never for weights that do not fit.
+    #[cfg(target_arch = "x86_64")]
+    Avx2Pairs,
     /// ARMv8.2 `sdot` (Cortex-A55/A76 and later: Pi 5, Jetson Orin).
     #[cfg(target_arch = "aarch64")]
     Dot,
@@ -190,7 +221,9 @@ impl Kernel {
                 all.push(Kernel::AvxVnni);
             }
             if has!("avx2") && has!("fma") {
-                all.push(Kernel::Avx2);
+                // Avx2Pairs after Avx2, so that it is never the default: a
+                // group of layers gets it where its weights allow (`for_weights`).
+                all.extend([Kernel::Avx2, Kernel::Avx2Pairs]);
             }
         }
         #[cfg(target_arch = "aarch64")]
@@ -219,6 +252,19 @@ impl Kernel {
         }
     }
 
+    /// The kernel a group of layers runs with: [`Kernel::Avx2Pairs`] in
+    /// place of [`Kernel::Avx2`] where every layer's weight pairs fit in
+    /// i16, and the other way round where one's do not.
+    pub(crate) fn for_weights(self, fit: bool) -> Kernel {
+        match (self, fit) {
+            #[cfg(target_arch = "x86_64")]
+            (Kernel::Avx2, true) => Kernel::Avx2Pairs,
+            #[cfg(target_arch = "x86_64")]
+            (Kernel::Avx2Pairs, false) => Kernel::Avx2,
+            (k, _) => k,
+        }
+    }
+
     /// As the load log and `lookout bench` print it.
     pub(crate) fn name(self) -> &'static str {
         match self {
@@ -230,6 +276,8 @@ impl Kernel {
             Kernel::AvxVnni => "lookout_avxvnni_u8i8_6x16",
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => "lookout_avx2_u8i8_6x8",
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2Pairs => "lookout_avx2pairs_u8i8_4x16",
             #[cfg(target_arch = "aarch64")]
             Kernel::Dot => "lookout_arm64dot_i8i8_6x16",
             #[cfg(target_arch = "aarch64")]
@@ -243,7 +291,7 @@ impl Kernel {
     fn activation_offset(self) -> i32 {
         match self {
             #[cfg(target_arch = "x86_64")]
-            Kernel::Amx | Kernel::Avx512Vnni | Kernel::AvxVnni | Kernel::Avx2 => 0,
+            Kernel::Amx | Kernel::Avx512Vnni | Kernel::AvxVnni | Kernel::Avx2 | Kernel::Avx2Pairs => 0,
             #[cfg(target_arch = "aarch64")]
             Kernel::Dot | Kernel::Neon => 128,
         }
@@ -297,7 +345,7 @@ impl Kernel {
             #[cfg(target_arch = "x86_64")]
             Kernel::Amx | Kernel::Avx512Vnni => unsafe { x86::quantize_row_avx512(x, q, scale, zero_point) },
             #[cfg(target_arch = "x86_64")]
-            Kernel::AvxVnni => unsafe { x86::quantize_row_avx2(x, q, scale, zero_point, false) },
+            Kernel::AvxVnni | Kernel::Avx2Pairs => unsafe { x86::quantize_row_avx2(x, q, scale, zero_point, false) },
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => unsafe { x86::quantize_row_avx2(x, q, scale, zero_point, true) },
             // SAFETY: NEON is part of every aarch64 CPU.
@@ -317,7 +365,7 @@ impl Kernel {
             #[cfg(target_arch = "x86_64")]
             Kernel::Amx | Kernel::Avx512Vnni => unsafe { x86::min_max_avx512(xs) },
             #[cfg(target_arch = "x86_64")]
-            Kernel::AvxVnni | Kernel::Avx2 => unsafe { x86::min_max_avx2(xs) },
+            Kernel::AvxVnni | Kernel::Avx2 | Kernel::Avx2Pairs => unsafe { x86::min_max_avx2(xs) },
             #[cfg(target_arch = "aarch64")]
             Kernel::Dot | Kernel::Neon => aarch64::min_max(xs),
             #[allow(unreachable_patterns)]
@@ -338,6 +386,8 @@ impl Kernel {
             Kernel::AvxVnni => x86::panel_avxvnni(a, job, panel),
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => x86::panel_avx2(a, job, panel),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2Pairs => x86::panel_avx2pairs(a, job, panel),
             #[cfg(target_arch = "aarch64")]
             Kernel::Dot => aarch64::panel_dot(a, job, panel),
             #[cfg(target_arch = "aarch64")]
@@ -500,6 +550,9 @@ impl<'a> Job<'a> {
 /// adjacent panels: handing them out one at a time made two threads 25-40 %
 /// slower on the Xeon (`cargo bench --bench int8`).
 pub(crate) fn run(kernel: Kernel, a: &Activations, jobs: &[Job], workers: &Workers) {
+    // Its pair sums would saturate: results wrong, silently.
+    let needs_fit = kernel.for_weights(false) != kernel;
+    assert!(!needs_fit || jobs.iter().all(|j| j.w.pairs_fit_i16), "{kernel:?} on weights whose pairs overflow i16");
     let work: Vec<(usize, usize)> =
         jobs.iter().enumerate().flat_map(|(j, job)| (0..job.w.panels()).map(move |p| (j, p))).collect();
     let flops = a.rows * a.k * jobs.iter().map(|j| j.w.n).sum::<usize>();
@@ -544,7 +597,9 @@ pub fn bench_layer(kernel: &str, rows: usize, k: usize, n: usize, threads: usize
         seed
     };
     let x: Vec<f32> = (0..rows * k).map(|_| (next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0).collect();
-    let w: Vec<i8> = (0..k * n).map(|_| (next() >> 56) as u8 as i8).collect();
+    // 7-bit weights for the kernel that needs its pairs to fit in i16.
+    let bits = if kernel.for_weights(false) != kernel { 7 } else { 8 };
+    let w: Vec<i8> = (0..k * n).map(|_| ((next() >> 56) as u8 as i8) >> (8 - bits)).collect();
     let packed = PackedWeights::pack(k, n, &w, &[0]);
     let (scale, bias) = (vec![0.001f32; n], vec![0.5f32; n]);
     let mut out = vec![0f32; rows * n];
@@ -640,6 +695,9 @@ mod tests {
             Data::Symmetric => (0..k * n).map(|_| rng.i8().max(-127)).collect(),
             Data::Extreme => (0..k * n).map(|i| if i % 5 < 3 { -127 } else { 127 }).collect(),
         };
+        // Halved (-64..63) for the kernel whose pairs must fit in i16: the
+        // extremes then add same-signed pairs to exactly 128.
+        let w: Vec<i8> = if kernel.for_weights(false) != kernel { w.iter().map(|&v| v >> 1).collect() } else { w };
         let zb: Vec<i8> = if asymmetric { (0..n).map(|_| rng.i8() / 8).collect() } else { vec![0] };
         let w_scale: Vec<f32> = (0..n).map(|_| (rng.f32().abs() + 0.01) * 0.02).collect();
         let bias: Vec<f32> = (0..n).map(|_| rng.f32()).collect();
@@ -716,6 +774,38 @@ mod tests {
         )*};
     }
 
+    #[test]
+    fn weight_pairs_fit_in_i16_up_to_a_same_signed_sum_of_128() {
+        // One pair of rows: column c multiplies pairs[c].
+        let fits = |pairs: &[(i8, i8)]| {
+            let n = pairs.len();
+            let w: Vec<i8> = pairs.iter().map(|p| p.0).chain(pairs.iter().map(|p| p.1)).collect();
+            pairs_fit_i16(&w, n)
+        };
+        assert!(fits(&[(64, 64), (-64, -64), (127, -128), (-128, 127), (0, -128), (100, 28)]));
+        for bad in [(65, 64), (-64, -65), (127, 127), (-128, -1), (2, 127)] {
+            assert!(!fits(&[(0, 0), bad]), "{bad:?}");
+        }
+        assert!(!fits(&[(100, 29)]));
+        // k odd: the last row pairs with zero, so even -128 fits.
+        assert!(pairs_fit_i16(&[64, 64, 64, 64, -128, 127], 2));
+        assert!(!pairs_fit_i16(&[64, 64, 65, 64, -128, 127], 2));
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn the_avx2_kernel_multiplies_bytes_only_where_every_pair_fits() {
+        assert_eq!(Kernel::Avx2.for_weights(true), Kernel::Avx2Pairs);
+        assert_eq!(Kernel::Avx2.for_weights(false), Kernel::Avx2);
+        assert_eq!(Kernel::Avx2Pairs.for_weights(false), Kernel::Avx2);
+        assert_eq!(Kernel::Avx512Vnni.for_weights(true), Kernel::Avx512Vnni);
+        // Never the default, whatever the CPU.
+        assert_ne!(Kernel::choose(None), Ok(Some(Kernel::Avx2Pairs)));
+        let seven = PackedWeights::pack(4, 3, &[63, -64, 5, 63, -64, 7, 1, 2, 3, 4, 5, 6], &[0]);
+        let eight = PackedWeights::pack(4, 3, &[63, -64, 5, 66, -64, 7, 1, 2, 3, 4, 5, 6], &[0]);
+        assert!(seven.pairs_fit_i16 && !eight.pairs_fit_i16);
+    }
+
     kernel_tests! {
         #[cfg(target_arch = "x86_64")]
         amx_equals_the_onnx_definition: Amx,
@@ -725,6 +815,8 @@ mod tests {
         avxvnni_equals_the_onnx_definition: AvxVnni,
         #[cfg(target_arch = "x86_64")]
         avx2_equals_the_onnx_definition: Avx2,
+        #[cfg(target_arch = "x86_64")]
+        avx2pairs_equals_the_onnx_definition: Avx2Pairs,
         #[cfg(target_arch = "aarch64")]
         arm64dot_equals_the_onnx_definition: Dot,
         #[cfg(target_arch = "aarch64")]

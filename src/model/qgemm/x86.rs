@@ -340,6 +340,64 @@ unsafe fn tile_avx2<const R: usize>(a: &Activations, job: &Job, panel: usize, qu
     }
 }
 
+/// The AVX2 kernel for weights whose pairs fit in i16
+/// (`PackedWeights::pairs_fit_i16`): each half panel of 16 columns as 4
+/// rows x 2 ymm of accumulators. `vpmaddubsw` multiplies a row's 4 bytes
+/// (broadcast) by 4 k of 8 columns and adds pairs into i16, which cannot
+/// saturate on such weights; `vpmaddwd` with ones adds the two pairs of a
+/// column into i32. The layout and activations are AVX-VNNI's.
+///
+/// # Safety
+/// AVX2 and FMA must be present; `job` and `a` come from `Job::new` and
+/// `Activations::quantize`, and `job.w.pairs_fit_i16` holds.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn panel_avx2pairs(a: &Activations, job: &Job, panel: usize) {
+    for half in 0..2 {
+        if panel * NR + 16 * half >= job.w.n {
+            break;
+        }
+        let mut m = 0;
+        while m + 4 <= a.rows {
+            tile_avx2pairs::<4>(a, job, panel, half, m);
+            m += 4;
+        }
+        match a.rows - m {
+            0 => {}
+            1 => tile_avx2pairs::<1>(a, job, panel, half, m),
+            2 => tile_avx2pairs::<2>(a, job, panel, half, m),
+            _ => tile_avx2pairs::<3>(a, job, panel, half, m),
+        }
+    }
+}
+
+/// # Safety
+/// As [`panel_avx2pairs`], with `m0 + R <= a.rows` and `half` 0 or 1.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile_avx2pairs<const R: usize>(a: &Activations, job: &Job, panel: usize, half: usize, m0: usize) {
+    let w = job.w;
+    let steps = (w.steps.as_ptr().add(panel * w.k4) as *const u8).add(half * 64);
+    let rows = a.data.as_ptr().add(m0 * a.stride);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [[_mm256_setzero_si256(); 2]; R];
+    for s in 0..w.k4 {
+        let b0 = _mm256_load_si256(steps.add(s * 128) as *const __m256i);
+        let b1 = _mm256_load_si256(steps.add(s * 128 + 32) as *const __m256i);
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let q = _mm256_set1_epi32((rows.add(r * a.stride + 4 * s) as *const i32).read_unaligned());
+            acc[0] = _mm256_add_epi32(acc[0], _mm256_madd_epi16(_mm256_maddubs_epi16(q, b0), ones));
+            acc[1] = _mm256_add_epi32(acc[1], _mm256_madd_epi16(_mm256_maddubs_epi16(q, b1), ones));
+        }
+    }
+    let mut sums = [[_mm256_setzero_si256(); 2]; R];
+    sums.copy_from_slice(&acc);
+    let col0 = panel * NR + 16 * half;
+    for (r, sums) in sums.iter().enumerate() {
+        store8(sums[0], a, job, m0 + r, col0);
+        store8(sums[1], a, job, m0 + r, col0 + 8);
+    }
+}
+
 /// The epilogue for 8 columns from `col` of output row `row`: the same
 /// operations as the zmm kernel's, in the same order.
 ///
