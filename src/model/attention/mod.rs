@@ -51,6 +51,7 @@ pub(crate) const OP_TYPE: &str = "LookoutAttention";
 /// What one block computes with.
 #[derive(Debug)]
 pub(crate) struct Block {
+    #[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(dead_code))]
     simd: Simd,
     head_dim: usize,
     q_scale: f32,
@@ -80,21 +81,21 @@ impl Simd {
     /// none on 32-bit ARM or x86 without AVX2, where tract runs the
     /// eleven nodes.
     pub(crate) fn supported() -> Vec<Simd> {
-        #[allow(unused_mut)]
-        let mut all = vec![];
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::is_x86_feature_detected as has;
-            if has!("avx512f") {
-                all.push(Simd::Avx512);
-            }
-            if has!("avx2") && has!("fma") {
-                all.push(Simd::Avx2);
-            }
+            let avx512 = has!("avx512f").then_some(Simd::Avx512);
+            let avx2 = (has!("avx2") && has!("fma")).then_some(Simd::Avx2);
+            [avx512, avx2].into_iter().flatten().collect()
         }
         #[cfg(target_arch = "aarch64")]
-        all.push(Simd::Neon);
-        all
+        {
+            vec![Simd::Neon]
+        }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        {
+            vec![]
+        }
     }
 
     fn best() -> Option<Simd> {
@@ -109,13 +110,7 @@ pub(crate) fn supported() -> bool {
 
 /// Calls one of the steps with the module of `simd`.
 macro_rules! step {
-    ($simd:expr, $f:ident($($arg:expr),*)) => {{
-        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-        {
-            let _ = (&$simd, $($arg),*);
-            unreachable!("no fused attention on this architecture")
-        }
-        #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    ($simd:expr, $f:ident($($arg:expr),*)) => {
         match $simd {
             #[cfg(target_arch = "x86_64")]
             Simd::Avx512 => x86::$f($($arg),*),
@@ -124,7 +119,7 @@ macro_rules! step {
             #[cfg(target_arch = "aarch64")]
             Simd::Neon => aarch64::$f($($arg),*),
         }
-    }};
+    };
 }
 
 /// `s[i][j] = sum_d a[i][d] * b[d][j]` for rows `0..t` and columns
@@ -134,8 +129,13 @@ macro_rules! step {
 /// [`supported`] is true; `a` holds `t * hd` values, `b` `hd * tp`, `s`
 /// `t * tp`; `tp` and `hd` are multiples of 16.
 pub(crate) unsafe fn product(a: &[f32], b: &[f32], s: &mut [f32], t: usize, tp: usize, hd: usize) {
-    let simd = Simd::best().expect("supported() is true");
-    step!(simd, scores(a, b, s, false, t, tp, hd))
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    {
+        let simd = Simd::best().expect("supported() is true");
+        step!(simd, scores(a, b, s, false, t, tp, hd))
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    unreachable!("no fused attention on this architecture: {:?}", (a, b, s, t, tp, hd))
 }
 
 /// A matched block: node indexes and the tensors it reads.
@@ -383,10 +383,18 @@ unsafe fn head(b: &Block, d: &Dims, h: usize, q: Disjoint, k: Disjoint, v: Disjo
         if let Some(bias) = &b.bias {
             bias.write(h, s, tp);
         }
-        step!(b.simd, operands(q.0.add(col), k.0.add(col), d.width, scales, qs, kt, t, tp, hd));
-        step!(b.simd, scores(qs, kt, s, b.bias.is_some(), t, tp, hd));
-        step!(b.simd, exp_rows(s, t, tp, sums));
-        step!(b.simd, weighted_sum(s, sums, v.0.add(col), d.width, out.0.add(col), t, tp, hd));
+        #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+        {
+            step!(b.simd, operands(q.0.add(col), k.0.add(col), d.width, scales, qs, kt, t, tp, hd));
+            step!(b.simd, scores(qs, kt, s, b.bias.is_some(), t, tp, hd));
+            step!(b.simd, exp_rows(s, t, tp, sums));
+            step!(b.simd, weighted_sum(s, sums, v.0.add(col), d.width, out.0.add(col), t, tp, hd));
+        }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        {
+            let _ = (q, k, v, out, s, sums, qs, kt, scales);
+            unreachable!("no fused attention on this architecture");
+        }
     })
 }
 

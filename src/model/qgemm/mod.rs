@@ -155,8 +155,8 @@ impl PackedWeights {
 
 /// Whether `u8 * w0 + u8 * w1` fits in i16 for every pair of rows 2i and
 /// 2i + 1 of row-major `w` (`n` columns) and any two bytes: `vpmaddubsw`'s
-/// pair sums, which saturate beyond. Stops at the first pair that does
-/// not fit (in random-init or full-range weights, within the first rows).
+/// pair sums, which saturate beyond. Stops after the first pair of rows
+/// where one does not fit (in full-range weights, one of the first).
 fn pairs_fit_i16(w: &[i8], n: usize) -> bool {
     // A lone last row (k odd) pairs with zeros, which always fit. Within a
     // pair of rows no early exit, so that the loop vectorizes: an
