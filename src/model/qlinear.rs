@@ -131,17 +131,22 @@ pub struct Rewritten {
 pub(crate) type Table = placeholder::Table<GroupWeights>;
 
 /// Replaces every quantized linear group by a `LookoutQLinear` node and
-/// packs its weights for `kernel`. Returns the weights by node name, what
-/// was done, and the initializers the new nodes hold their own copies of
-/// (for [`LazyModel::into_proto`], which then never reads them).
-pub(crate) fn rewrite(lazy: &mut LazyModel, kernel: Kernel) -> TractResult<(Table, Rewritten, HashSet<usize>)> {
+/// packs its weights for `kernel` (`named`: the one `--int8-kernel` asked
+/// for). Returns the weights by node name, what was done, and the
+/// initializers the new nodes hold their own copies of (for
+/// [`LazyModel::into_proto`], which then never reads them).
+pub(crate) fn rewrite(
+    lazy: &mut LazyModel,
+    kernel: Kernel,
+    named: bool,
+) -> TractResult<(Table, Rewritten, HashSet<usize>)> {
     let groups = find(lazy);
     let mut table = Table::new();
     let mut report = Rewritten::default();
     let mut consumed = HashSet::new();
     let mut scratch = vec![];
     for (i, group) in groups.iter().enumerate() {
-        let weights = pack(lazy, group, kernel, &mut scratch)?;
+        let weights = pack(lazy, group, kernel, named, &mut scratch)?;
         report.groups += 1;
         report.layers += weights.layers.len();
         report.gelus += weights.layers.iter().filter(|l| l.gelu.is_some()).count();
@@ -382,7 +387,13 @@ fn gelu_after(g: &GraphIndex, y: &str) -> Option<(Gelu, Vec<usize>, String)> {
     Some((Gelu { div: c_div, add: c_add, mul: c_mul }, vec![div, erf, add, mul, half], g.node(half).output[0].clone()))
 }
 
-fn pack(lazy: &LazyModel, group: &Group, kernel: Kernel, scratch: &mut Vec<u8>) -> TractResult<GroupWeights> {
+fn pack(
+    lazy: &LazyModel,
+    group: &Group,
+    kernel: Kernel,
+    named: bool,
+    scratch: &mut Vec<u8>,
+) -> TractResult<GroupWeights> {
     let tensor = |i: usize| lazy.tensor(i);
     let floats = |i: usize| -> TractResult<Vec<f32>> { Ok(tensor(i)?.try_as_plain_ram()?.as_slice::<f32>()?.to_vec()) };
     let mut k = 0;
@@ -412,7 +423,11 @@ fn pack(lazy: &LazyModel, group: &Group, kernel: Kernel, scratch: &mut Vec<u8>) 
         Some(n) => Some(LayerNorm { gamma: floats(n.gamma)?, beta: n.beta.map(floats).transpose()?, eps: n.eps }),
         None => None,
     };
-    let kernel = kernel.for_weights(layers.iter().all(|l| l.packed.pairs_fit_i16));
+    // The AVX2 byte kernel where every layer's weight pairs fit, unless a
+    // kernel was named (to compare kernels on the same weights); never
+    // where one's do not.
+    let fit = layers.iter().all(|l| l.packed.pairs_fit_i16);
+    let kernel = if named && fit { kernel } else { kernel.for_weights(fit) };
     Ok(GroupWeights { k, norm, layers, kernel })
 }
 

@@ -209,7 +209,8 @@ impl TractClassifier {
             false => None,
         };
         let (weights, rewritten, more) = match kernel {
-            Some(kernel) => qlinear::rewrite(&mut lazy, kernel).map_err(|e| load_err(root_cause(&e)))?,
+            Some(kernel) => qlinear::rewrite(&mut lazy, kernel, options.int8_kernel.is_some())
+                .map_err(|e| load_err(root_cause(&e)))?,
             None => Default::default(),
         };
         taken.extend(more);

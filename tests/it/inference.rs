@@ -174,6 +174,9 @@ fn lookout_int8_layers_agree_with_tracts_int8_path() {
 /// Every int8 kernel this CPU runs, chosen by name as `lookout bench
 /// --int8-kernel` does, runs all 25 layers and gives the same logits bit for
 /// bit: each equals the ONNX definition (unit tests in src/model/qgemm).
+/// The AVX2 byte kernel runs only weights whose pairs fit in i16: on the
+/// 7-bit digits model it runs every layer, on the full-range one the
+/// 16-bit AVX2 kernel runs them instead.
 #[test]
 fn every_int8_kernel_gives_the_same_logits() {
     let kernels = lookout::model::int8_kernels();
@@ -183,16 +186,21 @@ fn every_int8_kernel_gives_the_same_logits() {
     }
     let refs = references();
     let sample: Vec<&Reference> = refs.iter().step_by(16).collect();
-    let mut first: Option<(&str, Vec<Vec<f32>>)> = None;
-    for kernel in kernels {
-        let options = LoadOptions { int8_kernel: Some(kernel.into()), ..LOOKOUT_INT8_ONLY };
-        let (mut c, mut pre) = load("digits-int8.onnx", &options);
-        assert!(c.load_report().kernels.iter().any(|(k, n)| k == kernel && *n == 25), "{:?}", c.load_report().kernels);
-        let logits: Vec<Vec<f32>> =
-            sample.iter().map(|r| crate::common::logits_of(&mut c, &mut pre, &r.file)).collect();
-        match &first {
-            None => first = Some((kernel, logits)),
-            Some((k0, l0)) => assert!(logits == *l0, "{kernel} and {k0} disagree"),
+    let seven_bit = crate::common::root().join("tests/fixtures/digits-7bit/digits-7bit-int8.onnx");
+    for (model, full_range) in [("digits-int8.onnx", true), (seven_bit.to_str().unwrap(), false)] {
+        let mut first: Option<(&str, Vec<Vec<f32>>)> = None;
+        for &kernel in &kernels {
+            let options = LoadOptions { int8_kernel: Some(kernel.into()), ..LOOKOUT_INT8_ONLY };
+            let (mut c, mut pre) = load(model, &options);
+            let runs = if full_range && kernel.contains("avx2pairs") { "lookout_avx2_u8i8_6x8" } else { kernel };
+            let loaded = &c.load_report().kernels;
+            assert!(loaded.iter().any(|(k, n)| k == runs && *n == 25), "{model}, {kernel}: {loaded:?}");
+            let logits: Vec<Vec<f32>> =
+                sample.iter().map(|r| crate::common::logits_of(&mut c, &mut pre, &r.file)).collect();
+            match &first {
+                None => first = Some((kernel, logits)),
+                Some((k0, l0)) => assert!(logits == *l0, "{model}: {kernel} and {k0} disagree"),
+            }
         }
     }
 
