@@ -98,8 +98,11 @@ impl Simd {
         }
     }
 
+    /// Once per process: `product` asks for every tile of the patch
+    /// embedding, and `supported` builds a list each time.
     fn best() -> Option<Simd> {
-        Simd::supported().first().copied()
+        static BEST: std::sync::OnceLock<Option<Simd>> = std::sync::OnceLock::new();
+        *BEST.get_or_init(|| Simd::supported().first().copied())
     }
 }
 
